@@ -1,0 +1,389 @@
+"""The catalog: every piece of metadata, in one LMDB environment.
+
+One write transaction is one consistent change. Nothing here knows about
+paths, namespaces or FUSE: the catalog stores records and keeps their
+encodings; the store decides what a change means.
+
+Named databases (keys are bytes, integers big-endian so that ranges sort):
+
+``meta``       b"format" -> ascii version; b"next_ino" -> u64
+``resources``  digest(32) -> length u64, refcount u64, state u8, layout u8
+``inodes``     ino u64 -> fixed header (see ``Inode``) + content digest or symlink target
+``dirents``    parent ino u64 + name -> child ino u64 (readdir is one range scan)
+``xattrs``     ino u64 + name -> value
+``staging``    staging file name (ascii) -> ino u64, flags u8, parent u64, digest length u8,
+               expected digest (0 or 32 bytes), name of the entry the upload created
+
+Durability: commits are not fsynced one by one (LMDB ``sync=False``); a
+``sync()`` makes everything committed so far durable, and the store calls it
+on fsync, on close and periodically. Blobs are fsynced before the transaction
+that references them commits, so whichever transactions reach the disk, none
+references a blob that did not.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lmdb
+
+from . import errors
+
+FORMAT_VERSION = 1
+ROOT_INO = 1
+MAP_SIZE = 1 << 40  # address space only: the file grows with its content
+
+PENDING = 0
+COMPLETE = 1
+LAYOUT_WHOLE_BLOB = 0  # the resource's bytes are one blob named by its digest
+
+_U64 = struct.Struct(">Q")
+_RESOURCE = struct.Struct(">QQBB")
+_INODE = struct.Struct(">IIIIQqqqQQ")
+_STAGING = struct.Struct(">QBQB")
+
+STAGING_RESERVED = 1  # the upload holds one reference to its expected digest
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+@dataclass
+class Resource:
+    digest: bytes
+    length: int
+    refcount: int
+    state: int = PENDING
+    layout: int = LAYOUT_WHOLE_BLOB
+
+    @property
+    def complete(self) -> bool:
+        return self.state == COMPLETE
+
+    def encode(self) -> bytes:
+        return _RESOURCE.pack(self.length, self.refcount, self.state, self.layout)
+
+    @classmethod
+    def decode(cls, digest: bytes, raw: bytes) -> "Resource":
+        length, refcount, state, layout = _RESOURCE.unpack(raw)
+        return cls(digest, length, refcount, state, layout)
+
+
+@dataclass
+class Inode:
+    """One inode: shared by all the hard links that name it.
+
+    ``content`` is the digest of a regular file's committed content, or None
+    for a file created by an upload that has not committed yet. ``target``
+    is a symlink's target. ``parent`` is kept for directories only (rename
+    must refuse to move a directory into itself).
+    """
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int = 1
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    rdev: int = 0
+    parent: int = 0
+    content: bytes | None = None
+    target: bytes = b""
+
+    def encode(self) -> bytes:
+        head = _INODE.pack(
+            self.mode, self.uid, self.gid, self.nlink, self.size,
+            self.atime_ns, self.mtime_ns, self.ctime_ns, self.rdev, self.parent,
+        )
+        return head + (self.content if self.content is not None else self.target)
+
+    @classmethod
+    def decode(cls, ino: int, raw: bytes) -> "Inode":
+        fields = _INODE.unpack_from(raw)
+        tail = bytes(raw[_INODE.size:])
+        node = cls(ino, *fields)
+        if _is_regular(node.mode):
+            node.content = tail or None
+        else:
+            node.target = tail
+        return node
+
+
+def _is_regular(mode: int) -> bool:
+    return (mode & 0o170000) == 0o100000
+
+
+@dataclass
+class StagingRecord:
+    """A staging file the catalog knows about, so that recovery can finish or undo it.
+
+    ``parent``/``entry`` name the directory entry the upload created (parent
+    0 when it wrote over an existing file); ``reserved`` says that it holds a
+    reference to ``expected``.
+    """
+
+    name: str
+    ino: int
+    reserved: bool = False
+    expected: bytes | None = None
+    parent: int = 0
+    entry: bytes = b""
+
+    def encode(self) -> bytes:
+        flags = STAGING_RESERVED if self.reserved else 0
+        expected = self.expected or b""
+        return _STAGING.pack(self.ino, flags, self.parent, len(expected)) + expected + self.entry
+
+    @classmethod
+    def decode(cls, name: bytes, raw: bytes) -> "StagingRecord":
+        ino, flags, parent, size = _STAGING.unpack_from(raw)
+        rest = bytes(raw[_STAGING.size:])
+        return cls(name.decode("ascii"), ino, bool(flags & STAGING_RESERVED), rest[:size] or None, parent, rest[size:])
+
+
+class Catalog:
+    """The LMDB environment and its named databases."""
+
+    def __init__(self, path: Path, *, map_size: int = MAP_SIZE) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(path), map_size=map_size, max_dbs=8, max_readers=1024,
+            sync=False, metasync=False, readahead=False, lock=True,
+        )
+        self.env.reader_check()  # drop reader slots of dead processes
+        self._write_lock = threading.Lock()
+        self.meta = self.env.open_db(b"meta")
+        self.resources = self.env.open_db(b"resources")
+        self.inodes = self.env.open_db(b"inodes")
+        self.dirents = self.env.open_db(b"dirents")
+        self.xattrs = self.env.open_db(b"xattrs")
+        self.staging = self.env.open_db(b"staging")
+
+    def check_format(self, path: Path) -> bool:
+        """True for a new (empty) catalog; raise UnknownFormat for a foreign one."""
+        with self.env.begin(db=self.meta) as txn:
+            raw = txn.get(b"format")
+            if raw is None:
+                if txn.stat(self.inodes)["entries"]:
+                    raise errors.UnknownFormat(f"store at {path} has no format version; refusing to touch it")
+                return True
+        if raw != str(FORMAT_VERSION).encode():
+            raise errors.UnknownFormat(
+                f"store at {path} has format {raw.decode(errors='replace')!r}; this fusestore "
+                f"reads format {FORMAT_VERSION} only: use a matching fusestore version"
+            )
+        return False
+
+    @contextmanager
+    def read(self) -> Iterator["Txn"]:
+        with self.env.begin() as txn:
+            yield Txn(self, txn)
+
+    @contextmanager
+    def write(self) -> Iterator["Txn"]:
+        """One write transaction; callbacks registered with ``after_commit`` run after it commits.
+
+        The Python lock serialises writers of this process (LMDB serialises
+        them too, but this keeps the after-commit work, such as deleting a
+        freed blob, ordered with respect to the next writer's publish).
+        """
+        with self._write_lock:
+            tx = Txn(self, self.env.begin(write=True))
+            try:
+                yield tx
+            except BaseException:
+                tx.raw.abort()
+                raise
+            tx.raw.commit()
+            for callback in tx.callbacks:
+                callback()
+
+    def sync(self) -> None:
+        self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.sync(True)
+        self.env.close()
+
+
+@dataclass
+class Txn:
+    """A transaction with typed accessors for every record kind."""
+
+    catalog: Catalog
+    raw: lmdb.Transaction
+    callbacks: list[Callable[[], None]] = field(default_factory=list)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.callbacks.append(callback)
+
+    # -- meta ---------------------------------------------------------------
+
+    def meta_get(self, key: bytes) -> bytes | None:
+        return self.raw.get(key, db=self.catalog.meta)
+
+    def meta_put(self, key: bytes, value: bytes) -> None:
+        self.raw.put(key, value, db=self.catalog.meta)
+
+    def new_ino(self) -> int:
+        raw = self.meta_get(b"next_ino")
+        ino = _U64.unpack(raw)[0] if raw else ROOT_INO + 1
+        self.meta_put(b"next_ino", u64(ino + 1))
+        return ino
+
+    # -- resources (the seed's ResourceCatalog) -----------------------------
+
+    def resource(self, digest: bytes) -> Resource | None:
+        raw = self.raw.get(digest, db=self.catalog.resources)
+        return Resource.decode(digest, raw) if raw is not None else None
+
+    def save_resource(self, res: Resource) -> None:
+        self.raw.put(res.digest, res.encode(), db=self.catalog.resources)
+
+    def get(self, digest: bytes) -> Resource:
+        """The complete resource ``digest``: NotFound, or UploadPending while pending."""
+        res = self.resource(digest)
+        if res is None:
+            raise errors.NotFound(f"no resource {digest.hex()}")
+        if not res.complete:
+            raise errors.UploadPending(f"resource {digest.hex()} is still being uploaded")
+        return res
+
+    def find(self, hash_hex: str) -> bytes:
+        """The digest of the complete resource with that hash (same errors as ``get``)."""
+        try:
+            digest = bytes.fromhex(hash_hex)
+        except ValueError:
+            raise errors.InvalidName(f"not a hash: {hash_hex!r}") from None
+        return self.get(digest).digest
+
+    def put(self, digest: bytes, length: int) -> Resource:
+        """One more reference to ``digest``; a new resource starts pending with refcount 1."""
+        res = self.resource(digest)
+        if res is None:
+            res = Resource(digest, length, 0)
+        elif res.length != length:
+            raise errors.LengthMismatch(
+                f"resource {digest.hex()} has length {res.length}, not {length}"
+            )
+        res.refcount += 1
+        self.save_resource(res)
+        return res
+
+    def upload_complete(self, digest: bytes) -> None:
+        res = self.resource(digest)
+        if res is None:
+            raise errors.NotFound(f"no resource {digest.hex()}")
+        if res.complete:
+            raise errors.AlreadyExists(f"resource {digest.hex()} was already uploaded")
+        res.state = COMPLETE
+        self.save_resource(res)
+
+    def remove(self, digest: bytes) -> bool:
+        """Drop one reference; True when that was the last and the resource is gone."""
+        res = self.resource(digest)
+        if res is None:
+            raise errors.NotFound(f"no resource {digest.hex()}")
+        res.refcount -= 1
+        if res.refcount <= 0:
+            self.raw.delete(digest, db=self.catalog.resources)
+            return True
+        self.save_resource(res)
+        return False
+
+    def resources(self) -> Iterator[Resource]:
+        with self.raw.cursor(db=self.catalog.resources) as cur:
+            for key, raw in cur:
+                yield Resource.decode(bytes(key), raw)
+
+    # -- inodes -------------------------------------------------------------
+
+    def inode(self, ino: int) -> Inode | None:
+        raw = self.raw.get(u64(ino), db=self.catalog.inodes)
+        return Inode.decode(ino, raw) if raw is not None else None
+
+    def save_inode(self, node: Inode) -> None:
+        self.raw.put(u64(node.ino), node.encode(), db=self.catalog.inodes)
+
+    def delete_inode(self, ino: int) -> None:
+        self.raw.delete(u64(ino), db=self.catalog.inodes)
+        for name, _ in list(self.xattr_items(ino)):
+            self.raw.delete(u64(ino) + name, db=self.catalog.xattrs)
+
+    def inodes(self) -> Iterator[Inode]:
+        with self.raw.cursor(db=self.catalog.inodes) as cur:
+            for key, raw in cur:
+                yield Inode.decode(_U64.unpack(key)[0], raw)
+
+    # -- directory entries ----------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes) -> int | None:
+        raw = self.raw.get(u64(parent) + name, db=self.catalog.dirents)
+        return _U64.unpack(raw)[0] if raw is not None else None
+
+    def add_entry(self, parent: int, name: bytes, ino: int) -> None:
+        self.raw.put(u64(parent) + name, u64(ino), db=self.catalog.dirents)
+
+    def remove_entry(self, parent: int, name: bytes) -> None:
+        self.raw.delete(u64(parent) + name, db=self.catalog.dirents)
+
+    def entries(self, parent: int, after: bytes = b"") -> Iterator[tuple[bytes, int]]:
+        """Entries of ``parent`` in name order, starting after ``after``."""
+        prefix = u64(parent)
+        with self.raw.cursor(db=self.catalog.dirents) as cur:
+            if not cur.set_range(prefix + after):
+                return
+            for key, raw in cur:
+                if not key.startswith(prefix):
+                    return
+                name = bytes(key[8:])
+                if after and name == after:
+                    continue
+                yield name, _U64.unpack(raw)[0]
+
+    def has_entries(self, parent: int) -> bool:
+        return next(self.entries(parent), None) is not None
+
+    # -- extended attributes ------------------------------------------------
+
+    def xattr(self, ino: int, name: bytes) -> bytes | None:
+        return self.raw.get(u64(ino) + name, db=self.catalog.xattrs)
+
+    def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
+        self.raw.put(u64(ino) + name, value, db=self.catalog.xattrs)
+
+    def remove_xattr(self, ino: int, name: bytes) -> bool:
+        return self.raw.delete(u64(ino) + name, db=self.catalog.xattrs)
+
+    def xattr_items(self, ino: int) -> Iterator[tuple[bytes, bytes]]:
+        prefix = u64(ino)
+        with self.raw.cursor(db=self.catalog.xattrs) as cur:
+            if not cur.set_range(prefix):
+                return
+            for key, value in cur:
+                if not key.startswith(prefix):
+                    return
+                yield bytes(key[8:]), bytes(value)
+
+    # -- staging records ----------------------------------------------------
+
+    def add_staging(self, record: StagingRecord) -> None:
+        self.raw.put(record.name.encode("ascii"), record.encode(), db=self.catalog.staging)
+
+    def remove_staging(self, name: str) -> None:
+        self.raw.delete(name.encode("ascii"), db=self.catalog.staging)
+
+    def staging_records(self) -> Iterator[StagingRecord]:
+        with self.raw.cursor(db=self.catalog.staging) as cur:
+            for key, raw in cur:
+                yield StagingRecord.decode(bytes(key), raw)

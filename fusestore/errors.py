@@ -1,0 +1,92 @@
+"""The store's typed errors, each carrying the errno the filesystem returns.
+
+One base class so callers can catch everything the store raises on purpose;
+the filesystem layer turns any of them into ``pyfuse3.FUSEError(err.errno)``
+without a lookup table of its own.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+
+
+class StoreError(Exception):
+    """Base of every error the store raises on purpose."""
+
+    errno: int = _errno.EIO
+
+
+class NotFound(StoreError):
+    errno = _errno.ENOENT
+
+
+class UploadPending(StoreError):
+    """The content exists in the catalog but its bytes are still being uploaded."""
+
+    errno = _errno.EAGAIN
+
+
+class RequestExpired(StoreError):
+    """Unknown, expired or already answered proof-of-access request."""
+
+    errno = _errno.ETIMEDOUT
+
+
+class ResponseMismatch(StoreError):
+    errno = _errno.EACCES
+
+
+class ResourceDeleted(StoreError):
+    """The content of a request went away between the request and its answer."""
+
+    errno = _errno.ESTALE
+
+
+class HashMismatch(StoreError):
+    errno = _errno.EBADMSG
+
+
+class LengthMismatch(StoreError, ValueError):
+    errno = _errno.EINVAL
+
+
+class InvalidName(StoreError, ValueError):
+    errno = _errno.EINVAL
+
+
+class NameTooLong(InvalidName):
+    """A path component over 255 bytes: ENAMETOOLONG, as on every POSIX filesystem."""
+
+    errno = _errno.ENAMETOOLONG
+
+
+class TooManyRequests(StoreError):
+    errno = _errno.EBUSY
+
+
+class IsADirectory(StoreError):
+    errno = _errno.EISDIR
+
+
+class NotADirectory(StoreError):
+    errno = _errno.ENOTDIR
+
+
+class AlreadyExists(StoreError):
+    errno = _errno.EEXIST
+
+
+class NotEmpty(StoreError):
+    errno = _errno.ENOTEMPTY
+
+
+class StoreLocked(StoreError):
+    """Another live process holds the store."""
+
+    errno = _errno.EBUSY
+
+
+class UnknownFormat(StoreError):
+    """The store was written by a format this version does not know."""
+
+    errno = _errno.EPROTO

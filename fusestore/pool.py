@@ -1,0 +1,180 @@
+"""The blob pool: immutable content files named by their BLAKE3 digest.
+
+Layout (fixed: fsck, tests and operators rely on it)::
+
+    <store>/pool/ab/cd/<64 hex>   one file per distinct non-empty content
+    <store>/staging/<name>        bytes not yet published (puts, open files)
+
+A blob comes to be in one way only: its bytes are written to a staging file,
+the file is fsynced, then renamed to its final name and the directory is
+fsynced. So a blob name that exists always holds exactly the bytes it names,
+and it is durable before any catalog transaction that references it commits.
+Empty content has no blob file: every reader of it reads nothing.
+
+The pool knows nothing of refcounts; the store decides when a blob is
+published or removed. The interface is kept narrow (stage, publish, open,
+remove, list) so that an object-storage pool can implement it later.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+import blake3
+
+EMPTY_DIGEST = blake3.blake3(b"").digest()
+CHUNK = 1 << 20
+
+
+def digest_hex(digest: bytes) -> str:
+    return digest.hex()
+
+
+class Staged:
+    """A staging file being filled: its name, an open descriptor, and a running hash."""
+
+    def __init__(self, pool: "LocalPool", name: str, fd: int) -> None:
+        self.pool = pool
+        self.name = name
+        self.fd = fd
+        self.path = pool.staging_path(name)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class ShortRead(Exception):
+    """The reader ended before the announced length."""
+
+
+class LocalPool:
+    """Blobs as files under ``<root>/pool``, staging files under ``<root>/staging``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.blob_root = self.root / "pool"
+        self.staging_root = self.root / "staging"
+        self.blob_root.mkdir(parents=True, exist_ok=True)
+        self.staging_root.mkdir(parents=True, exist_ok=True)
+
+    # -- naming -------------------------------------------------------------
+
+    def blob_path(self, digest: bytes) -> Path:
+        h = digest.hex()
+        return self.blob_root / h[:2] / h[2:4] / h
+
+    def staging_path(self, name: str) -> Path:
+        return self.staging_root / name
+
+    # -- staging ------------------------------------------------------------
+
+    def create_staging(self) -> Staged:
+        """A new, empty staging file with a unique name."""
+        while True:
+            name = secrets.token_hex(16)
+            try:
+                fd = os.open(self.staging_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            return Staged(self, name, fd)
+
+    def fill(self, staged: Staged, reader: BinaryIO, length: int) -> tuple[bytes, int]:
+        """Copy ``reader`` into a fresh staging file, hashing as it goes: (digest, size).
+
+        ``length == -1`` reads to EOF; otherwise exactly ``length`` bytes are
+        taken and a reader that ends early raises ShortRead. Memory use is one
+        chunk, whatever the size.
+        """
+        hasher = blake3.blake3()
+        total = 0
+        while length < 0 or total < length:
+            want = CHUNK if length < 0 else min(CHUNK, length - total)
+            chunk = reader.read(want)
+            if not chunk:
+                if length >= 0:
+                    raise ShortRead(f"reader ended after {total} of {length} bytes")
+                break
+            hasher.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(staged.fd, view):]
+            total += len(chunk)
+        return hasher.digest(), total
+
+    def discard(self, staged: Staged) -> None:
+        staged.close()
+        self.discard_name(staged.name)
+
+    def discard_name(self, name: str) -> None:
+        try:
+            os.unlink(self.staging_path(name))
+        except FileNotFoundError:
+            pass
+
+    def sync_staging(self, staged: Staged) -> None:
+        """Make a staging file's bytes durable (done outside any catalog lock)."""
+        os.fsync(staged.fd)
+
+    # -- blobs --------------------------------------------------------------
+
+    def publish(self, staged: Staged, digest: bytes) -> None:
+        """Rename a (synced) staging file into place as the blob ``digest``.
+
+        Renaming over an existing blob is harmless: both hold the same bytes.
+        The directory is fsynced so the name is durable before the caller
+        commits a catalog transaction that references it.
+        """
+        staged.close()
+        if digest == EMPTY_DIGEST:
+            self.discard_name(staged.name)
+            return
+        target = self.blob_path(digest)
+        directory = target.parent
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(directory.parent)
+            _fsync_dir(directory.parent.parent)
+        os.rename(staged.path, target)
+        _fsync_dir(directory)
+
+    def has(self, digest: bytes) -> bool:
+        return digest == EMPTY_DIGEST or self.blob_path(digest).is_file()
+
+    def open(self, digest: bytes) -> BinaryIO:
+        """A seekable reader of the blob (random access with ``os.pread`` on its fileno)."""
+        if digest == EMPTY_DIGEST:
+            return io.BytesIO(b"")
+        return open(self.blob_path(digest), "rb")
+
+    def remove(self, digest: bytes) -> None:
+        if digest == EMPTY_DIGEST:
+            return
+        try:
+            os.unlink(self.blob_path(digest))
+        except FileNotFoundError:
+            pass
+
+    def blobs(self) -> Iterator[bytes]:
+        """Every blob digest present in the pool (for fsck and tests)."""
+        for first in sorted(os.listdir(self.blob_root)):
+            for second in sorted(os.listdir(self.blob_root / first)):
+                for name in sorted(os.listdir(self.blob_root / first / second)):
+                    yield bytes.fromhex(name)
+
+    def staging_names(self) -> list[str]:
+        return sorted(os.listdir(self.staging_root))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

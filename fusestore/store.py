@@ -1,0 +1,474 @@
+"""The managed storage: named paths per namespace over refcounted contents.
+
+This is the library's public face (``from fusestore import Store``). It is
+plain synchronous Python, safe to call from several threads, and knows
+nothing of FUSE: the filesystem layer is an adapter over it.
+
+Paths live in the same inode/dirent tree the filesystem shows::
+
+    /<env-uuid>/<path>        put_for_environment and friends
+    /.users/<user>/<path>     put_for_user
+    /.global/<path>           put_global
+
+How a put works (the write path of DESIGN.md, without FUSE):
+
+1. *Begin* (one transaction): create missing parent directories; when the
+   path is missing, create its inode with no content yet (a reader gets
+   UploadPending until the upload commits); record the staging file in the
+   catalog so that a crash leaves nothing unaccounted for. A checked put
+   with a known length also reserves its expected hash (``Txn.put``), so
+   that the content shows as pending to everyone else.
+2. *Stream* the reader into the staging file while hashing (no lock held,
+   memory bounded by one chunk).
+3. *Commit* (one transaction): if the pool already holds the content, take
+   one more reference and drop the staging file; otherwise rename the
+   staging file into the pool first (it was fsynced before the lock was
+   taken) and create the resource. Point the inode at the new content and
+   release the old content's reference; a blob whose last reference went is
+   deleted right after the commit, still under the writer lock, so that no
+   concurrent publish of the same content can lose its blob.
+4. On any failure, *abort* (one transaction) undoes step 1: an inode it
+   created goes, a reservation is released, the staging file is deleted.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from . import errors, names
+from .catalog import COMPLETE, ROOT_INO, Catalog, Inode, Resource, StagingRecord, Txn
+from .locking import StoreLock
+from .pool import EMPTY_DIGEST, LocalPool, ShortRead, Staged
+from .requests import RequestResponse, RequestTable, answer_of, choose_ranges
+
+GLOBAL_DIR = b".global"
+USERS_DIR = b".users"
+FILE_MODE = stat.S_IFREG | 0o644
+DIR_MODE = stat.S_IFDIR | 0o755
+
+
+@dataclass
+class Upload:
+    """An upload begun in the catalog and not yet committed or aborted."""
+
+    record: StagingRecord
+    staged: Staged
+
+
+def parse_hash(hash_hex: str) -> bytes:
+    if not isinstance(hash_hex, str) or len(hash_hex) != 64:
+        raise errors.InvalidName(f"a BLAKE3 hash is 64 hex digits, not {hash_hex!r}")
+    try:
+        return bytes.fromhex(hash_hex)
+    except ValueError:
+        raise errors.InvalidName(f"a BLAKE3 hash is 64 hex digits, not {hash_hex!r}") from None
+
+
+class Store:
+    """A store directory opened by this process (see ``Store.open``)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: Callable[[], float],
+        request_ttl: float,
+        challenge_ranges: int,
+        max_open_requests: int,
+        randbelow: Callable[[int], int],
+    ) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock = StoreLock(self.path)
+        try:
+            self.catalog = Catalog(self.path / "catalog")
+            new = self.catalog.check_format(self.path)
+        except BaseException:
+            self._lock.release()
+            raise
+        self.pool = LocalPool(self.path)
+        self.challenge_ranges = challenge_ranges
+        self.randbelow = randbelow
+        self.requests = RequestTable(clock, request_ttl, max_open_requests)
+        self._uploads: Counter[int] = Counter()  # ino -> uploads in flight in this process
+        self._uploads_lock = threading.Lock()
+        if new:
+            self._initialise()
+        self._recover()
+
+    @classmethod
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        clock: Callable[[], float] = time.time,
+        request_ttl: float = 60.0,
+        challenge_ranges: int = 32,
+        max_open_requests: int = 10000,
+        randbelow: Callable[[int], int] = secrets.randbelow,
+    ) -> "Store":
+        """Open the store at ``path``, creating it when missing."""
+        return cls(
+            Path(path), clock=clock, request_ttl=request_ttl, challenge_ranges=challenge_ranges,
+            max_open_requests=max_open_requests, randbelow=randbelow,
+        )
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._lock.fd < 0:
+            return
+        self.catalog.close()
+        self._lock.release()
+
+    def sync(self) -> None:
+        """Make every committed change durable (blobs are durable already)."""
+        self.catalog.sync()
+
+    # -- set-up and recovery --------------------------------------------------
+
+    def _initialise(self) -> None:
+        now = time.time_ns()
+        with self.catalog.write() as tx:
+            tx.meta_put(b"format", b"1")
+            root = Inode(ROOT_INO, stat.S_IFDIR | 0o1777, 0, 0, nlink=2,
+                         atime_ns=now, mtime_ns=now, ctime_ns=now, parent=ROOT_INO)
+            tx.save_inode(root)
+            self._mkdir(tx, root, GLOBAL_DIR, stat.S_IFDIR | 0o755, 0, 0)
+            self._mkdir(tx, root, USERS_DIR, stat.S_IFDIR | 0o1777, 0, 0)
+
+    def _recover(self) -> None:
+        """Abort the uploads a previous process left unfinished, and drop stray staging files.
+
+        A put that did not commit never reported success, so undoing it loses
+        nothing that was promised.
+        """
+        with self.catalog.write() as tx:
+            for record in list(tx.staging_records()):
+                self._undo_upload(tx, record, remove_created=True)
+            recorded = {r.name for r in tx.staging_records()}
+        for name in self.pool.staging_names():
+            if name not in recorded:
+                self.pool.discard_name(name)
+
+    # -- the managed storage: environments, users, global ---------------------
+
+    def put_for_environment(self, env_uuid: str, path: str, reader: BinaryIO, length: int) -> str:
+        return self._put(self._env_path(env_uuid, path), reader, length, None)
+
+    def put_for_environment_and_check_hash(
+        self, env_uuid: str, path: str, reader: BinaryIO, length: int, check_hash: str
+    ) -> str:
+        return self._put(self._env_path(env_uuid, path), reader, length, parse_hash(check_hash))
+
+    def get_for_environment(self, env_uuid: str, path: str) -> tuple[BinaryIO, int]:
+        return self._get(self._env_path(env_uuid, path))
+
+    def remove_for_environment(self, env_uuid: str, path: str) -> None:
+        self._remove(self._env_path(env_uuid, path))
+
+    def put_for_user(self, user: str, path: str, reader: BinaryIO, length: int) -> str:
+        return self._put(self._user_path(user, path), reader, length, None)
+
+    def get_for_user(self, user: str, path: str) -> tuple[BinaryIO, int]:
+        return self._get(self._user_path(user, path))
+
+    def remove_for_user(self, user: str, path: str) -> None:
+        self._remove(self._user_path(user, path))
+
+    def put_global(self, path: str, reader: BinaryIO, length: int) -> str:
+        return self._put(self._global_path(path), reader, length, None)
+
+    def get_global(self, path: str) -> tuple[BinaryIO, int]:
+        return self._get(self._global_path(path))
+
+    def remove_global(self, path: str) -> None:
+        self._remove(self._global_path(path))
+
+    @staticmethod
+    def _env_path(env_uuid: str, path: str) -> list[bytes]:
+        return [names.environment(env_uuid), *names.relative_path(path)]
+
+    @staticmethod
+    def _user_path(user: str, path: str) -> list[bytes]:
+        return [USERS_DIR, names.user(user), *names.relative_path(path)]
+
+    @staticmethod
+    def _global_path(path: str) -> list[bytes]:
+        return [GLOBAL_DIR, *names.relative_path(path)]
+
+    # -- proof of access ------------------------------------------------------
+
+    def put_for_environment_request(self, env_uuid: str, path: str, blake3_hex: str) -> RequestResponse:
+        """Ask to link existing content at a path; answer the returned challenge to do it."""
+        destination = self._env_path(env_uuid, path)
+        digest = parse_hash(blake3_hex)
+        with self.catalog.read() as tx:
+            self._check_destination(tx, destination)
+            resource = tx.get(digest)
+            ranges = choose_ranges(resource.length, self.challenge_ranges, self.randbelow)
+            with self.pool.open(digest) as blob:
+                answer = answer_of(blob.fileno(), ranges) if ranges else EMPTY_DIGEST
+        return self.requests.add(tuple(destination), digest, answer, ranges)
+
+    def proof_of_access_response(self, request_id: str, answer_hex: str) -> None:
+        """Check the answer and, when right, link the content (no bytes are written)."""
+        request = self.requests.take(request_id, answer_hex)
+        with self.catalog.write() as tx:
+            resource = tx.resource(request.digest)
+            if resource is None or not resource.complete:
+                raise errors.ResourceDeleted(f"content {request.digest.hex()} was removed after the request")
+            parent, name = self._make_parents(tx, list(request.destination))
+            node = self._file_at(tx, parent, name, create=True)
+            tx.put(request.digest, resource.length)
+            self._set_content(tx, node, request.digest, resource.length)
+
+    # -- paths -> inodes --------------------------------------------------------
+
+    def _walk(self, tx: Txn, parts: list[bytes]) -> tuple[Inode, int]:
+        """The deepest existing inode along ``parts``, and how many parts lead to it."""
+        node = tx.inode(ROOT_INO)
+        assert node is not None
+        for depth, part in enumerate(parts):
+            if not stat.S_ISDIR(node.mode):
+                raise errors.NotADirectory(f"{part!r} is under a file, not a directory")
+            child = tx.lookup(node.ino, part)
+            if child is None:
+                return node, depth
+            node = tx.inode(child)
+            assert node is not None, "dirent without inode"
+        return node, len(parts)
+
+    def _resolve(self, tx: Txn, parts: list[bytes]) -> Inode:
+        node, depth = self._walk(tx, parts)
+        if depth < len(parts):
+            raise errors.NotFound(f"no such file: {b'/'.join(parts).decode(errors='replace')}")
+        return node
+
+    def _check_destination(self, tx: Txn, parts: list[bytes]) -> None:
+        """Refuse early a destination that a put could never create (a file in the way, a directory there)."""
+        node, depth = self._walk(tx, parts)
+        if depth == len(parts) and stat.S_ISDIR(node.mode):
+            raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
+
+    def _make_parents(self, tx: Txn, parts: list[bytes]) -> tuple[Inode, bytes]:
+        """The directory that holds ``parts[-1]``, creating missing ones on the way."""
+        node, depth = self._walk(tx, parts[:-1])
+        if not stat.S_ISDIR(node.mode):
+            raise errors.NotADirectory(f"{parts[depth - 1]!r} is a file, not a directory")
+        for part in parts[depth:-1]:
+            node = self._mkdir(tx, node, part, DIR_MODE, os.getuid(), os.getgid())
+        return node, parts[-1]
+
+    def _mkdir(self, tx: Txn, parent: Inode, name: bytes, mode: int, uid: int, gid: int) -> Inode:
+        now = time.time_ns()
+        node = Inode(tx.new_ino(), mode, uid, gid, nlink=2, atime_ns=now, mtime_ns=now,
+                     ctime_ns=now, parent=parent.ino)
+        tx.save_inode(node)
+        parent.nlink += 1
+        self._add_entry(tx, parent, name, node.ino, now)
+        return node
+
+    def _add_entry(self, tx: Txn, parent: Inode, name: bytes, ino: int, now: int) -> None:
+        tx.add_entry(parent.ino, name, ino)
+        parent.mtime_ns = parent.ctime_ns = now
+        tx.save_inode(parent)
+
+    def _file_at(self, tx: Txn, parent: Inode, name: bytes, *, create: bool) -> Inode:
+        """The regular file ``name`` in ``parent``; created without content when missing."""
+        child = tx.lookup(parent.ino, name)
+        if child is not None:
+            node = tx.inode(child)
+            assert node is not None, "dirent without inode"
+            if stat.S_ISDIR(node.mode):
+                raise errors.IsADirectory(f"{name!r} is a directory")
+            if not stat.S_ISREG(node.mode):
+                raise errors.AlreadyExists(f"{name!r} exists and is not a regular file")
+            return node
+        if not create:
+            raise errors.NotFound(f"no such file: {name!r}")
+        now = time.time_ns()
+        node = Inode(tx.new_ino(), FILE_MODE, os.getuid(), os.getgid(), nlink=1,
+                     atime_ns=now, mtime_ns=now, ctime_ns=now)
+        tx.save_inode(node)
+        self._add_entry(tx, parent, name, node.ino, now)
+        return node
+
+    # -- content ----------------------------------------------------------------
+
+    def _set_content(self, tx: Txn, node: Inode, digest: bytes, length: int) -> None:
+        """Point ``node`` at ``digest`` (already referenced) and release its old content."""
+        old = node.content
+        now = time.time_ns()
+        node.content = digest
+        node.size = length
+        node.mtime_ns = node.ctime_ns = now
+        tx.save_inode(node)
+        if old is not None:
+            self._release(tx, old)
+
+    def _release(self, tx: Txn, digest: bytes) -> None:
+        """Drop one reference; delete the blob after commit when it was the last."""
+        if tx.remove(digest):
+            tx.after_commit(lambda: self.pool.remove(digest))
+
+    def _reference(self, tx: Txn, digest: bytes, length: int, staged: Staged, reserved: bool) -> None:
+        """Take one reference to ``digest``, publishing the staged bytes when the pool lacks them.
+
+        A reservation (checked put) already holds the reference; it only
+        needs the bytes published and the resource marked complete.
+        """
+        resource = tx.resource(digest) if reserved else tx.put(digest, length)
+        assert resource is not None, "a reservation lost its resource"
+        if resource.complete:
+            tx.after_commit(lambda: self.pool.discard(staged))
+            return
+        self.pool.publish(staged, digest)
+        resource.state = COMPLETE
+        tx.save_resource(resource)
+
+    def _put(self, parts: list[bytes], reader: BinaryIO, length: int, check: bytes | None) -> str:
+        if length < -1:
+            raise errors.LengthMismatch(f"length must be -1 (unknown) or >= 0, not {length}")
+        upload = self._begin_upload(parts, check, length)
+        try:
+            digest, size = self._stream(upload, reader, length)
+            if check is not None and digest != check:
+                raise errors.HashMismatch(f"content hashes to {digest.hex()}, expected {check.hex()}")
+            self._commit_upload(upload, digest, size)
+        except BaseException:
+            self._abort_upload(upload)
+            raise
+        return digest.hex()
+
+    def _begin_upload(self, parts: list[bytes], check: bytes | None, length: int) -> Upload:
+        staged = self.pool.create_staging()
+        try:
+            with self.catalog.write() as tx:
+                parent, name = self._make_parents(tx, parts)
+                existed = tx.lookup(parent.ino, name) is not None
+                node = self._file_at(tx, parent, name, create=True)
+                record = StagingRecord(staged.name, node.ino, expected=check)
+                if not existed:
+                    record.parent, record.entry = parent.ino, name
+                if check is not None and length >= 0:
+                    tx.put(check, length)
+                    record.reserved = True
+                tx.add_staging(record)
+        except BaseException:
+            self.pool.discard(staged)
+            raise
+        with self._uploads_lock:
+            self._uploads[node.ino] += 1
+        return Upload(record, staged)
+
+    def _stream(self, upload: Upload, reader: BinaryIO, length: int) -> tuple[bytes, int]:
+        """Copy the reader into the upload's staging file: (digest, size)."""
+        staged = upload.staged
+        try:
+            digest, size = self.pool.fill(staged, reader, length)
+        except ShortRead as exc:
+            raise errors.LengthMismatch(str(exc)) from None
+        with self.catalog.read() as tx:
+            known = tx.resource(digest)
+        if known is None or not known.complete:
+            self.pool.sync_staging(staged)  # durable before it can be published under the lock
+        return digest, size
+
+    def _commit_upload(self, upload: Upload, digest: bytes, size: int) -> None:
+        with self.catalog.write() as tx:
+            node = tx.inode(upload.record.ino)
+            if node is None:
+                raise errors.NotFound("the file was removed while it was being written")
+            self._reference(tx, digest, size, upload.staged, reserved=upload.record.reserved)
+            tx.remove_staging(upload.staged.name)
+            self._set_content(tx, node, digest, size)
+        self._forget_upload(upload)
+
+    def _abort_upload(self, upload: Upload) -> None:
+        with self.catalog.write() as tx:
+            with self._uploads_lock:
+                alone = self._uploads[upload.record.ino] == 1
+            self._undo_upload(tx, upload.record, remove_created=alone)
+        self.pool.discard(upload.staged)
+        self._forget_upload(upload)
+
+    def _forget_upload(self, upload: Upload) -> None:
+        with self._uploads_lock:
+            self._uploads[upload.record.ino] -= 1
+            if self._uploads[upload.record.ino] <= 0:
+                del self._uploads[upload.record.ino]
+
+    def _undo_upload(self, tx: Txn, record: StagingRecord, *, remove_created: bool) -> None:
+        """Release what ``_begin_upload`` took: the record, a reservation, a file it created.
+
+        The created file goes only while it still has no content and no other
+        upload of this process is writing it.
+        """
+        tx.remove_staging(record.name)
+        tx.after_commit(lambda: self.pool.discard_name(record.name))
+        if record.reserved and record.expected is not None:
+            self._release(tx, record.expected)
+        node = tx.inode(record.ino)
+        if (
+            remove_created and record.parent and node is not None and node.content is None
+            and tx.lookup(record.parent, record.entry) == record.ino
+        ):
+            tx.remove_entry(record.parent, record.entry)
+            tx.delete_inode(node.ino)
+
+    def _get(self, parts: list[bytes]) -> tuple[BinaryIO, int]:
+        with self.catalog.read() as tx:
+            node = self._resolve(tx, parts)
+            if stat.S_ISDIR(node.mode):
+                raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
+            if node.content is None:
+                raise errors.UploadPending(f"{parts[-1]!r} is still being uploaded")
+            resource = tx.get(node.content)
+            try:
+                reader = self.pool.open(resource.digest)
+            except FileNotFoundError:
+                raise errors.NotFound(f"{parts[-1]!r} was removed meanwhile") from None
+        return reader, resource.length
+
+    def _remove(self, parts: list[bytes]) -> None:
+        with self.catalog.write() as tx:
+            node = self._resolve(tx, parts)
+            if stat.S_ISDIR(node.mode):
+                raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
+            parent = self._resolve(tx, parts[:-1])
+            tx.remove_entry(parent.ino, parts[-1])
+            now = time.time_ns()
+            parent.mtime_ns = parent.ctime_ns = now
+            tx.save_inode(parent)
+            node.nlink -= 1
+            node.ctime_ns = now
+            if node.nlink > 0:
+                tx.save_inode(node)
+                return
+            tx.delete_inode(node.ino)
+            if node.content is not None:
+                self._release(tx, node.content)
+
+    # -- inspection (fsck, stats, tests) ------------------------------------------
+
+    def resource(self, hash_hex: str) -> Resource | None:
+        with self.catalog.read() as tx:
+            return tx.resource(parse_hash(hash_hex))
+
+    def resources(self) -> list[Resource]:
+        with self.catalog.read() as tx:
+            return list(tx.resources())
