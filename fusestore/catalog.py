@@ -8,7 +8,10 @@ Named databases (keys are bytes, integers big-endian so that ranges sort):
 
 ``meta``       b"format" -> ascii version; b"next_ino" -> u64
 ``resources``  digest(32) -> length u64, refcount u64, state u8, layout u8
-``inodes``     ino u64 -> fixed header (see ``Inode``) + content digest or symlink target
+``inodes``     ino u64 -> mode u32, uid u32, gid u32, nlink u32, size u64, atime/mtime/ctime
+               i64 ns, rdev u64, parent u64, space u64, then the content digest (32 bytes,
+               regular files; absent while a put has not committed) or the symlink target
+``orphans``    ino u64 -> b"" for inodes unlinked while open (deleted at last close or recovery)
 ``dirents``    parent ino u64 + name -> child ino u64 (readdir is one range scan)
 ``xattrs``     ino u64 + name -> value
 ``staging``    staging file name (ascii) -> ino u64, flags u8, parent u64, digest length u8,
@@ -44,10 +47,11 @@ LAYOUT_WHOLE_BLOB = 0  # the resource's bytes are one blob named by its digest
 
 _U64 = struct.Struct(">Q")
 _RESOURCE = struct.Struct(">QQBB")
-_INODE = struct.Struct(">IIIIQqqqQQ")
+_INODE = struct.Struct(">IIIIQqqqQQQ")
 _STAGING = struct.Struct(">QBQB")
 
 STAGING_RESERVED = 1  # the upload holds one reference to its expected digest
+STAGING_KEEP = 2  # bytes of an open file: recovery commits them (an unfinished put is undone)
 
 
 def u64(value: int) -> bytes:
@@ -82,7 +86,9 @@ class Inode:
     ``content`` is the digest of a regular file's committed content, or None
     for a file created by an upload that has not committed yet. ``target``
     is a symlink's target. ``parent`` is kept for directories only (rename
-    must refuse to move a directory into itself).
+    must refuse to move a directory into itself). ``space`` is the inode of
+    the namespace root (environment, user or global directory) the inode
+    lives in: links and renames never cross it.
     """
 
     ino: int
@@ -96,13 +102,14 @@ class Inode:
     ctime_ns: int = 0
     rdev: int = 0
     parent: int = 0
+    space: int = 0
     content: bytes | None = None
     target: bytes = b""
 
     def encode(self) -> bytes:
         head = _INODE.pack(
             self.mode, self.uid, self.gid, self.nlink, self.size,
-            self.atime_ns, self.mtime_ns, self.ctime_ns, self.rdev, self.parent,
+            self.atime_ns, self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.space,
         )
         return head + (self.content if self.content is not None else self.target)
 
@@ -137,9 +144,10 @@ class StagingRecord:
     expected: bytes | None = None
     parent: int = 0
     entry: bytes = b""
+    keep: bool = False
 
     def encode(self) -> bytes:
-        flags = STAGING_RESERVED if self.reserved else 0
+        flags = (STAGING_RESERVED if self.reserved else 0) | (STAGING_KEEP if self.keep else 0)
         expected = self.expected or b""
         return _STAGING.pack(self.ino, flags, self.parent, len(expected)) + expected + self.entry
 
@@ -147,7 +155,10 @@ class StagingRecord:
     def decode(cls, name: bytes, raw: bytes) -> "StagingRecord":
         ino, flags, parent, size = _STAGING.unpack_from(raw)
         rest = bytes(raw[_STAGING.size:])
-        return cls(name.decode("ascii"), ino, bool(flags & STAGING_RESERVED), rest[:size] or None, parent, rest[size:])
+        return cls(
+            name.decode("ascii"), ino, bool(flags & STAGING_RESERVED), rest[:size] or None,
+            parent, rest[size:], bool(flags & STAGING_KEEP),
+        )
 
 
 class Catalog:
@@ -168,6 +179,7 @@ class Catalog:
         self.dirents = self.env.open_db(b"dirents")
         self.xattrs = self.env.open_db(b"xattrs")
         self.staging = self.env.open_db(b"staging")
+        self.orphans = self.env.open_db(b"orphans")
 
     def check_format(self, path: Path) -> bool:
         """True for a new (empty) catalog; raise UnknownFormat for a foreign one."""
@@ -374,6 +386,18 @@ class Txn:
                 if not key.startswith(prefix):
                     return
                 yield bytes(key[8:]), bytes(value)
+
+    # -- orphans: unlinked while open ------------------------------------------
+
+    def add_orphan(self, ino: int) -> None:
+        self.raw.put(u64(ino), b"", db=self.catalog.orphans)
+
+    def remove_orphan(self, ino: int) -> None:
+        self.raw.delete(u64(ino), db=self.catalog.orphans)
+
+    def orphans(self) -> list[int]:
+        with self.raw.cursor(db=self.catalog.orphans) as cur:
+            return [_U64.unpack(key)[0] for key in cur.iternext(values=False)]
 
     # -- staging records ----------------------------------------------------
 

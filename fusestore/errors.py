@@ -80,6 +80,34 @@ class NotEmpty(StoreError):
     errno = _errno.ENOTEMPTY
 
 
+class NotPermitted(StoreError):
+    """The namespace forbids this (a file in ``/``, a link to a directory, ...)."""
+
+    errno = _errno.EPERM
+
+
+class CrossNamespace(StoreError):
+    """Links and renames stay inside one environment; tools then copy instead."""
+
+    errno = _errno.EXDEV
+
+
+class NoAttribute(StoreError):
+    errno = _errno.ENODATA
+
+
+class NotSupported(StoreError):
+    """POSIX ACL attributes: not enforced, so refused rather than stored and ignored."""
+
+    errno = _errno.EOPNOTSUPP
+
+
+class InvalidArgument(StoreError, ValueError):
+    """An operation that can never succeed as asked (a directory moved into itself)."""
+
+    errno = _errno.EINVAL
+
+
 class StoreLocked(StoreError):
     """Another live process holds the store."""
 

@@ -36,7 +36,7 @@ def digest_hex(digest: bytes) -> str:
 
 
 class Staged:
-    """A staging file being filled: its name, an open descriptor, and a running hash."""
+    """A staging file being filled: its name and an open descriptor."""
 
     def __init__(self, pool: "LocalPool", name: str, fd: int) -> None:
         self.pool = pool
@@ -108,6 +108,23 @@ class LocalPool:
             total += len(chunk)
         return hasher.digest(), total
 
+    def reopen_staging(self, name: str) -> Staged | None:
+        """A recorded staging file again (recovery), or None when it is gone."""
+        try:
+            fd = os.open(self.staging_path(name), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        return Staged(self, name, fd)
+
+    def hash_staging(self, staged: Staged) -> tuple[bytes, int]:
+        """BLAKE3 and size of a staging file, read in chunks (for files not written in order)."""
+        hasher = blake3.blake3()
+        offset = 0
+        while chunk := os.pread(staged.fd, CHUNK, offset):
+            hasher.update(chunk)
+            offset += len(chunk)
+        return hasher.digest(), offset
+
     def discard(self, staged: Staged) -> None:
         staged.close()
         self.discard_name(staged.name)
@@ -121,6 +138,18 @@ class LocalPool:
     def sync_staging(self, staged: Staged) -> None:
         """Make a staging file's bytes durable (done outside any catalog lock)."""
         os.fsync(staged.fd)
+
+    def copy_into(self, staged: Staged, digest: bytes, length: int) -> None:
+        """Copy the first ``length`` bytes of a blob into a staging file, in the kernel."""
+        if length == 0 or digest == EMPTY_DIGEST:
+            return
+        with open(self.blob_path(digest), "rb") as blob:
+            copied = 0
+            while copied < length:
+                n = os.copy_file_range(blob.fileno(), staged.fd, length - copied, copied, copied)
+                if n == 0:
+                    raise ShortRead(f"blob {digest.hex()} ended after {copied} of {length} bytes")
+                copied += n
 
     # -- blobs --------------------------------------------------------------
 

@@ -45,15 +45,14 @@ from pathlib import Path
 from typing import BinaryIO
 
 from . import errors, names
-from .catalog import COMPLETE, ROOT_INO, Catalog, Inode, Resource, StagingRecord, Txn
+from .catalog import Catalog, Inode, Resource, StagingRecord, Txn
 from .locking import StoreLock
+from .namespace import GLOBAL_DIR, USERS_DIR, Tree, process_owner
 from .pool import EMPTY_DIGEST, LocalPool, ShortRead, Staged
 from .requests import RequestResponse, RequestTable, answer_of, choose_ranges
 
-GLOBAL_DIR = b".global"
-USERS_DIR = b".users"
-FILE_MODE = stat.S_IFREG | 0o644
-DIR_MODE = stat.S_IFDIR | 0o755
+FILE_MODE = 0o644
+DIR_MODE = 0o755
 
 
 @dataclass
@@ -96,13 +95,14 @@ class Store:
             self._lock.release()
             raise
         self.pool = LocalPool(self.path)
+        self.tree = Tree(self.catalog, self.pool)
         self.challenge_ranges = challenge_ranges
         self.randbelow = randbelow
         self.requests = RequestTable(clock, request_ttl, max_open_requests)
         self._uploads: Counter[int] = Counter()  # ino -> uploads in flight in this process
         self._uploads_lock = threading.Lock()
         if new:
-            self._initialise()
+            self.tree.initialise()
         self._recover()
 
     @classmethod
@@ -140,29 +140,48 @@ class Store:
 
     # -- set-up and recovery --------------------------------------------------
 
-    def _initialise(self) -> None:
-        now = time.time_ns()
-        with self.catalog.write() as tx:
-            tx.meta_put(b"format", b"1")
-            root = Inode(ROOT_INO, stat.S_IFDIR | 0o1777, 0, 0, nlink=2,
-                         atime_ns=now, mtime_ns=now, ctime_ns=now, parent=ROOT_INO)
-            tx.save_inode(root)
-            self._mkdir(tx, root, GLOBAL_DIR, stat.S_IFDIR | 0o755, 0, 0)
-            self._mkdir(tx, root, USERS_DIR, stat.S_IFDIR | 0o1777, 0, 0)
-
     def _recover(self) -> None:
-        """Abort the uploads a previous process left unfinished, and drop stray staging files.
+        """Finish what a previous process left: before anything else is served.
 
-        A put that did not commit never reported success, so undoing it loses
-        nothing that was promised.
+        - staging files of open files (recorded with ``keep``) are committed:
+          what was written, and fsynced, must not be lost;
+        - unfinished puts are undone: a put that did not return never
+          promised anything;
+        - inodes unlinked while open are deleted: no handle survives a restart;
+        - staging files that no record names are deleted.
         """
+        with self.catalog.read() as tx:
+            records = list(tx.staging_records())
+        for record in records:
+            if record.keep:
+                self._commit_recovered(record)
         with self.catalog.write() as tx:
-            for record in list(tx.staging_records()):
-                self._undo_upload(tx, record, remove_created=True)
+            for record in tx.staging_records():
+                if not record.keep:
+                    self._undo_upload(tx, record, remove_created=True)
+            for ino in tx.orphans():
+                node = tx.inode(ino)
+                if node is None:
+                    tx.remove_orphan(ino)
+                else:
+                    self.tree.delete(tx, node)
+        with self.catalog.read() as tx:
             recorded = {r.name for r in tx.staging_records()}
         for name in self.pool.staging_names():
             if name not in recorded:
                 self.pool.discard_name(name)
+
+    def _commit_recovered(self, record: StagingRecord) -> None:
+        staged = self.pool.reopen_staging(record.name)
+        if staged is None:
+            self.tree.discard_staged_name(record.name)
+            return
+        digest, size = self.pool.hash_staging(staged)
+        self.pool.sync_staging(staged)
+        try:
+            self.tree.commit_staged(record.ino, staged, digest, size, mtime_ns=None)
+        except errors.NotFound:
+            pass  # its inode went before the crash: nothing to keep
 
     # -- the managed storage: environments, users, global ---------------------
 
@@ -232,113 +251,46 @@ class Store:
             if resource is None or not resource.complete:
                 raise errors.ResourceDeleted(f"content {request.digest.hex()} was removed after the request")
             parent, name = self._make_parents(tx, list(request.destination))
-            node = self._file_at(tx, parent, name, create=True)
+            node = self._file_at(tx, parent, name)
             tx.put(request.digest, resource.length)
-            self._set_content(tx, node, request.digest, resource.length)
+            self.tree.set_content(tx, node, request.digest, resource.length)
 
     # -- paths -> inodes --------------------------------------------------------
 
-    def _walk(self, tx: Txn, parts: list[bytes]) -> tuple[Inode, int]:
-        """The deepest existing inode along ``parts``, and how many parts lead to it."""
-        node = tx.inode(ROOT_INO)
-        assert node is not None
-        for depth, part in enumerate(parts):
-            if not stat.S_ISDIR(node.mode):
-                raise errors.NotADirectory(f"{part!r} is under a file, not a directory")
-            child = tx.lookup(node.ino, part)
-            if child is None:
-                return node, depth
-            node = tx.inode(child)
-            assert node is not None, "dirent without inode"
-        return node, len(parts)
-
     def _resolve(self, tx: Txn, parts: list[bytes]) -> Inode:
-        node, depth = self._walk(tx, parts)
+        node, depth = self.tree.walk(tx, parts)
         if depth < len(parts):
             raise errors.NotFound(f"no such file: {b'/'.join(parts).decode(errors='replace')}")
         return node
 
     def _check_destination(self, tx: Txn, parts: list[bytes]) -> None:
         """Refuse early a destination that a put could never create (a file in the way, a directory there)."""
-        node, depth = self._walk(tx, parts)
+        node, depth = self.tree.walk(tx, parts)
         if depth == len(parts) and stat.S_ISDIR(node.mode):
             raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
 
     def _make_parents(self, tx: Txn, parts: list[bytes]) -> tuple[Inode, bytes]:
         """The directory that holds ``parts[-1]``, creating missing ones on the way."""
-        node, depth = self._walk(tx, parts[:-1])
+        node, depth = self.tree.walk(tx, parts[:-1])
         if not stat.S_ISDIR(node.mode):
             raise errors.NotADirectory(f"{parts[depth - 1]!r} is a file, not a directory")
         for part in parts[depth:-1]:
-            node = self._mkdir(tx, node, part, DIR_MODE, os.getuid(), os.getgid())
+            node = self.tree.make_dir(tx, node, part, DIR_MODE, process_owner())
         return node, parts[-1]
 
-    def _mkdir(self, tx: Txn, parent: Inode, name: bytes, mode: int, uid: int, gid: int) -> Inode:
-        now = time.time_ns()
-        node = Inode(tx.new_ino(), mode, uid, gid, nlink=2, atime_ns=now, mtime_ns=now,
-                     ctime_ns=now, parent=parent.ino)
-        tx.save_inode(node)
-        parent.nlink += 1
-        self._add_entry(tx, parent, name, node.ino, now)
-        return node
-
-    def _add_entry(self, tx: Txn, parent: Inode, name: bytes, ino: int, now: int) -> None:
-        tx.add_entry(parent.ino, name, ino)
-        parent.mtime_ns = parent.ctime_ns = now
-        tx.save_inode(parent)
-
-    def _file_at(self, tx: Txn, parent: Inode, name: bytes, *, create: bool) -> Inode:
+    def _file_at(self, tx: Txn, parent: Inode, name: bytes) -> Inode:
         """The regular file ``name`` in ``parent``; created without content when missing."""
         child = tx.lookup(parent.ino, name)
-        if child is not None:
-            node = tx.inode(child)
-            assert node is not None, "dirent without inode"
-            if stat.S_ISDIR(node.mode):
-                raise errors.IsADirectory(f"{name!r} is a directory")
-            if not stat.S_ISREG(node.mode):
-                raise errors.AlreadyExists(f"{name!r} exists and is not a regular file")
-            return node
-        if not create:
-            raise errors.NotFound(f"no such file: {name!r}")
-        now = time.time_ns()
-        node = Inode(tx.new_ino(), FILE_MODE, os.getuid(), os.getgid(), nlink=1,
-                     atime_ns=now, mtime_ns=now, ctime_ns=now)
-        tx.save_inode(node)
-        self._add_entry(tx, parent, name, node.ino, now)
+        if child is None:
+            return self.tree.new_file(tx, parent, name, FILE_MODE, process_owner(), empty=False)
+        node = self.tree.inode(tx, child)
+        if stat.S_ISDIR(node.mode):
+            raise errors.IsADirectory(f"{name!r} is a directory")
+        if not stat.S_ISREG(node.mode):
+            raise errors.AlreadyExists(f"{name!r} exists and is not a regular file")
         return node
 
     # -- content ----------------------------------------------------------------
-
-    def _set_content(self, tx: Txn, node: Inode, digest: bytes, length: int) -> None:
-        """Point ``node`` at ``digest`` (already referenced) and release its old content."""
-        old = node.content
-        now = time.time_ns()
-        node.content = digest
-        node.size = length
-        node.mtime_ns = node.ctime_ns = now
-        tx.save_inode(node)
-        if old is not None:
-            self._release(tx, old)
-
-    def _release(self, tx: Txn, digest: bytes) -> None:
-        """Drop one reference; delete the blob after commit when it was the last."""
-        if tx.remove(digest):
-            tx.after_commit(lambda: self.pool.remove(digest))
-
-    def _reference(self, tx: Txn, digest: bytes, length: int, staged: Staged, reserved: bool) -> None:
-        """Take one reference to ``digest``, publishing the staged bytes when the pool lacks them.
-
-        A reservation (checked put) already holds the reference; it only
-        needs the bytes published and the resource marked complete.
-        """
-        resource = tx.resource(digest) if reserved else tx.put(digest, length)
-        assert resource is not None, "a reservation lost its resource"
-        if resource.complete:
-            tx.after_commit(lambda: self.pool.discard(staged))
-            return
-        self.pool.publish(staged, digest)
-        resource.state = COMPLETE
-        tx.save_resource(resource)
 
     def _put(self, parts: list[bytes], reader: BinaryIO, length: int, check: bytes | None) -> str:
         if length < -1:
@@ -360,7 +312,7 @@ class Store:
             with self.catalog.write() as tx:
                 parent, name = self._make_parents(tx, parts)
                 existed = tx.lookup(parent.ino, name) is not None
-                node = self._file_at(tx, parent, name, create=True)
+                node = self._file_at(tx, parent, name)
                 record = StagingRecord(staged.name, node.ino, expected=check)
                 if not existed:
                     record.parent, record.entry = parent.ino, name
@@ -393,9 +345,9 @@ class Store:
             node = tx.inode(upload.record.ino)
             if node is None:
                 raise errors.NotFound("the file was removed while it was being written")
-            self._reference(tx, digest, size, upload.staged, reserved=upload.record.reserved)
+            self.tree.reference(tx, digest, size, upload.staged, reserved=upload.record.reserved)
             tx.remove_staging(upload.staged.name)
-            self._set_content(tx, node, digest, size)
+            self.tree.set_content(tx, node, digest, size)
         self._forget_upload(upload)
 
     def _abort_upload(self, upload: Upload) -> None:
@@ -421,7 +373,7 @@ class Store:
         tx.remove_staging(record.name)
         tx.after_commit(lambda: self.pool.discard_name(record.name))
         if record.reserved and record.expected is not None:
-            self._release(tx, record.expected)
+            self.tree.release(tx, record.expected)
         node = tx.inode(record.ino)
         if (
             remove_created and record.parent and node is not None and node.content is None
@@ -445,23 +397,11 @@ class Store:
         return reader, resource.length
 
     def _remove(self, parts: list[bytes]) -> None:
-        with self.catalog.write() as tx:
-            node = self._resolve(tx, parts)
-            if stat.S_ISDIR(node.mode):
-                raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
+        with self.catalog.read() as tx:
             parent = self._resolve(tx, parts[:-1])
-            tx.remove_entry(parent.ino, parts[-1])
-            now = time.time_ns()
-            parent.mtime_ns = parent.ctime_ns = now
-            tx.save_inode(parent)
-            node.nlink -= 1
-            node.ctime_ns = now
-            if node.nlink > 0:
-                tx.save_inode(node)
-                return
-            tx.delete_inode(node.ino)
-            if node.content is not None:
-                self._release(tx, node.content)
+        if not stat.S_ISDIR(parent.mode):
+            raise errors.NotADirectory(f"{parts[-2]!r} is not a directory")
+        self.tree.unlink(parent.ino, parts[-1])
 
     # -- inspection (fsck, stats, tests) ------------------------------------------
 
