@@ -568,6 +568,15 @@ class Tree:
             tx.remove_staging(name)
         self.pool.discard_name(name)
 
+    def hash_staged(self, staged: Staged) -> tuple[bytes, int]:
+        return self.pool.hash_staging(staged)
+
+    def content_fd(self, node: Inode) -> int | None:
+        """A read-only descriptor of the node's blob; None for empty or not yet committed content."""
+        if node.content is None or node.content == EMPTY_DIGEST:
+            return None
+        return self.pool.open_fd(node.content)
+
     def needs_sync(self, digest: bytes) -> bool:
         """Whether committing ``digest`` will publish new bytes (which must be durable first)."""
         with self.catalog.read() as tx:

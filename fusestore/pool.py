@@ -182,6 +182,10 @@ class LocalPool:
             return io.BytesIO(b"")
         return open(self.blob_path(digest), "rb")
 
+    def open_fd(self, digest: bytes) -> int:
+        """A read-only descriptor of a non-empty blob, for ``os.pread``."""
+        return os.open(self.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
+
     def remove(self, digest: bytes) -> None:
         if digest == EMPTY_DIGEST:
             return

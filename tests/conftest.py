@@ -5,10 +5,14 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from fusestore import Store
+
+if TYPE_CHECKING:
+    from .mount_helpers import Mount
 
 ENV = "0f8fad5b-d9cb-469f-a165-70867728950e"
 ENV2 = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -53,3 +57,44 @@ def read(store: Store, path: str, env: str = ENV) -> bytes:
         data = reader.read()
     assert len(data) == length
     return data
+
+
+@pytest.fixture
+def mount(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator["Mount"]:
+    """A fresh store mounted at tmp_path/mnt; unmounted even when the test fails.
+
+    The daemon's log is printed when the test fails, so a failure shows
+    what the filesystem saw.
+    """
+    from .mount_helpers import Mount, require_fuse
+
+    require_fuse()
+    mounted = Mount(tmp_path / "store", tmp_path / "mnt", tmp_path / "daemon.log")
+    mounted.mount()
+    try:
+        yield mounted
+    finally:
+        try:
+            if mounted.is_mounted():
+                mounted.umount()
+        finally:
+            mounted.force_unmount()
+            report = getattr(request.node, "rep_call", None)
+            if report is not None and report.failed:
+                print(f"--- daemon log ---\n{mounted.log_text()}")
+
+
+@pytest.fixture
+def env_dir(mount: "Mount") -> Path:
+    """An environment directory inside the mount."""
+    path = mount.path / ENV
+    path.mkdir()
+    return path
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Keep each phase's report on the test item, so fixtures can tell a failed test."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

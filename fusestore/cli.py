@@ -1,0 +1,98 @@
+"""The ``fusestore`` command: mount, umount.
+
+Each command is a small function over the layers below; errors meant for
+the user are printed as one line, ``fusestore: ...``, with exit status 1
+(2 for bad usage, as argparse does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import mounting
+
+DESCRIPTION = """\
+fusestore: a deduplicating FUSE filesystem. Files live at /<env-uuid>/<path>;
+each distinct content is stored once, in a refcounted blob pool.
+"""
+
+
+def _mount(args: argparse.Namespace) -> None:
+    if args.foreground:
+        logging.basicConfig(
+            level=logging.DEBUG if args.debug else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            filename=args.log,
+        )
+        try:
+            mounting.serve(
+                args.store, args.mountpoint, allow_other=args.allow_other,
+                request_ttl=args.request_ttl, ready_fd=args.ready_fd,
+            )
+        except mounting.MountError as exc:
+            if args.ready_fd is not None:
+                os.write(args.ready_fd, f"error: {exc}\n".encode())
+            raise
+        return
+    argv = ["mount", str(args.store), str(args.mountpoint), "--request-ttl", str(args.request_ttl)]
+    if args.debug:
+        argv.append("--debug")
+    if args.allow_other:
+        argv.append("--allow-other")
+    log_path = Path(args.log) if args.log else args.store / "fusestore.log"
+    pid = mounting.start_background(argv + ["--log", str(log_path)], log_path)
+    print(f"fusestore: mounted {args.store} on {args.mountpoint} (daemon pid {pid}, log {log_path})")
+
+
+def _umount(args: argparse.Namespace) -> None:
+    mounting.unmount(args.mountpoint, timeout=args.timeout)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="fusestore", description=DESCRIPTION)
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    mount = commands.add_parser(
+        "mount", help="mount a store (created when missing)",
+        description="Mount STORE on MOUNTPOINT. Returns once the mount answers; the daemon then "
+                    "runs in the background (log: STORE/fusestore.log unless --log is given).",
+    )
+    mount.add_argument("store", type=Path, metavar="STORE", help="store directory (created when missing)")
+    mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an existing empty directory")
+    mount.add_argument("--foreground", action="store_true",
+                       help="stay attached and log to stderr; SIGINT/SIGTERM unmount cleanly")
+    mount.add_argument("--debug", action="store_true", help="verbose logs")
+    mount.add_argument("--allow-other", action="store_true",
+                       help="let other users use the mount (permissions are checked by the kernel)")
+    mount.add_argument("--request-ttl", type=float, default=60.0, metavar="SECONDS",
+                       help="how long a proof-of-access request stays open (default 60)")
+    mount.add_argument("--log", metavar="FILE", help="log file (default: stderr with --foreground, "
+                                                     "else STORE/fusestore.log)")
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    mount.set_defaults(run=_mount)
+
+    umount = commands.add_parser(
+        "umount", help="unmount, after committing what is open",
+        description="Unmount MOUNTPOINT and wait until its daemon has committed everything and exited. "
+                    "Also cleans up the mount of a killed daemon.",
+    )
+    umount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    umount.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                        help="how long to wait for the daemon to exit (default 120)")
+    umount.set_defaults(run=_umount)
+    return top
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except mounting.MountError as exc:
+        print(f"fusestore: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)

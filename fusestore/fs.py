@@ -1,0 +1,372 @@
+"""The FUSE adapter: pyfuse3 requests in, store calls out, errnos back.
+
+Decisions live in the store (``namespace.Tree``) and in ``openfiles``; this
+class translates. Every handler runs inside ``_errors``, which turns the
+store's typed errors and OSErrors into the errno the caller sees, and logs
+anything unexpected instead of letting it end the main loop.
+
+Kernel caching: attributes and entries are cached for ``CACHE_SECONDS``
+and file pages are kept across opens (``keep_cache``), since blobs never
+change. That is safe because every change reaches us through the kernel,
+which updates its own caches; a change the kernel did not make (a
+proof-of-access link) must be invalidated explicitly.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyfuse3
+import trio
+
+from . import errors
+from .catalog import ROOT_INO, Inode
+from .namespace import Owner
+from .openfiles import OpenFiles, OpenInode
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+CACHE_SECONDS = 300.0
+READDIR_BATCH = 1000
+PID_XATTR = b"user.fusestore.pid"
+
+T = TypeVar("T")
+
+
+def _errors(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except errors.StoreError as exc:
+            log.debug("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno) from None
+        except OSError as exc:
+            log.warning("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("%s failed", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+@dataclass
+class Handle:
+    state: OpenInode
+    wrote: bool = False
+
+
+@dataclass
+class DirHandle:
+    """A directory being listed: one batch of entries at a time, resumed by offset."""
+
+    ino: int
+    base: int = 0
+    batch: list[tuple[bytes, Inode]] = field(default_factory=list)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.tree = store.tree
+        self.files = OpenFiles(self.tree)
+        self.handles: dict[int, Handle] = {}
+        self.dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+
+    def _new_fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def entry(self, node: Inode) -> pyfuse3.EntryAttributes:
+        node = self.files.attributes(node)
+        attr = pyfuse3.EntryAttributes()
+        attr.st_ino = node.ino
+        attr.generation = 0
+        attr.entry_timeout = CACHE_SECONDS
+        attr.attr_timeout = CACHE_SECONDS
+        attr.st_mode = node.mode
+        attr.st_nlink = max(node.nlink, 0)
+        attr.st_uid = node.uid
+        attr.st_gid = node.gid
+        attr.st_rdev = node.rdev
+        attr.st_size = node.size
+        attr.st_blksize = 1 << 17
+        attr.st_blocks = (node.size + 511) // 512
+        attr.st_atime_ns = node.atime_ns
+        attr.st_mtime_ns = node.mtime_ns
+        attr.st_ctime_ns = node.ctime_ns
+        return attr
+
+    # -- lookups and attributes -------------------------------------------------
+
+    @_errors
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.entry(self.tree.lookup(parent_inode, name))
+
+    @_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self.entry(self.tree.getattr(inode))
+
+    @_errors
+    async def setattr(
+        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+        fh: int | None, ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        if fields.update_size:
+            await self._truncate(inode, attr.st_size)  # O_TRUNC arrives here too: no "wrote" mark
+        node = self.tree.setattr(
+            inode,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            atime_ns=attr.st_atime_ns if fields.update_atime else None,
+            mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
+        )
+        state = self.files.get(inode)
+        if state is not None and fields.update_mtime:
+            self.files.set_mtime(state, attr.st_mtime_ns)
+        return self.entry(node)
+
+    async def _truncate(self, inode: int, size: int) -> None:
+        """ftruncate/truncate/O_TRUNC: on the open inode, or as a commit of its own."""
+        mode = self.tree.getattr(inode).mode
+        if not stat.S_ISREG(mode):
+            raise pyfuse3.FUSEError(errno.EISDIR if stat.S_ISDIR(mode) else errno.EINVAL)
+        state = self.files.open(inode)
+        try:
+            await self.files.truncate(state, size)
+        finally:
+            if state.handles == 1:
+                await self.files.close(state)  # no handle open: commit now
+            else:
+                state.handles -= 1
+
+    @_errors
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.tree.readlink(inode)
+
+    # -- creation ---------------------------------------------------------------------
+
+    @staticmethod
+    def _owner(ctx: pyfuse3.RequestContext) -> Owner:
+        return Owner(ctx.uid, ctx.gid)
+
+    def _log_refusal(self, parent: int, name: bytes, exc: errors.StoreError) -> None:
+        if parent == ROOT_INO:
+            log.warning("refused %r in /: %s", name, exc)
+
+    @_errors
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        try:
+            return self.entry(self.tree.mkdir(parent_inode, name, mode, self._owner(ctx)))
+        except errors.StoreError as exc:
+            self._log_refusal(parent_inode, name, exc)
+            raise
+
+    @_errors
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.entry(self.tree.mknod(parent_inode, name, mode, rdev, self._owner(ctx)))
+
+    @_errors
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.entry(self.tree.symlink(parent_inode, name, target, self._owner(ctx)))
+
+    @_errors
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        return self.entry(self.tree.link(inode, new_parent_inode, new_name))
+
+    @_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        node = self.tree.mknod(parent_inode, name, stat.S_IFREG | (mode & 0o7777), 0, self._owner(ctx))
+        info = self._open_handle(node.ino)
+        return info, self.entry(node)
+
+    # -- removal and renaming -----------------------------------------------------------
+
+    @_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await trio.to_thread.run_sync(self.tree.unlink, parent_inode, name)
+
+    @_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.tree.rmdir(parent_inode, name)
+
+    @_errors
+    async def rename(
+        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+        flags: int, ctx: pyfuse3.RequestContext,
+    ) -> None:
+        await trio.to_thread.run_sync(
+            self.tree.rename, parent_inode_old, name_old, parent_inode_new, name_new, flags
+        )
+
+    # -- extended attributes --------------------------------------------------------------
+
+    @_errors
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if name == PID_XATTR:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        self.tree.setxattr(inode, name, value)
+
+    @_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name == PID_XATTR and inode == ROOT_INO:
+            return str(os.getpid()).encode()
+        return self.tree.getxattr(inode, name)
+
+    @_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return self.tree.listxattr(inode)
+
+    @_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        self.tree.removexattr(inode, name)
+
+    # -- files ----------------------------------------------------------------------------------
+
+    def _open_handle(self, inode: int) -> pyfuse3.FileInfo:
+        fh = self._new_fh()
+        self.handles[fh] = Handle(self.files.open(inode))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    @_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self.tree.getattr(inode)
+        if stat.S_ISDIR(node.mode):
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        return self._open_handle(inode)
+
+    @_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return await self.files.read(self.handles[fh].state, off, size)
+
+    @_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self.handles[fh]
+        handle.wrote = True
+        return await self.files.write(handle.state, off, buf)
+
+    @_errors
+    async def flush(self, fh: int) -> None:
+        """Commit at the flush of the last handle, so that close() reports the commit's errors.
+
+        Only a handle that wrote commits here: the shell's ``cmd > f`` opens
+        with O_TRUNC and flushes its own descriptor before the command writes
+        a byte, and that flush must not commit (nor consume what belongs to
+        the real commit). Whatever is still dirty is committed at release.
+        """
+        handle = self.handles[fh]
+        if handle.wrote and handle.state.dirty and handle.state.handles == 1:
+            handle.wrote = False
+            await self.files.commit(handle.state)
+
+    @_errors
+    async def release(self, fh: int) -> None:
+        handle = self.handles.pop(fh)
+        await self.files.close(handle.state)
+
+    @_errors
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.files.fsync(self.handles[fh].state)
+
+    # -- directories ------------------------------------------------------------------------
+
+    @_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self.tree.getattr(inode)
+        if not stat.S_ISDIR(node.mode):
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        fh = self._new_fh()
+        self.dirs[fh] = DirHandle(inode)
+        return fh
+
+    @_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = self.dirs[fh]
+        offset = start_id
+        while True:
+            index = offset - listing.base
+            if not 0 <= index < len(listing.batch):
+                if not self._load_batch(listing, offset):
+                    return
+                index = 0
+            name, node = listing.batch[index]
+            if not pyfuse3.readdir_reply(token, name, self.entry(node), offset + 1):
+                return
+            offset += 1
+
+    def _load_batch(self, listing: DirHandle, offset: int) -> bool:
+        """Load the batch that starts at ``offset``; False at the end of the directory."""
+        if offset == listing.base + len(listing.batch) and listing.batch:
+            after = listing.batch[-1][0]
+        else:  # a rewind or a seek: walk from the start (rare)
+            after, skipped = b"", 0
+            while skipped < offset:
+                step = self.tree.readdir(listing.ino, after, min(READDIR_BATCH, offset - skipped))
+                if not step:
+                    return False
+                after = step[-1][0]
+                skipped += len(step)
+        listing.batch = self.tree.readdir(listing.ino, after, READDIR_BATCH)
+        listing.base = offset
+        return bool(listing.batch)
+
+    @_errors
+    async def releasedir(self, fh: int) -> None:
+        del self.dirs[fh]
+
+    @_errors
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        await trio.to_thread.run_sync(self.tree.sync)
+
+    # -- the filesystem as a whole ---------------------------------------------------------------
+
+    @_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        disk = os.statvfs(self.store.path)
+        data = pyfuse3.StatvfsData()
+        data.f_bsize = disk.f_bsize
+        data.f_frsize = disk.f_frsize
+        data.f_blocks = disk.f_blocks
+        data.f_bfree = disk.f_bfree
+        data.f_bavail = disk.f_bavail
+        data.f_files = disk.f_files
+        data.f_ffree = disk.f_ffree
+        data.f_favail = disk.f_favail
+        data.f_namemax = 255
+        return data
+
+    async def commit_all(self) -> None:
+        """At unmount: commit every inode still dirty (handles the kernel never released)."""
+        for state in list(self.files.inodes.values()):
+            if state.dirty:
+                try:
+                    await self.files.commit(state)
+                except Exception:
+                    log.exception("could not commit inode %d at unmount", state.ino)
