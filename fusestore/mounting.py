@@ -183,7 +183,7 @@ def unmount(mountpoint: Path, timeout: float = 120.0) -> None:
     if pid is None:
         return
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while process_alive(pid):
         if time.monotonic() > deadline:
             raise MountError(f"unmounted, but the daemon (pid {pid}) has not exited after {timeout:.0f}s")
         time.sleep(0.05)
@@ -202,7 +202,7 @@ def _kernel_unmount(mountpoint: Path) -> None:
         raise MountError(detail)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -2,6 +2,7 @@
 """fusestore benchmarks: figures as ratios against a plain directory on the same disk.
 
     scripts/bench.py store [--dir DIR] [--size-mib N] [--files N]
+    scripts/bench.py fs    [--dir DIR] [--size-mib N] [--files N] [--rss-gib N]
 
 Everything is measured in the same run and in the same directory tree, since
 these machines are noisy: a ratio means more than an absolute figure.
@@ -13,6 +14,7 @@ import argparse
 import io
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -88,7 +90,7 @@ def bench_store(args: argparse.Namespace) -> None:
             make_random_file(src, size)
             # Interleaved rounds, best of each: the disk's writeback makes single runs noisy.
             t_plain = t_put = t_dup_big = float("inf")
-            for round_ in range(2):
+            for _ in range(2):
                 t_plain = min(t_plain, timed(lambda: plain_copy(src, plain / "copy.bin")))
                 (plain / "copy.bin").unlink()
                 with open(src, "rb") as reader:
@@ -105,6 +107,111 @@ def bench_store(args: argparse.Namespace) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def write_file(path: Path, size: int, pattern: bytes, *, fsync: bool = False) -> None:
+    """Write ``size`` bytes in 1 MiB writes, as cp or dd would, and close."""
+    with open(path, "wb", buffering=0) as out:
+        left = size
+        while left:
+            left -= out.write(pattern[: min(len(pattern), left)])
+        if fsync:
+            os.fsync(out.fileno())
+
+
+def read_file(path: Path) -> None:
+    with open(path, "rb", buffering=0) as src:
+        while src.read(CHUNK):
+            pass
+
+
+def drop_caches() -> bool:
+    """Cold reads need an empty page cache: possible as root only."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as control:
+            control.write("3\n")
+    except OSError:
+        return False
+    return True
+
+
+def small_files(directory: Path, count: int) -> None:
+    data = b"x" * 4096
+    directory.mkdir()
+    for i in range(count):
+        with open(directory / f"f{i:05d}", "wb", buffering=0) as out:
+            out.write(data)
+
+
+def ls_long(directory: Path) -> None:
+    subprocess.run(["ls", "-l", str(directory)], check=True, stdout=subprocess.DEVNULL)
+
+
+def peak_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def ratio_line(label: str, ours: float, plain: float, unit: str, higher_is_better: bool = True) -> None:
+    ratio = ours / plain if higher_is_better else plain / ours
+    print(f"{label:34s} fusestore {ours:10.1f} {unit:8s} plain {plain:10.1f} {unit:8s} ratio {ratio:.2f}x")
+
+
+def bench_fs(args: argparse.Namespace) -> None:
+    base = Path(tempfile.mkdtemp(prefix="fusestore-bench-", dir=args.dir))
+    mountpoint, plain = base / "mnt", base / "plain"
+    mountpoint.mkdir()
+    plain.mkdir()
+    fusestore = [sys.executable, "-m", "fusestore"]
+    subprocess.run([*fusestore, "mount", str(base / "store"), str(mountpoint), "--log", str(base / "log")],
+                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        pid = int(os.getxattr(mountpoint, "user.fusestore.pid"))
+        env = mountpoint / ENV
+        env.mkdir()
+        size = args.size_mib << 20
+        mib = size / (1 << 20)
+        pattern = os.urandom(CHUNK)
+        cold = drop_caches()
+
+        for label, fsync in (("sequential write, to close", False), ("sequential write, with fsync", True)):
+            name = "big-fsync" if fsync else "big"
+            ours = timed(lambda: write_file(env / name, size, pattern, fsync=fsync))
+            theirs = timed(lambda: write_file(plain / name, size, pattern, fsync=fsync))
+            ratio_line(f"{label} ({args.size_mib} MiB)", mib / ours, mib / theirs, "MB/s")
+
+        drop_caches()
+        ours = timed(lambda: read_file(env / "big"))
+        drop_caches()
+        theirs = timed(lambda: read_file(plain / "big"))
+        ratio_line("sequential read, " + ("cold" if cold else "warm (not root)"), mib / ours, mib / theirs, "MB/s")
+
+        ours = timed(lambda: write_file(env / "big-again", size, pattern))
+        theirs = timed(lambda: write_file(plain / "big-again", size, pattern))
+        ratio_line("same content again (dedup hit)", mib / ours, mib / theirs, "MB/s")
+
+        ours = timed(lambda: small_files(env / "small", args.files))
+        theirs = timed(lambda: small_files(plain / "small", args.files))
+        ratio_line(f"create+close {args.files} x 4 KiB", args.files / ours, args.files / theirs, "files/s")
+
+        drop_caches()
+        ours = timed(lambda: ls_long(env / "small"))
+        drop_caches()
+        theirs = timed(lambda: ls_long(plain / "small"))
+        ratio_line(f"ls -l of {args.files} entries", ours, theirs, "s", higher_is_better=False)
+
+        if args.rss_gib:
+            write_file(env / "huge", args.rss_gib << 30, pattern)
+            read_file(env / "huge")
+        print(f"daemon peak RSS: {peak_rss_mib(pid):.0f} MiB"
+              + (f" (after writing and reading a {args.rss_gib} GiB file)" if args.rss_gib else ""))
+    finally:
+        subprocess.run([*fusestore, "umount", str(mountpoint)], check=False)
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def _reader(data: bytes) -> io.BytesIO:
     return io.BytesIO(data)
 
@@ -116,9 +223,14 @@ def main() -> None:
     store.add_argument("--dir", default=str(REPO / ".fusestore"), help="where to work (same disk as the store)")
     store.add_argument("--size-mib", type=int, default=1024, help="size of the large put (default 1024)")
     store.add_argument("--files", type=int, default=2000, help="number of small files (default 2000)")
+    fs = sub.add_parser("fs", help="the mounted filesystem against a plain directory")
+    fs.add_argument("--dir", default=str(REPO / ".fusestore"), help="where to work (same disk as the store)")
+    fs.add_argument("--size-mib", type=int, default=1024, help="size of the large file (default 1024)")
+    fs.add_argument("--files", type=int, default=10000, help="number of small files (default 10000)")
+    fs.add_argument("--rss-gib", type=int, default=4, help="size of the file for the memory check (0: skip)")
     args = parser.parse_args()
     Path(args.dir).mkdir(parents=True, exist_ok=True)
-    {"store": bench_store}[args.what](args)
+    {"store": bench_store, "fs": bench_fs}[args.what](args)
 
 
 if __name__ == "__main__":
