@@ -260,7 +260,17 @@ class Operations(pyfuse3.Operations):
         node = self.tree.getattr(inode)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        return self._open_handle(inode)
+        info = self._open_handle(inode)
+        if flags & os.O_TRUNC:
+            # libfuse negotiates atomic O_TRUNC, so the truncation arrives
+            # here, not as a setattr. It does not mark the handle as having
+            # written: the shell's `cmd > f` flushes before cmd writes.
+            try:
+                await self.files.truncate(self.handles[info.fh].state, 0)
+            except BaseException:
+                await self.files.close(self.handles.pop(info.fh).state)
+                raise
+        return info
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:

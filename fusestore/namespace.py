@@ -63,6 +63,7 @@ class Tree:
         self.pool = pool
         self.now_ns = now_ns
         self._open: Counter[int] = Counter()
+        self._orphans: set[int] = set()  # unlinked while open, in this process
         self._open_lock = threading.Lock()
 
     # -- set-up -----------------------------------------------------------------
@@ -203,6 +204,8 @@ class Tree:
         if node.nlink > 0 or self.is_open(node.ino):
             if node.nlink <= 0:
                 tx.add_orphan(node.ino)
+                with self._open_lock:
+                    self._orphans.add(node.ino)
             tx.save_inode(node)
             return
         self.delete(tx, node)
@@ -223,6 +226,11 @@ class Tree:
         with self._open_lock:
             self._open[ino] += 1
 
+    def is_orphan(self, ino: int) -> bool:
+        """Whether the last close of ``ino`` deletes it (and so may take long)."""
+        with self._open_lock:
+            return ino in self._orphans
+
     def closed(self, ino: int) -> None:
         """The last close of an unlinked inode deletes it."""
         with self._open_lock:
@@ -230,6 +238,9 @@ class Tree:
             if self._open[ino] > 0:
                 return
             del self._open[ino]
+            if ino not in self._orphans:
+                return
+            self._orphans.discard(ino)
         with self.catalog.write() as tx:
             node = tx.inode(ino)
             if node is not None and node.nlink <= 0 and not self.is_open(ino):

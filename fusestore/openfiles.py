@@ -89,7 +89,10 @@ class OpenFiles:
             if state.handles == 0:
                 self._close_blob(state)
                 del self.inodes[state.ino]
-                await trio.to_thread.run_sync(self.tree.closed, state.ino)
+                if self.tree.is_orphan(state.ino):  # deleting it may unlink a large blob
+                    await trio.to_thread.run_sync(self.tree.closed, state.ino)
+                else:
+                    self.tree.closed(state.ino)
 
     # -- content ------------------------------------------------------------------
 
