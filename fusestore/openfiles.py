@@ -4,8 +4,8 @@ The write path, as the filesystem sees it:
 
 - Opening a file costs nothing. The first write (or truncate) gives the
   inode a staging file: empty when the file is truncated to 0 first (the
-  shell's ``cmd > f``, which the kernel sends as open + setattr(size=0)),
-  otherwise a copy of the current blob made by ``copy_file_range`` in a
+  shell's ``cmd > f``: libfuse negotiates atomic O_TRUNC, so the truncation
+  arrives with open's flags), otherwise a copy of the current blob made by ``copy_file_range`` in a
   worker thread. Staging is per inode, shared by all its handles.
 - Each write goes to the staging file with ``pwrite``. While writes arrive
   in order from offset 0, they also feed a running BLAKE3 hasher, so the

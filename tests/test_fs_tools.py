@@ -7,6 +7,7 @@ filesystem holds: bytes, modes, times to the nanosecond, links, xattrs.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import shutil
@@ -14,6 +15,7 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,7 +26,7 @@ MiB = 1 << 20
 PAST = 1_500_000_000  # 2017-07-14, in seconds: older than anything the tools would make
 
 
-def run(*args: str | os.PathLike[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess[str]:
+def run(*args: str | os.PathLike[str], check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     """Run a tool; a failure shows its command line, exit code and both streams."""
     result = subprocess.run([os.fspath(a) for a in args], capture_output=True, text=True, timeout=120, **kwargs)
     if check:
@@ -210,6 +212,23 @@ def test_cp_a_tree_survives_remount_with_same_metadata_and_inode_numbers(
     assert_same_tree(source, copy)
 
 
+def test_cp_onto_an_existing_longer_file_replaces_all_of_it(mount: Mount, env_dir: Path, tmp_path: Path) -> None:
+    long, short = tmp_path / "long.bin", tmp_path / "short.bin"
+    long.write_bytes(os.urandom(500_000))
+    short.write_bytes(os.urandom(1_000))
+    target = env_dir / "target"
+    run("cp", long, target)
+    ino = os.stat(target).st_ino
+
+    run("cp", short, target)  # opens the existing file with O_TRUNC and writes 1000 bytes
+    assert os.stat(target).st_ino == ino
+    assert os.stat(target).st_size == 1_000
+    assert target.read_bytes() == short.read_bytes()
+
+    mount.remount()
+    assert target.read_bytes() == short.read_bytes()
+
+
 # -- rsync ------------------------------------------------------------------------------------
 
 
@@ -225,9 +244,10 @@ def test_rsync_aHAX_copies_tree_then_finds_nothing_to_do(mount: Mount, env_dir: 
     assert any(line.startswith(">f") for line in first), first
     assert_same_tree(source, copy)
 
-    second = rsync(f"{source}/", f"{copy}/")
-    changed = [line for line in second if line.strip() and not line.startswith(".d ")]
-    assert changed == [], f"a second identical rsync changed things:\n" + "\n".join(second)
+    second = rsync("--stats", f"{source}/", f"{copy}/")
+    itemized = [line for line in second if line[:2] in (">f", "cf", "cd", "cL", "hf", ".f", ".d", ".L")]
+    assert itemized == [], "a second identical rsync changed things:\n" + "\n".join(second)
+    assert "Number of regular files transferred: 0" in second, second
     assert_same_tree(source, copy)
 
 
@@ -420,7 +440,7 @@ def test_mv_across_environments_copies_and_removes_the_source(mount: Mount, env_
 
     with pytest.raises(OSError) as raised:
         os.rename(env_dir / "f", other / "f")
-    assert raised.value.errno == 18  # EXDEV: what makes mv copy
+    assert raised.value.errno == errno.EXDEV  # what makes mv fall back to copying
 
     run("mv", env_dir / "f", other / "f")
     assert not (env_dir / "f").exists()
