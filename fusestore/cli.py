@@ -31,14 +31,15 @@ def _mount(args: argparse.Namespace) -> None:
         try:
             mounting.serve(
                 args.store, args.mountpoint, allow_other=args.allow_other,
-                request_ttl=args.request_ttl, ready_fd=args.ready_fd,
+                request_ttl=args.request_ttl, max_requests=args.max_requests, ready_fd=args.ready_fd,
             )
         except mounting.MountError as exc:
             if args.ready_fd is not None:
                 os.write(args.ready_fd, f"error: {exc}\n".encode())
             raise
         return
-    argv = ["mount", str(args.store), str(args.mountpoint), "--request-ttl", str(args.request_ttl)]
+    argv = ["mount", str(args.store), str(args.mountpoint), "--request-ttl", str(args.request_ttl),
+            "--max-requests", str(args.max_requests)]
     if args.debug:
         argv.append("--debug")
     if args.allow_other:
@@ -70,6 +71,8 @@ def parser() -> argparse.ArgumentParser:
                        help="let other users use the mount (permissions are checked by the kernel)")
     mount.add_argument("--request-ttl", type=float, default=60.0, metavar="SECONDS",
                        help="how long a proof-of-access request stays open (default 60)")
+    mount.add_argument("--max-requests", type=int, default=100, metavar="N",
+                       help="open proof-of-access requests per user (default 100); past it, EBUSY")
     mount.add_argument("--log", metavar="FILE", help="log file (default: stderr with --foreground, "
                                                      "else STORE/fusestore.log)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)

@@ -19,6 +19,7 @@ import functools
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,6 +29,7 @@ import trio
 
 from . import errors
 from .catalog import ROOT_INO, Inode
+from .control import REQUESTS_DIR, REQUESTS_INO, ControlError, ControlFile, Requests
 from .namespace import Owner
 from .openfiles import OpenFiles, OpenInode
 from .store import Store
@@ -36,7 +38,10 @@ log = logging.getLogger(__name__)
 
 CACHE_SECONDS = 300.0
 READDIR_BATCH = 1000
-PID_XATTR = b"user.fusestore.pid"
+RESERVED_XATTRS = b"user.fusestore."
+PID_XATTR = RESERVED_XATTRS + b"pid"  # on the root: the daemon's pid, for `fusestore umount`
+HASH_XATTR = RESERVED_XATTRS + b"blake3"  # read-only: the committed content's BLAKE3
+EXPECT_XATTR = RESERVED_XATTRS + b"expect"  # the hash the next commit must have
 
 T = TypeVar("T")
 
@@ -48,6 +53,8 @@ def _errors(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
+        except ControlError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from None
         except errors.StoreError as exc:
             log.debug("%s: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(exc.errno) from None
@@ -69,10 +76,12 @@ class Handle:
 
 @dataclass
 class DirHandle:
-    """A directory being listed: one batch of entries at a time, resumed by offset."""
+    """A directory being listed: virtual entries first, then catalog entries a batch at a time."""
 
     ino: int
-    base: int = 0
+    virtual: list[tuple[bytes, Inode]] = field(default_factory=list)
+    catalog: bool = True
+    base: int = 0  # catalog offset of batch[0]
     batch: list[tuple[bytes, Inode]] = field(default_factory=list)
 
 
@@ -81,14 +90,23 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, max_requests_per_user: int = 100) -> None:
         super().__init__()
         self.store = store
         self.tree = store.tree
         self.files = OpenFiles(self.tree)
+        self.requests = Requests(
+            store, max_per_user=max_requests_per_user,
+            may_write=lambda env, path, uid, gid: store.may_write_for_environment(env, path, Owner(uid, gid)),
+            on_linked=self._linked,
+        )
         self.handles: dict[int, Handle] = {}
+        self.control_handles: dict[int, ControlFile] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        now = time.time_ns()
+        self.requests_dir = Inode(REQUESTS_INO, stat.S_IFDIR | 0o1777, 0, 0, nlink=2,
+                                  atime_ns=now, mtime_ns=now, ctime_ns=now)
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -100,8 +118,10 @@ class Operations(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
-        attr.entry_timeout = CACHE_SECONDS
-        attr.attr_timeout = CACHE_SECONDS
+        # Control files change without the kernel knowing and differ per uid: never cache them.
+        timeout = 0 if node.ino >= REQUESTS_INO else CACHE_SECONDS
+        attr.entry_timeout = timeout
+        attr.attr_timeout = timeout
         attr.st_mode = node.mode
         attr.st_nlink = max(node.nlink, 0)
         attr.st_uid = node.uid
@@ -119,17 +139,50 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT_INO and name == REQUESTS_DIR:
+            return self.entry(self.requests_dir)
+        if parent_inode == REQUESTS_INO:
+            return self.entry(self._control_inode(self.requests.lookup(ctx.uid, name)))
         return self.entry(self.tree.lookup(parent_inode, name))
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.entry(self.tree.getattr(inode))
+        return self.entry(self._virtual_or_catalog(inode))
+
+    def _virtual_or_catalog(self, inode: int) -> Inode:
+        if inode == REQUESTS_INO:
+            return self.requests_dir
+        if inode > REQUESTS_INO:
+            return self._control_inode(self._control(inode))
+        return self.tree.getattr(inode)
+
+    def _control(self, inode: int) -> ControlFile:
+        control = self.requests.by_ino.get(inode)
+        if control is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return control
+
+    def _control_inode(self, control: ControlFile) -> Inode:
+        return Inode(control.ino, stat.S_IFREG | 0o600, control.uid, control.gid, nlink=1,
+                     size=len(self.requests.render(control)), atime_ns=control.created_ns,
+                     mtime_ns=control.created_ns, ctime_ns=control.created_ns)
+
+    @staticmethod
+    def _refuse_virtual(*inodes: int) -> None:
+        """Nothing but control files is made, linked or moved in /.requests."""
+        if any(inode >= REQUESTS_INO for inode in inodes):
+            raise pyfuse3.FUSEError(errno.EPERM)
 
     @_errors
     async def setattr(
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
         fh: int | None, ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
+        if inode > REQUESTS_INO:  # a control file: truncation is how shells open it; the rest is fixed
+            if fields.update_mode or fields.update_uid or fields.update_gid:
+                raise pyfuse3.FUSEError(errno.EPERM)
+            return self.entry(self._control_inode(self._control(inode)))
+        self._refuse_virtual(inode)
         if fields.update_size:
             await self._truncate(inode, attr.st_size)  # O_TRUNC arrives here too: no "wrote" mark
         node = self.tree.setattr(
@@ -174,7 +227,12 @@ class Operations(pyfuse3.Operations):
             log.warning("refused %r in /: %s", name, exc)
 
     @_errors
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT_INO and name == REQUESTS_DIR:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+        self._refuse_virtual(parent_inode)
         try:
             return self.entry(self.tree.mkdir(parent_inode, name, mode, self._owner(ctx)))
         except errors.StoreError as exc:
@@ -185,25 +243,33 @@ class Operations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_virtual(parent_inode)
         return self.entry(self.tree.mknod(parent_inode, name, mode, rdev, self._owner(ctx)))
 
     @_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_virtual(parent_inode)
         return self.entry(self.tree.symlink(parent_inode, name, target, self._owner(ctx)))
 
     @_errors
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        self._refuse_virtual(inode, new_parent_inode)
         return self.entry(self.tree.link(inode, new_parent_inode, new_name))
 
     @_errors
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if parent_inode == REQUESTS_INO:
+            control = self.requests.create(ctx.uid, ctx.gid, name)
+            return self._open_control(control), self.entry(self._control_inode(control))
+        self._refuse_virtual(parent_inode)
         node = self.tree.mknod(parent_inode, name, stat.S_IFREG | (mode & 0o7777), 0, self._owner(ctx))
+        self.files.fresh[node.ino] = (parent_inode, name)
         info = self._open_handle(node.ino)
         return info, self.entry(node)
 
@@ -211,10 +277,16 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if parent_inode == REQUESTS_INO:
+            self.requests.remove(ctx.uid, name)
+            return
         await trio.to_thread.run_sync(self.tree.unlink, parent_inode, name)
 
     @_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if parent_inode == ROOT_INO and name == REQUESTS_DIR:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        self._refuse_virtual(parent_inode)
         self.tree.rmdir(parent_inode, name)
 
     @_errors
@@ -222,6 +294,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
         flags: int, ctx: pyfuse3.RequestContext,
     ) -> None:
+        self._refuse_virtual(parent_inode_old, parent_inode_new)
         await trio.to_thread.run_sync(
             self.tree.rename, parent_inode_old, name_old, parent_inode_new, name_new, flags
         )
@@ -230,23 +303,65 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if name == PID_XATTR:
+        self._refuse_virtual(inode)
+        if name == EXPECT_XATTR:
+            self._expect(inode, value)
+        elif name.startswith(RESERVED_XATTRS):
             raise pyfuse3.FUSEError(errno.EPERM)
-        self.tree.setxattr(inode, name, value)
+        else:
+            self.tree.setxattr(inode, name, value)
+
+    def _expect(self, inode: int, value: bytes) -> None:
+        """``user.fusestore.expect``: the next commit of this file must hash to ``value``."""
+        if not stat.S_ISREG(self.tree.getattr(inode).mode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        try:
+            digest = bytes.fromhex(value.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            digest = b""
+        if len(digest) != 32:
+            log.warning("expect on inode %d: %r is not a BLAKE3 hash (64 hex digits)", inode, value[:80])
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        self.files.expected[inode] = digest
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if inode >= REQUESTS_INO:
+            raise pyfuse3.FUSEError(errno.ENODATA)
         if name == PID_XATTR and inode == ROOT_INO:
             return str(os.getpid()).encode()
+        if name == HASH_XATTR:
+            return self._content_hash(inode)
+        if name == EXPECT_XATTR and inode in self.files.expected:
+            return self.files.expected[inode].hex().encode()
+        if name.startswith(RESERVED_XATTRS):
+            raise pyfuse3.FUSEError(errno.ENODATA)
         return self.tree.getxattr(inode, name)
+
+    def _content_hash(self, inode: int) -> bytes:
+        """The committed content's BLAKE3 hex; ENODATA while writes are not committed."""
+        node = self.tree.getattr(inode)
+        state = self.files.get(inode)
+        if node.content is None or (state is not None and state.dirty):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        return node.content.hex().encode()
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if inode >= REQUESTS_INO:
+            return []
         return self.tree.listxattr(inode)
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self.tree.removexattr(inode, name)
+        self._refuse_virtual(inode)
+        if name == EXPECT_XATTR:
+            if self.files.expected.pop(inode, None) is None:
+                raise pyfuse3.FUSEError(errno.ENODATA)
+        elif name.startswith(RESERVED_XATTRS):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        else:
+            self.tree.removexattr(inode, name)
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -255,8 +370,20 @@ class Operations(pyfuse3.Operations):
         self.handles[fh] = Handle(self.files.open(inode))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
+    def _open_control(self, control: ControlFile) -> pyfuse3.FileInfo:
+        fh = self._new_fh()
+        control.handles += 1
+        self.control_handles[fh] = control
+        return pyfuse3.FileInfo(fh=fh, direct_io=True)  # every read is fresh
+
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if inode > REQUESTS_INO:
+            control = self._control(inode)
+            if control.uid != ctx.uid:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._open_control(control)
+        self._refuse_virtual(inode)
         node = self.tree.getattr(inode)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -274,10 +401,15 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        if fh in self.control_handles:
+            return self.requests.render(self.control_handles[fh])[off:off + size]
         return await self.files.read(self.handles[fh].state, off, size)
 
     @_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        if fh in self.control_handles:
+            # Quick (at most 64 KiB of a blob is read): kept on the loop, where the registry lives.
+            return self.requests.write(self.control_handles[fh], buf)
         handle = self.handles[fh]
         handle.wrote = True
         return await self.files.write(handle.state, off, buf)
@@ -291,6 +423,8 @@ class Operations(pyfuse3.Operations):
         a byte, and that flush must not commit (nor consume what belongs to
         the real commit). Whatever is still dirty is committed at release.
         """
+        if fh in self.control_handles:
+            return
         handle = self.handles[fh]
         if handle.wrote and handle.state.dirty and handle.state.handles == 1:
             handle.wrote = False
@@ -298,32 +432,50 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def release(self, fh: int) -> None:
+        if fh in self.control_handles:
+            self.requests.closed(self.control_handles.pop(fh))
+            return
         handle = self.handles.pop(fh)
         await self.files.close(handle.state)
 
     @_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
+        if fh in self.control_handles:
+            return
         await self.files.fsync(self.handles[fh].state)
 
     # -- directories ------------------------------------------------------------------------
 
     @_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        node = self.tree.getattr(inode)
-        if not stat.S_ISDIR(node.mode):
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        if inode == REQUESTS_INO:  # each uid lists its own requests only
+            controls = self.requests.listing(ctx.uid)
+            listing = DirHandle(inode, [(c.name, self._control_inode(c)) for c in controls], catalog=False)
+        else:
+            if not stat.S_ISDIR(self._virtual_or_catalog(inode).mode):
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            virtual = [(REQUESTS_DIR, self.requests_dir)] if inode == ROOT_INO else []
+            listing = DirHandle(inode, virtual)
         fh = self._new_fh()
-        self.dirs[fh] = DirHandle(inode)
+        self.dirs[fh] = listing
         return fh
 
     @_errors
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.dirs[fh]
         offset = start_id
+        while offset < len(listing.virtual):
+            name, node = listing.virtual[offset]
+            if not pyfuse3.readdir_reply(token, name, self.entry(node), offset + 1):
+                return
+            offset += 1
+        if not listing.catalog:
+            return
+        first = len(listing.virtual)  # readdir offsets count the virtual entries, batches do not
         while True:
-            index = offset - listing.base
+            index = offset - first - listing.base
             if not 0 <= index < len(listing.batch):
-                if not self._load_batch(listing, offset):
+                if not self._load_batch(listing, offset - first):
                     return
                 index = 0
             name, node = listing.batch[index]
@@ -371,6 +523,19 @@ class Operations(pyfuse3.Operations):
         data.f_favail = disk.f_favail
         data.f_namemax = 255
         return data
+
+    def _linked(self, env: str, path: str) -> None:
+        """A proof-of-access link changed a file behind the kernel's back: drop what it cached."""
+        try:
+            parent, name, inode = self.store.locate_for_environment(env, path)
+        except errors.StoreError:
+            return
+        self.files.forget_content(inode)
+        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        try:
+            pyfuse3.invalidate_inode(inode, attr_only=False)
+        except OSError:
+            pass  # the kernel did not know the inode: nothing cached
 
     async def commit_all(self) -> None:
         """At unmount: commit every inode still dirty (handles the kernel never released)."""

@@ -37,7 +37,8 @@ def find_problems(store: Store) -> list[str]:
         with tx.raw.cursor(db=tx.catalog.dirents) as cur:
             for key, value in cur:
                 if int.from_bytes(value, "big") not in inodes:
-                    problems.append(f"entry {bytes(key[8:])!r} points at missing inode {int.from_bytes(value, 'big')}")
+                    missing = int.from_bytes(value, "big")
+                    problems.append(f"entry {bytes(key[8:])!r} points at missing inode {missing}")
     for digest, res in resources.items():
         if res.refcount != references[digest]:
             problems.append(f"resource {digest.hex()} has refcount {res.refcount}, referenced {references[digest]} times")

@@ -56,7 +56,8 @@ def check_mountpoint(mountpoint: Path) -> None:
         except OSError as exc:
             if exc.errno == errno.ENOTCONN:
                 raise MountError(
-                    f"{mountpoint} is a dead mount (its daemon was killed): run `fusestore umount {mountpoint}` first"
+                    f"{mountpoint} is a dead mount (its daemon was killed): "
+                    f"run `fusestore umount {mountpoint}` first"
                 ) from None
             raise
         raise MountError(f"{mountpoint} is already a mount point: unmount it first (`fusestore umount {mountpoint}`)")
@@ -78,7 +79,7 @@ def check_fuse_device() -> None:
 
 def serve(
     store_path: Path, mountpoint: Path, *, allow_other: bool = False, request_ttl: float = 60.0,
-    ready_fd: int | None = None,
+    max_requests: int = 100, ready_fd: int | None = None,
 ) -> None:
     """Run the daemon in this process until it is unmounted or signalled."""
     mountpoint = mountpoint.resolve()
@@ -89,7 +90,7 @@ def serve(
     except (errors.StoreLocked, errors.UnknownFormat) as exc:
         raise MountError(str(exc)) from None
     try:
-        operations = Operations(store)
+        operations = Operations(store, max_requests_per_user=max_requests)
         options = set(pyfuse3.default_options) | {"fsname=fusestore", "subtype=fusestore", "default_permissions"}
         if allow_other:
             options.add("allow_other")

@@ -55,6 +55,23 @@ def process_owner() -> Owner:
     return Owner(os.getuid(), os.getgid())
 
 
+def permits(node: Inode, owner: Owner, mask: int) -> bool:
+    """Whether the mode bits of ``node`` grant ``mask`` (os.R_OK/W_OK/X_OK bits) to ``owner``.
+
+    Only for checks the kernel cannot make (a proof-of-access link is written
+    by the daemon, not by the caller); supplementary groups are not known there.
+    """
+    if owner.uid == 0:
+        return True
+    if owner.uid == node.uid:
+        bits = node.mode >> 6
+    elif owner.gid == node.gid:
+        bits = node.mode >> 3
+    else:
+        bits = node.mode
+    return bits & mask == mask
+
+
 class Tree:
     """Inodes, directory entries, xattrs and content references over one catalog and pool."""
 
@@ -358,13 +375,24 @@ class Tree:
     def unlink(self, parent_ino: int, name: bytes) -> None:
         with self.catalog.write() as tx:
             parent, node = self._entry(tx, parent_ino, name)
-            if stat.S_ISDIR(node.mode):
-                raise errors.IsADirectory(f"{name!r} is a directory")
-            now = self.now_ns()
-            tx.remove_entry(parent_ino, name)
-            parent.mtime_ns = parent.ctime_ns = now
-            tx.save_inode(parent)
-            self.drop_link(tx, node, now)
+            self._unlink(tx, parent, name, node)
+
+    def _unlink(self, tx: Txn, parent: Inode, name: bytes, node: Inode) -> None:
+        if stat.S_ISDIR(node.mode):
+            raise errors.IsADirectory(f"{name!r} is a directory")
+        now = self.now_ns()
+        tx.remove_entry(parent.ino, name)
+        parent.mtime_ns = parent.ctime_ns = now
+        tx.save_inode(parent)
+        self.drop_link(tx, node, now)
+
+    def unlink_inode(self, parent_ino: int, name: bytes, ino: int) -> None:
+        """Unlink ``name`` only while it still names ``ino`` (an undo that must not hit a newcomer)."""
+        with self.catalog.write() as tx:
+            parent, node = self._entry(tx, parent_ino, name)
+            if node.ino != ino:
+                raise errors.NotFound(f"{name!r} names another inode now")
+            self._unlink(tx, parent, name, node)
 
     def rmdir(self, parent_ino: int, name: bytes) -> None:
         with self.catalog.write() as tx:
@@ -553,13 +581,19 @@ class Tree:
             raise
         return staged
 
-    def commit_staged(self, ino: int, staged: Staged, digest: bytes, size: int, mtime_ns: int | None) -> Inode:
+    def commit_staged(
+        self, ino: int, staged: Staged, digest: bytes, size: int, mtime_ns: int | None,
+        expected: bytes | None = None,
+    ) -> Inode:
         """Make the staged bytes the content of ``ino``: one transaction, deduplicated.
 
         The staging file must be synced already when the pool lacks the
         content (``Tree.needs_sync``). ``mtime_ns`` keeps a time a tool set
-        after its last write (tar, cp -a, rsync); None means now.
+        after its last write (tar, cp -a, rsync); None means now. With
+        ``expected``, other content is refused (HashMismatch) and nothing changes.
         """
+        if expected is not None and digest != expected:
+            raise errors.HashMismatch(f"content hashes to {digest.hex()}, expected {expected.hex()}")
         with self.catalog.write() as tx:
             tx.remove_staging(staged.name)
             node = tx.inode(ino)

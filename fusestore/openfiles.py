@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import blake3
 import trio
 
+from . import errors
 from .catalog import Inode
 from .namespace import Tree
 from .pool import Staged
@@ -65,6 +66,8 @@ class OpenFiles:
     def __init__(self, tree: Tree) -> None:
         self.tree = tree
         self.inodes: dict[int, OpenInode] = {}
+        self.expected: dict[int, bytes] = {}  # ino -> hash its next commit must have
+        self.fresh: dict[int, tuple[int, bytes]] = {}  # created here, never committed: ino -> its entry
 
     def get(self, ino: int) -> OpenInode | None:
         return self.inodes.get(ino)
@@ -179,13 +182,29 @@ class OpenFiles:
             digest, size = state.hasher.digest(), state.size
         else:
             digest, size = self.tree.hash_staged(staged)
+        expected = self.expected.pop(state.ino, None)
         try:
             if self.tree.needs_sync(digest):
                 os.fsync(staged.fd)
-            return self.tree.commit_staged(state.ino, staged, digest, size, state.mtime_ns)
+            committed = self.tree.commit_staged(state.ino, staged, digest, size, state.mtime_ns, expected)
+        except errors.HashMismatch:
+            self.tree.discard_staged(staged)
+            self._drop_if_fresh(state.ino)
+            raise
         except BaseException:
             self.tree.discard_staged(staged)
             raise
+        self.fresh.pop(state.ino, None)
+        return committed
+
+    def _drop_if_fresh(self, ino: int) -> None:
+        """A file created only to receive refused content disappears with it."""
+        entry = self.fresh.pop(ino, None)
+        if entry is not None:
+            try:
+                self.tree.unlink_inode(entry[0], entry[1], ino)
+            except errors.StoreError:
+                pass  # renamed or removed meanwhile: nothing to undo
 
     def attributes(self, node: Inode) -> Inode:
         """``node`` as readers must see it: the size and mtime of uncommitted writes."""

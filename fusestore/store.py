@@ -47,7 +47,7 @@ from typing import BinaryIO
 from . import errors, names
 from .catalog import Catalog, Inode, Resource, StagingRecord, Txn
 from .locking import StoreLock
-from .namespace import GLOBAL_DIR, USERS_DIR, Tree, process_owner
+from .namespace import GLOBAL_DIR, USERS_DIR, Owner, Tree, permits, process_owner
 from .pool import EMPTY_DIGEST, LocalPool, ShortRead, Staged
 from .requests import RequestResponse, RequestTable, answer_of, choose_ranges
 
@@ -254,6 +254,34 @@ class Store:
             node = self._file_at(tx, parent, name)
             tx.put(request.digest, resource.length)
             self.tree.set_content(tx, node, request.digest, resource.length)
+
+    def may_write_for_environment(self, env_uuid: str, path: str, owner: Owner) -> bool:
+        """Whether ``owner`` could create or overwrite ``path`` in the environment (mode bits)."""
+        parts = self._env_path(env_uuid, path)
+        with self.catalog.read() as tx:
+            node, depth = self.tree.walk(tx, parts)
+            if depth == len(parts):  # overwriting: write on the file, search on its directories
+                directory, target, mask = self._resolve(tx, parts[:-1]), node, os.W_OK
+            else:  # creating below the deepest existing directory
+                directory, target, mask = node, node, os.W_OK | os.X_OK
+            searchable = all(permits(self.tree.inode(tx, i), owner, os.X_OK) for i in self._ancestors(tx, directory))
+            return searchable and permits(target, owner, mask)
+
+    def locate_for_environment(self, env_uuid: str, path: str) -> tuple[int, bytes, int]:
+        """(parent inode, name, inode) of an existing path: what a cache invalidation needs."""
+        parts = self._env_path(env_uuid, path)
+        with self.catalog.read() as tx:
+            parent = self._resolve(tx, parts[:-1])
+            node = self._resolve(tx, parts)
+        return parent.ino, parts[-1], node.ino
+
+    def _ancestors(self, tx: Txn, directory: Inode) -> list[int]:
+        """``directory`` and every directory above it, up to the root."""
+        chain = [directory.ino]
+        while directory.parent and directory.parent != directory.ino:
+            directory = self.tree.inode(tx, directory.parent)
+            chain.append(directory.ino)
+        return chain
 
     # -- paths -> inodes --------------------------------------------------------
 
