@@ -94,7 +94,11 @@ class Operations(pyfuse3.Operations):
         super().__init__()
         self.store = store
         self.tree = store.tree
-        self.files = OpenFiles(self.tree)
+        self.files = OpenFiles(
+            self.tree,
+            on_dropped=lambda parent, name, inode: pyfuse3.invalidate_entry_async(
+                parent, name, deleted=inode, ignore_enoent=True),
+        )
         self.requests = Requests(
             store, max_per_user=max_requests_per_user,
             may_write=lambda env, path, uid, gid: store.may_write_for_environment(env, path, Owner(uid, gid)),

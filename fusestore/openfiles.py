@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import blake3
@@ -63,8 +64,10 @@ class OpenInode:
 class OpenFiles:
     """Every open inode, and the operations on their content."""
 
-    def __init__(self, tree: Tree) -> None:
+    def __init__(self, tree: Tree, on_dropped: Callable[[int, bytes, int], None]) -> None:
+        """``on_dropped(parent, name, ino)`` tells the kernel a name went without its knowing."""
         self.tree = tree
+        self.on_dropped = on_dropped
         self.inodes: dict[int, OpenInode] = {}
         self.expected: dict[int, bytes] = {}  # ino -> hash its next commit must have
         self.fresh: dict[int, tuple[int, bytes]] = {}  # created here, never committed: ino -> its entry
@@ -204,7 +207,8 @@ class OpenFiles:
             try:
                 self.tree.unlink_inode(entry[0], entry[1], ino)
             except errors.StoreError:
-                pass  # renamed or removed meanwhile: nothing to undo
+                return  # renamed or removed meanwhile: nothing to undo
+            self.on_dropped(entry[0], entry[1], ino)
 
     def attributes(self, node: Inode) -> Inode:
         """``node`` as readers must see it: the size and mtime of uncommitted writes."""
