@@ -107,7 +107,10 @@ class OpenFiles:
         if state.staged is None:
             node = self.tree.getattr(state.ino)
             keep = min(keep, node.size)
-            state.staged = await trio.to_thread.run_sync(self.tree.stage, state.ino, keep)
+            if keep:  # copying the current content can take long
+                state.staged = await trio.to_thread.run_sync(self.tree.stage, state.ino, keep)
+            else:
+                state.staged = self.tree.stage(state.ino, 0)
             state.size = keep
             state.hasher = blake3.blake3() if keep == 0 else None
             state.hashed = 0
