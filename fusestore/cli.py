@@ -1,4 +1,4 @@
-"""The ``fusestore`` command: mount, umount.
+"""The ``fusestore`` command: mount, umount, link.
 
 Each command is a small function over the layers below; errors meant for
 the user are printed as one line, ``fusestore: ...``, with exit status 1
@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import mounting
+from . import link, mounting
 
 DESCRIPTION = """\
 fusestore: a deduplicating FUSE filesystem. Files live at /<env-uuid>/<path>;
@@ -53,6 +53,16 @@ def _umount(args: argparse.Namespace) -> None:
     mounting.unmount(args.mountpoint, timeout=args.timeout)
 
 
+def _link(args: argparse.Namespace) -> None:
+    outcome = link.link(args.mountpoint, args.env, args.path, args.localfile,
+                        upload_if_missing=args.upload_if_missing)
+    if outcome.ok:
+        print(outcome.message)
+    else:
+        print(f"fusestore: {outcome.message}", file=sys.stderr)
+    sys.exit(outcome.exit_code)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="fusestore", description=DESCRIPTION)
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -87,6 +97,21 @@ def parser() -> argparse.ArgumentParser:
     umount.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
                         help="how long to wait for the daemon to exit (default 120)")
     umount.set_defaults(run=_umount)
+
+    linking = commands.add_parser(
+        "link", help="link content you already have, without uploading it (proof of access)",
+        description="Place the content of LOCALFILE at ENV/PATH in the mount without uploading it:\n"
+                    "ask through MOUNTPOINT/.requests, answer the challenge from LOCALFILE.\n"
+                    "Works when the store already holds the same bytes (anyone's copy).",
+        epilog=link.EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    linking.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="a fusestore mount")
+    linking.add_argument("env", metavar="ENV", help="environment UUID (canonical lowercase)")
+    linking.add_argument("path", metavar="PATH", help="destination inside the environment (parents are created)")
+    linking.add_argument("localfile", type=Path, metavar="LOCALFILE", help="your copy of the content")
+    linking.add_argument("--upload-if-missing", action="store_true",
+                         help="when the store does not hold the content, copy LOCALFILE in instead")
+    linking.set_defaults(run=_link)
     return top
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import errors
+from .namespace import Owner
 from .requests import RequestResponse
 from .store import Store
 
@@ -44,7 +45,7 @@ log = logging.getLogger(__name__)
 REQUESTS_DIR = b".requests"
 REQUESTS_INO = 1 << 62  # virtual inodes live far above any catalog inode number
 NAME_PATTERN = re.compile(rb"[A-Za-z0-9._-]{1,64}")
-PATH_SAFE = "A-Za-z0-9._~/-"
+ENCODED_PATH = re.compile(r"(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})+")
 MAX_LINE = 8192
 HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -66,6 +67,7 @@ class ControlFile:
     gid: int
     name: bytes
     created_ns: int
+    created_at: float  # on the store's clock
     status: str = "new"
     reason: str = ""
     response: RequestResponse | None = None
@@ -101,25 +103,20 @@ def parse_put(line: str) -> tuple[str, str, str]:
     _, env, quoted, hash_hex = fields
     if not HEX64.fullmatch(hash_hex):
         raise ControlError(errno.EINVAL, "HASH must be 64 hex digits")
-    try:
-        path = urllib.parse.unquote_to_bytes(quoted).decode("utf-8", "surrogateescape")
-    except ValueError:
-        raise ControlError(errno.EINVAL, "PATH is not valid percent-encoding") from None
+    if not ENCODED_PATH.fullmatch(quoted):
+        raise ControlError(errno.EINVAL, "PATH must be percent-encoded outside A-Z a-z 0-9 . _ ~ / -")
+    path = urllib.parse.unquote_to_bytes(quoted).decode("utf-8", "surrogateescape")
     return env, path, hash_hex.lower()
 
 
 class Requests:
     """Every control file, by inode and by (uid, name)."""
 
-    def __init__(
-        self, store: Store, *, max_per_user: int, may_write: Callable[[str, str, int, int], bool],
-        on_linked: Callable[[str, str], None],
-    ) -> None:
+    def __init__(self, store: Store, *, max_per_user: int, on_linked: Callable[[str, str], None]) -> None:
         self.store = store
         self.clock = store.requests.clock
         self.keep_finished = store.requests.ttl
         self.max_per_user = max_per_user
-        self.may_write = may_write
         self.on_linked = on_linked
         self.by_ino: dict[int, ControlFile] = {}
         self.by_name: dict[tuple[int, bytes], ControlFile] = {}
@@ -144,7 +141,10 @@ class Requests:
         self._purge()
         if (uid, name) in self.by_name:
             raise ControlError(errno.EEXIST, f"request {name!r} exists")
-        control = ControlFile(self._next_ino, uid, gid, name, time.time_ns())
+        # Files that were never asked, or ended recently, are bounded too (memory is the daemon's).
+        if sum(1 for owner, _ in self.by_name if owner == uid) >= 4 * self.max_per_user + 64:
+            raise ControlError(errno.EBUSY, f"uid {uid} has too many request files; remove some")
+        control = ControlFile(self._next_ino, uid, gid, name, time.time_ns(), self.clock())
         self._next_ino += 1
         self.by_ino[control.ino] = control
         self.by_name[(uid, name)] = control
@@ -166,13 +166,24 @@ class Requests:
         self.by_ino.pop(control.ino, None)
         self.by_name.pop((control.uid, control.name), None)
 
+    def _is_open(self, control: ControlFile) -> bool:
+        """Challenged and not expired (an expired request no longer counts against its owner)."""
+        return (control.status == "challenged" and control.response is not None
+                and self.clock() < control.response.expires)
+
     def _purge(self) -> None:
-        """Answered and expired requests disappear a request lifetime after they ended."""
+        """Answered, expired and never-asked requests disappear a request lifetime after they ended.
+
+        A control file that never received its ask ends when it was created:
+        ``touch`` in a loop must not grow the daemon's memory.
+        """
         now = self.clock()
         for control in list(self.by_ino.values()):
             ended = control.finished_at
             if control.status == "challenged" and control.response is not None:
                 ended = control.response.expires
+            elif control.status == "new":
+                ended = control.created_at
             if ended is not None and now >= ended + self.keep_finished and control.handles == 0:
                 self._forget(control)
 
@@ -197,10 +208,10 @@ class Requests:
             self._refuse(control, errno.EINVAL, "the line is not ASCII text")
         if control.status == "new":
             self._ask(control, line)
-        elif control.status == "challenged":
-            self._answer(control, line)
         elif line.startswith("put "):
             raise ControlError(errno.EEXIST, f"request {control.name!r} exists; remove it or use another name")
+        elif control.status == "challenged":
+            self._answer(control, line)
         else:
             raise ControlError(errno.ETIMEDOUT, f"request {control.name!r} was answered already ({control.status})")
 
@@ -209,15 +220,15 @@ class Requests:
             env, path, hash_hex = parse_put(line)
         except ControlError as exc:
             self._refuse(control, exc.errno, str(exc))
-        open_requests = sum(
-            1 for c in self.by_ino.values() if c.uid == control.uid and c.status == "challenged"
-        )
+        open_requests = sum(1 for c in self.by_ino.values() if c.uid == control.uid and self._is_open(c))
         if open_requests >= self.max_per_user:
             self._refuse(control, errno.EBUSY, f"{open_requests} requests are open already")
         try:
-            if not self.may_write(env, path, control.uid, control.gid):
-                self._refuse(control, errno.EACCES, f"uid {control.uid} may not write {env}/{path}")
-            control.response = self.store.put_for_environment_request(env, path, hash_hex)
+            control.response = self.store.put_for_environment_request(
+                env, path, hash_hex, owner=Owner(control.uid, control.gid)
+            )
+        except errors.InvalidName as exc:  # ENAMETOOLONG included: the protocol says EINVAL
+            self._refuse(control, errno.EINVAL, str(exc))
         except errors.StoreError as exc:
             self._refuse(control, exc.errno, str(exc))
         control.status = "challenged"

@@ -36,6 +36,12 @@ class ResponseMismatch(StoreError):
     errno = _errno.EACCES
 
 
+class AccessDenied(StoreError):
+    """The mode bits do not let this caller write there (checks the daemon makes for a caller)."""
+
+    errno = _errno.EACCES
+
+
 class ResourceDeleted(StoreError):
     """The content of a request went away between the request and its answer."""
 

@@ -99,11 +99,7 @@ class Operations(pyfuse3.Operations):
             on_dropped=lambda parent, name, inode: pyfuse3.invalidate_entry_async(
                 parent, name, deleted=inode, ignore_enoent=True),
         )
-        self.requests = Requests(
-            store, max_per_user=max_requests_per_user,
-            may_write=lambda env, path, uid, gid: store.may_write_for_environment(env, path, Owner(uid, gid)),
-            on_linked=self._linked,
-        )
+        self.requests = Requests(store, max_per_user=max_requests_per_user, on_linked=self._linked)
         self.handles: dict[int, Handle] = {}
         self.control_handles: dict[int, ControlFile] = {}
         self.dirs: dict[int, DirHandle] = {}

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import blake3
 
 from . import errors
+from .namespace import Owner
 
 Range = tuple[int, int]
 
@@ -52,6 +53,7 @@ class PendingRequest:
     digest: bytes
     answer: bytes
     expires: float
+    owner: Owner | None  # who asked: owns what the link creates, and must be allowed to write there
 
 
 def choose_ranges(length: int, count: int, randbelow: Callable[[int], int]) -> list[Range]:
@@ -87,7 +89,9 @@ class RequestTable:
         self._open: dict[str, PendingRequest] = {}
         self._lock = threading.Lock()
 
-    def add(self, destination: tuple[bytes, ...], digest: bytes, answer: bytes, ranges: list[Range]) -> RequestResponse:
+    def add(
+        self, destination: tuple[bytes, ...], digest: bytes, answer: bytes, ranges: list[Range], owner: Owner | None
+    ) -> RequestResponse:
         with self._lock:
             now = self.clock()
             self._purge(now)
@@ -95,7 +99,7 @@ class RequestTable:
                 raise errors.TooManyRequests(f"{len(self._open)} proof-of-access requests are open already")
             request_id = secrets.token_hex(16)
             expires = now + self.ttl
-            self._open[request_id] = PendingRequest(request_id, destination, digest, answer, expires)
+            self._open[request_id] = PendingRequest(request_id, destination, digest, answer, expires, owner)
             return RequestResponse(request_id, ranges, expires)
 
     def take(self, request_id: str, answer_hex: str) -> PendingRequest:

@@ -231,41 +231,49 @@ class Store:
 
     # -- proof of access ------------------------------------------------------
 
-    def put_for_environment_request(self, env_uuid: str, path: str, blake3_hex: str) -> RequestResponse:
-        """Ask to link existing content at a path; answer the returned challenge to do it."""
+    def put_for_environment_request(
+        self, env_uuid: str, path: str, blake3_hex: str, *, owner: Owner | None = None
+    ) -> RequestResponse:
+        """Ask to link existing content at a path; answer the returned challenge to do it.
+
+        With ``owner``, the link is made on that caller's behalf: it must be
+        allowed to write the destination (checked now and again when
+        answered), and what the link creates belongs to it.
+        """
         destination = self._env_path(env_uuid, path)
         digest = parse_hash(blake3_hex)
         with self.catalog.read() as tx:
-            self._check_destination(tx, destination)
+            self._check_destination(tx, destination, owner)
             resource = tx.get(digest)
             ranges = choose_ranges(resource.length, self.challenge_ranges, self.randbelow)
             with self.pool.open(digest) as blob:
                 answer = answer_of(blob.fileno(), ranges) if ranges else EMPTY_DIGEST
-        return self.requests.add(tuple(destination), digest, answer, ranges)
+        return self.requests.add(tuple(destination), digest, answer, ranges, owner)
 
     def proof_of_access_response(self, request_id: str, answer_hex: str) -> None:
         """Check the answer and, when right, link the content (no bytes are written)."""
         request = self.requests.take(request_id, answer_hex)
+        destination = list(request.destination)
         with self.catalog.write() as tx:
             resource = tx.resource(request.digest)
             if resource is None or not resource.complete:
                 raise errors.ResourceDeleted(f"content {request.digest.hex()} was removed after the request")
-            parent, name = self._make_parents(tx, list(request.destination))
-            node = self._file_at(tx, parent, name)
+            self._check_destination(tx, destination, request.owner)
+            owner = request.owner or process_owner()
+            parent, name = self._make_parents(tx, destination, owner)
+            node = self._file_at(tx, parent, name, owner)
             tx.put(request.digest, resource.length)
             self.tree.set_content(tx, node, request.digest, resource.length)
 
-    def may_write_for_environment(self, env_uuid: str, path: str, owner: Owner) -> bool:
-        """Whether ``owner`` could create or overwrite ``path`` in the environment (mode bits)."""
-        parts = self._env_path(env_uuid, path)
-        with self.catalog.read() as tx:
-            node, depth = self.tree.walk(tx, parts)
-            if depth == len(parts):  # overwriting: write on the file, search on its directories
-                directory, target, mask = self._resolve(tx, parts[:-1]), node, os.W_OK
-            else:  # creating below the deepest existing directory
-                directory, target, mask = node, node, os.W_OK | os.X_OK
-            searchable = all(permits(self.tree.inode(tx, i), owner, os.X_OK) for i in self._ancestors(tx, directory))
-            return searchable and permits(target, owner, mask)
+    def _may_write(self, tx: Txn, parts: list[bytes], owner: Owner) -> bool:
+        """Whether ``owner`` could create or overwrite ``parts`` (mode bits of the path)."""
+        node, depth = self.tree.walk(tx, parts)
+        if depth == len(parts):  # overwriting: write on the file, search on its directories
+            directory, target, mask = self._resolve(tx, parts[:-1]), node, os.W_OK
+        else:  # creating below the deepest existing directory
+            directory, target, mask = node, node, os.W_OK | os.X_OK
+        searchable = all(permits(self.tree.inode(tx, i), owner, os.X_OK) for i in self._ancestors(tx, directory))
+        return searchable and permits(target, owner, mask)
 
     def locate_for_environment(self, env_uuid: str, path: str) -> tuple[int, bytes, int]:
         """(parent inode, name, inode) of an existing path: what a cache invalidation needs."""
@@ -291,26 +299,28 @@ class Store:
             raise errors.NotFound(f"no such file: {b'/'.join(parts).decode(errors='replace')}")
         return node
 
-    def _check_destination(self, tx: Txn, parts: list[bytes]) -> None:
-        """Refuse early a destination that a put could never create (a file in the way, a directory there)."""
+    def _check_destination(self, tx: Txn, parts: list[bytes], owner: Owner | None) -> None:
+        """Refuse a destination a link could not create: a file in the way, a directory there, no permission."""
         node, depth = self.tree.walk(tx, parts)
         if depth == len(parts) and stat.S_ISDIR(node.mode):
             raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
+        if owner is not None and not self._may_write(tx, parts, owner):
+            raise errors.AccessDenied(f"uid {owner.uid} may not write {b'/'.join(parts).decode(errors='replace')}")
 
-    def _make_parents(self, tx: Txn, parts: list[bytes]) -> tuple[Inode, bytes]:
-        """The directory that holds ``parts[-1]``, creating missing ones on the way."""
+    def _make_parents(self, tx: Txn, parts: list[bytes], owner: Owner) -> tuple[Inode, bytes]:
+        """The directory that holds ``parts[-1]``, creating missing ones (owned by ``owner``) on the way."""
         node, depth = self.tree.walk(tx, parts[:-1])
         if not stat.S_ISDIR(node.mode):
             raise errors.NotADirectory(f"{parts[depth - 1]!r} is a file, not a directory")
         for part in parts[depth:-1]:
-            node = self.tree.make_dir(tx, node, part, DIR_MODE, process_owner())
+            node = self.tree.make_dir(tx, node, part, DIR_MODE, owner)
         return node, parts[-1]
 
-    def _file_at(self, tx: Txn, parent: Inode, name: bytes) -> Inode:
-        """The regular file ``name`` in ``parent``; created without content when missing."""
+    def _file_at(self, tx: Txn, parent: Inode, name: bytes, owner: Owner) -> Inode:
+        """The regular file ``name`` in ``parent``; created (owned by ``owner``) without content when missing."""
         child = tx.lookup(parent.ino, name)
         if child is None:
-            return self.tree.new_file(tx, parent, name, FILE_MODE, process_owner(), empty=False)
+            return self.tree.new_file(tx, parent, name, FILE_MODE, owner, empty=False)
         node = self.tree.inode(tx, child)
         if stat.S_ISDIR(node.mode):
             raise errors.IsADirectory(f"{name!r} is a directory")
@@ -338,9 +348,9 @@ class Store:
         staged = self.pool.create_staging()
         try:
             with self.catalog.write() as tx:
-                parent, name = self._make_parents(tx, parts)
+                parent, name = self._make_parents(tx, parts, process_owner())
                 existed = tx.lookup(parent.ino, name) is not None
-                node = self._file_at(tx, parent, name)
+                node = self._file_at(tx, parent, name, process_owner())
                 record = StagingRecord(staged.name, node.ino, expected=check)
                 if not existed:
                     record.parent, record.entry = parent.ino, name

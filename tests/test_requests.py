@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import random
 
 import blake3
@@ -197,3 +198,40 @@ def test_requests_use_the_injected_randomness(store_path, clock: ManualClock) ->
         h = put(store, "src", DATA)
         response = store.put_for_environment_request(ENV, "dst", h)
         assert set(response.ranges) == {(0, 512)}
+
+
+def test_request_on_behalf_of_a_user_checks_permission_and_gives_ownership(store: Store) -> None:
+    from fusestore.namespace import Owner
+
+    h = put(store, "src", DATA)  # the environment directory belongs to this process, mode 0755
+    stranger = Owner(4321, 4321)
+    if stranger.uid == os.getuid():
+        stranger = Owner(4322, 4322)
+    with pytest.raises(errors.AccessDenied):
+        store.put_for_environment_request(ENV, "theirs/dst", h, owner=stranger)
+    me = Owner(os.getuid(), os.getgid())
+    response = store.put_for_environment_request(ENV, "mine/dst", h, owner=me)
+    store.proof_of_access_response(response.request_id, answer(DATA, response))
+    with store.catalog.read() as tx:
+        node, _ = store.tree.walk(tx, [ENV.encode(), b"mine", b"dst"])
+        assert (node.uid, node.gid) == (me.uid, me.gid)
+
+
+def test_permission_is_checked_again_when_answered(store: Store) -> None:
+    from fusestore.namespace import Owner
+
+    h = put(store, "src", DATA)
+    owner = Owner(4321, 4321)
+    with store.catalog.write() as tx:  # give the environment to that user, then take it back
+        env_dir, _ = store.tree.walk(tx, [ENV.encode()])
+        env_dir.uid = owner.uid
+        tx.save_inode(env_dir)
+    response = store.put_for_environment_request(ENV, "dst", h, owner=owner)
+    with store.catalog.write() as tx:
+        env_dir, _ = store.tree.walk(tx, [ENV.encode()])
+        env_dir.uid = 0
+        tx.save_inode(env_dir)
+    with pytest.raises(errors.AccessDenied):
+        store.proof_of_access_response(response.request_id, answer(DATA, response))
+    with pytest.raises(errors.NotFound):
+        store.get_for_environment(ENV, "dst")
