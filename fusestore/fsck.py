@@ -41,7 +41,9 @@ def find_problems(store: Store) -> list[str]:
                     problems.append(f"entry {bytes(key[8:])!r} points at missing inode {missing}")
     for digest, res in resources.items():
         if res.refcount != references[digest]:
-            problems.append(f"resource {digest.hex()} has refcount {res.refcount}, referenced {references[digest]} times")
+            problems.append(
+                f"resource {digest.hex()} has refcount {res.refcount}, referenced {references[digest]} times"
+            )
     for digest in references:
         if digest not in resources:
             problems.append(f"content {digest.hex()} is referenced but has no resource")

@@ -71,7 +71,9 @@ def check_fuse_device() -> None:
     try:
         fd = os.open("/dev/fuse", os.O_RDWR)
     except FileNotFoundError:
-        raise MountError("no /dev/fuse: load the fuse module (`modprobe fuse`) or give the container /dev/fuse") from None
+        raise MountError(
+            "no /dev/fuse: load the fuse module (`modprobe fuse`) or give the container /dev/fuse"
+        ) from None
     except PermissionError:
         raise MountError("no permission to open /dev/fuse: run as root or add yourself to the fuse group") from None
     os.close(fd)

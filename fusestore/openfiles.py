@@ -39,7 +39,7 @@ import trio
 from . import errors
 from .catalog import Inode
 from .namespace import Tree
-from .pool import Staged
+from .pool import WRITEBACK_STEP, Staged
 
 
 @dataclass
@@ -53,6 +53,7 @@ class OpenInode:
     hasher: blake3.blake3 | None = None  # valid while writes came in order from offset 0
     hashed: int = 0
     mtime_ns: int | None = None
+    written_back: int = 0  # staged bytes below this offset are on their way to disk
     blob_fd: int | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
 
@@ -114,12 +115,16 @@ class OpenFiles:
             state.size = keep
             state.hasher = blake3.blake3() if keep == 0 else None
             state.hashed = 0
+            state.written_back = 0
         return state.staged
 
     async def write(self, state: OpenInode, offset: int, data: bytes) -> int:
         async with state.lock:
             staged = await self._ensure_staged(state, keep=1 << 63)
             written = os.pwrite(staged.fd, data, offset)
+            if offset + written >= state.written_back + WRITEBACK_STEP:
+                self.tree.start_writeback(staged, state.written_back, offset + written - state.written_back)
+                state.written_back = offset + written
             if state.hasher is not None:
                 if offset == state.hashed and written == len(data):
                     state.hasher.update(data)

@@ -41,7 +41,10 @@ class StoreModel(RuleBasedStateMachine):
 
     @rule(env=ENVS, path=PATHS, data=CONTENTS)
     def put(self, env: str, path: str, data: bytes) -> None:
-        self._expect_put(env, path, lambda: self.store.put_for_environment(env, path, io.BytesIO(data), len(data)), data)
+        def call() -> str:
+            return self.store.put_for_environment(env, path, io.BytesIO(data), len(data))
+
+        self._expect_put(env, path, call, data)
 
     @rule(env=ENVS, path=PATHS, data=CONTENTS, right=st.booleans())
     def checked_put(self, env: str, path: str, data: bytes, right: bool) -> None:
