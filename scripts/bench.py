@@ -163,26 +163,52 @@ def ratio_line(label: str, ours: float, plain: float, unit: str, higher_is_bette
     print(f"{label:34s} fusestore {ours:10.1f} {unit:8s} plain {plain:10.1f} {unit:8s} ratio {ratio:.2f}x")
 
 
-def paired(ours: Callable[[int], object], plain: Callable[[int], object], *, cold: bool = True,
-           rounds: int = 2) -> tuple[float, float]:
-    """Best time of each side over ``rounds``, alternating which goes first, caches dropped before each run.
+def best_times(sides: dict[str, Callable[[int], object]], *, cold: bool = True, rounds: int = 3) -> dict[str, float]:
+    """Best time of each side over ``rounds``, rotating which goes first, caches dropped before each run.
 
     Each call gets the round number so that it can use fresh names.
     """
-    best_ours = best_plain = float("inf")
+    best = dict.fromkeys(sides, float("inf"))
+    names = list(sides)
     for round_number in range(rounds):
-        order = [(ours, "ours"), (plain, "plain")]
-        if round_number % 2:
-            order.reverse()
-        for work, side in order:
+        for name in names[round_number % len(names):] + names[:round_number % len(names)]:
             if cold:
                 drop_caches()
-            seconds = timed(functools.partial(work, round_number))
-            if side == "ours":
-                best_ours = min(best_ours, seconds)
-            else:
-                best_plain = min(best_plain, seconds)
-    return best_ours, best_plain
+            best[name] = min(best[name], timed(functools.partial(sides[name], round_number)))
+    return best
+
+
+class Passthrough:
+    """scripts/passthrough.py mounted over a directory: pyfuse3's own ceiling, measured in the same run."""
+
+    def __init__(self, base: Path) -> None:
+        self.source, self.mountpoint = base / "passthrough-source", base / "passthrough"
+        self.source.mkdir()
+        self.mountpoint.mkdir()
+        self.process = subprocess.Popen([sys.executable, str(REPO / "scripts" / "passthrough.py"),
+                                         str(self.source), str(self.mountpoint)])
+        deadline = time.monotonic() + 30
+        while not os.path.ismount(self.mountpoint):
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise RuntimeError("the passthrough did not mount")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=False)
+        self.process.wait(30)
+
+
+def pair(ours: Callable[[int], object], plain: Callable[[int], object]) -> tuple[float, float]:
+    best = best_times({"ours": ours, "plain": plain})
+    return best["ours"], best["plain"]
+
+
+def triple_line(label: str, rates: dict[str, float], unit: str) -> None:
+    """fusestore against the plain directory, and against the bare passthrough (pyfuse3's ceiling)."""
+    ours, plain, bare = rates["fusestore"], rates["plain"], rates["passthrough"]
+    print(f"{label:34s} fusestore {ours:10.1f} {unit:8s} plain {plain:10.1f} {unit:8s} ratio {ours / plain:.2f}x"
+          f"   (bare pyfuse3 passthrough {bare:.1f} {unit}: {bare / plain:.2f}x; fusestore/passthrough "
+          f"{ours / bare:.2f})")
 
 
 def bench_fs(args: argparse.Namespace) -> None:
@@ -200,31 +226,38 @@ def bench_fs(args: argparse.Namespace) -> None:
         size = args.size_mib << 20
         mib = size / (1 << 20)
         cold = drop_caches()
-        print(f"each figure: best of 2 runs per side, alternating order; caches "
+        print(f"each figure: best of 3 runs per side, rotating order; caches "
               f"{'dropped before each run' if cold else 'warm (not root)'}")
 
-        for label, fsync in (("sequential write, to close", False), ("sequential write, with fsync", True)):
-            pattern = os.urandom(CHUNK)  # new content for every file: no dedup hit
-            ours, theirs = paired(
-                lambda r, fsync=fsync, pattern=pattern: write_file(env / f"w{fsync}{r}", size, pattern, fsync=fsync),
-                lambda r, fsync=fsync, pattern=pattern: write_file(plain / f"w{fsync}{r}", size, pattern, fsync=fsync),
-            )
-            ratio_line(f"{label} ({args.size_mib} MiB)", mib / ours, mib / theirs, "MB/s")
-
-        ours, theirs = paired(lambda r: read_file(env / "wFalse0"), lambda r: read_file(plain / "wFalse0"))
-        ratio_line("sequential read, " + ("cold" if cold else "warm"), mib / ours, mib / theirs, "MB/s")
+        bare = Passthrough(base)
+        try:
+            directories = {"fusestore": env, "plain": plain, "passthrough": bare.mountpoint}
+            for label, fsync in (("sequential write, to close", False), ("sequential write, with fsync", True)):
+                pattern = os.urandom(CHUNK)  # new content for every file: no dedup hit
+                best = best_times({
+                    side: functools.partial(lambda r, d, f, p: write_file(d / f"w{f}{r}", size, p, fsync=f),
+                                            d=directory, f=fsync, p=pattern)
+                    for side, directory in directories.items()
+                })
+                triple_line(f"{label} ({args.size_mib} MiB)", {k: mib / v for k, v in best.items()}, "MB/s")
+            best = best_times({side: functools.partial(lambda r, d: read_file(d / "wFalse0"), d=directory)
+                               for side, directory in directories.items()})
+            rates = {side: mib / seconds for side, seconds in best.items()}
+            triple_line("sequential read, " + ("cold" if cold else "warm"), rates, "MB/s")
+        finally:
+            bare.close()
 
         pattern = os.urandom(CHUNK)
         write_file(env / "original", size, pattern)
-        ours, theirs = paired(lambda r: write_file(env / f"again{r}", size, pattern),
-                              lambda r: write_file(plain / f"again{r}", size, pattern))
+        ours, theirs = pair(lambda r: write_file(env / f"again{r}", size, pattern),
+                            lambda r: write_file(plain / f"again{r}", size, pattern))
         ratio_line("same content again (dedup hit)", mib / ours, mib / theirs, "MB/s")
 
-        ours, theirs = paired(lambda r: small_files(env / f"small{r}", args.files),
-                              lambda r: small_files(plain / f"small{r}", args.files))
+        ours, theirs = pair(lambda r: small_files(env / f"small{r}", args.files),
+                            lambda r: small_files(plain / f"small{r}", args.files))
         ratio_line(f"create+close {args.files} x 4 KiB", args.files / ours, args.files / theirs, "files/s")
 
-        ours, theirs = paired(lambda r: ls_long(env / "small0"), lambda r: ls_long(plain / "small0"))
+        ours, theirs = pair(lambda r: ls_long(env / "small0"), lambda r: ls_long(plain / "small0"))
         ratio_line(f"ls -l of {args.files} entries", ours, theirs, "s", higher_is_better=False)
 
         if args.rss_gib:
