@@ -33,11 +33,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import blake3
 import trio
 
 from . import errors
 from .catalog import Inode
+from .hashing import RunningHash
 from .namespace import Tree
 from .pool import WRITEBACK_STEP, Staged
 
@@ -50,7 +50,7 @@ class OpenInode:
     handles: int = 0
     staged: Staged | None = None
     size: int = 0  # of the staged content
-    hasher: blake3.blake3 | None = None  # valid while writes came in order from offset 0
+    hasher: RunningHash | None = None  # valid while writes came in order from offset 0
     hashed: int = 0
     mtime_ns: int | None = None
     written_back: int = 0  # staged bytes below this offset are on their way to disk
@@ -113,7 +113,7 @@ class OpenFiles:
             else:
                 state.staged = self.tree.stage(state.ino, 0)
             state.size = keep
-            state.hasher = blake3.blake3() if keep == 0 else None
+            state.hasher = RunningHash() if keep == 0 else None
             state.hashed = 0
             state.written_back = 0
         return state.staged
@@ -127,10 +127,10 @@ class OpenFiles:
                 state.written_back = offset + written
             if state.hasher is not None:
                 if offset == state.hashed and written == len(data):
-                    state.hasher.update(data)
+                    await state.hasher.update(data)
                     state.hashed += written
                 else:
-                    state.hasher = None
+                    self._drop_hash(state)
             state.size = max(state.size, offset + written)
             state.mtime_ns = time.time_ns()
             return written
@@ -140,9 +140,10 @@ class OpenFiles:
             staged = await self._ensure_staged(state, keep=size)
             os.ftruncate(staged.fd, size)
             if size == 0:
-                state.hasher, state.hashed = blake3.blake3(), 0
+                self._drop_hash(state)
+                state.hasher, state.hashed = RunningHash(), 0
             elif state.hasher is not None and size != state.hashed:
-                state.hasher = None
+                self._drop_hash(state)
             state.size = size
             state.mtime_ns = time.time_ns()
 
@@ -181,7 +182,7 @@ class OpenFiles:
                 return await trio.to_thread.run_sync(self._commit_blocking, state, staged)
             finally:
                 state.staged = None
-                state.hasher = None
+                self._drop_hash(state)
                 self._close_blob(state)
 
     def _commit_blocking(self, state: OpenInode, staged: Staged) -> Inode | None:
@@ -226,6 +227,12 @@ class OpenFiles:
             if state.mtime_ns is not None:
                 node.mtime_ns = state.mtime_ns
         return node
+
+    @staticmethod
+    def _drop_hash(state: OpenInode) -> None:
+        if state.hasher is not None:
+            state.hasher.abandon()
+            state.hasher = None
 
     def forget_content(self, ino: int) -> None:
         """The committed content of ``ino`` changed behind the open handles' back."""

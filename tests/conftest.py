@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,14 +76,47 @@ def mount(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator["Mount"]:
     try:
         yield mounted
     finally:
+        mounted.release(failed=outcome_failed(request))
+
+
+@pytest.fixture
+def mount_with(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., "Mount"]]:
+    """Mounts with extra options; ``shared=True`` puts one where other uids can reach it.
+
+    (pytest's temporary directories are 0700: a shared mount lives under a
+    fresh 0755 directory in /tmp instead.)
+    """
+    from .mount_helpers import Mount, require_fuse
+
+    made: list[tuple[Mount, Path | None]] = []
+
+    def make(*extra: str, shared: bool = False) -> Mount:
+        require_fuse()
+        if shared:
+            base = Path(tempfile.mkdtemp(prefix="fusestore-shared-", dir="/tmp"))
+            base.chmod(0o755)
+        else:
+            base = tmp_path / f"mount{len(made)}"
+            base.mkdir()
+        mounted = Mount(base / "store", base / "mnt", base / "daemon.log", extra=list(extra))
+        made.append((mounted, base if shared else None))
+        mounted.mount()
+        return mounted
+
+    yield make
+    failed = outcome_failed(request)
+    for mounted, base in made:
         try:
-            if mounted.is_mounted():
-                mounted.umount()
+            mounted.release(failed=failed)
         finally:
-            mounted.force_unmount()
-            report = getattr(request.node, "rep_call", None)
-            if report is not None and report.failed:
-                print(f"--- daemon log ---\n{mounted.log_text()}")
+            if base is not None:
+                shutil.rmtree(base, ignore_errors=True)
+
+
+def outcome_failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test using a fixture failed (see pytest_runtest_makereport below)."""
+    report = getattr(request.node, "rep_call", None)
+    return report is not None and report.failed
 
 
 @pytest.fixture

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ import pytest
 from fusestore.mounting import mounted_paths
 
 FUSESTORE = [sys.executable, "-m", "fusestore"]
+NOBODY = 65534
+LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 def require_fuse() -> None:
@@ -48,6 +53,16 @@ class Mount:
     def is_mounted(self) -> bool:
         return str(self.path.resolve()) in mounted_paths()
 
+    def release(self, *, failed: bool) -> None:
+        """Unmount whatever happened to the test, and show the daemon's log when it failed."""
+        try:
+            if self.is_mounted():
+                self.umount()
+        finally:
+            self.force_unmount()
+            if failed:
+                print(f"--- daemon log of {self.path} ---\n{self.log_text()}")
+
     def force_unmount(self) -> None:
         """Last resort in teardown: never leave a mount behind, even a dead one."""
         if self.is_mounted():
@@ -64,3 +79,45 @@ class Mount:
 
     def pool_bytes(self) -> int:
         return sum(p.stat().st_size for p in (self.store / "pool").rglob("*") if p.is_file())
+
+
+def in_child(action: Callable[[], bytes | None], *, fsuid: int | None = None,
+             uid: int | None = None) -> tuple[int, bytes]:
+    """Run ``action`` in a forked child with other credentials.
+
+    Returns (the errno of the OSError it raised, or 0; the bytes it returned).
+    ``fsuid`` changes only the filesystem uid and gid (the kernel's permission
+    checks use them); ``uid`` changes every uid and gid. A fork rather than a
+    subprocess: execve resets the filesystem ids to the effective ones.
+    """
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        status = 0
+        try:
+            os.close(read_end)
+            if uid is not None:
+                os.setgroups([])
+                os.setgid(uid)
+                os.setuid(uid)
+            if fsuid is not None:
+                LIBC.setfsgid(fsuid)
+                LIBC.setfsuid(fsuid)
+                # an invalid id changes nothing and reports the current one
+                if (LIBC.setfsuid(0xFFFFFFFF), LIBC.setfsgid(0xFFFFFFFF)) != (fsuid, fsuid):
+                    raise RuntimeError("setfsuid/setfsgid did not take")
+            os.write(write_end, action() or b"")
+        except OSError as exc:
+            status = exc.errno or 255
+        except BaseException:
+            os.write(write_end, traceback.format_exc().encode())
+            status = 255
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    _, wait_status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(wait_status)
+    assert code != 255, data.decode(errors="replace")
+    return code, data

@@ -26,9 +26,7 @@ def small_mount(tmp_path: Path) -> Iterator[Mount]:
         try:
             yield mounted
         finally:
-            if mounted.is_mounted():
-                mounted.umount()
-            mounted.force_unmount()
+            mounted.release(failed=False)
     finally:
         subprocess.run(["umount", str(disk)], check=True)
 

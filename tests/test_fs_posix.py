@@ -18,7 +18,6 @@ import stat
 import struct
 import subprocess
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -27,16 +26,14 @@ from typing import NoReturn
 import pytest
 
 from .conftest import ENV, ENV2
-from .mount_helpers import Mount
+from .mount_helpers import LIBC, NOBODY, Mount, in_child
 
-LIBC = ctypes.CDLL(None, use_errno=True)
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 UTIME_NOW = (1 << 30) - 1
 UTIME_OMIT = (1 << 30) - 2
-NOBODY = 65534
 MiB = 1 << 20
 
 
@@ -80,48 +77,6 @@ def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
-
-
-def in_child(action: Callable[[], bytes | None], *, fsuid: int | None = None,
-             uid: int | None = None) -> tuple[int, bytes]:
-    """Run ``action`` in a forked child with other credentials.
-
-    Returns (the errno of the OSError it raised, or 0; the bytes it returned).
-    ``fsuid`` changes only the filesystem uid and gid (the kernel's permission
-    checks use them); ``uid`` changes every uid and gid. A fork rather than a
-    subprocess: execve resets the filesystem ids to the effective ones.
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 0
-        try:
-            os.close(read_end)
-            if uid is not None:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-            if fsuid is not None:
-                LIBC.setfsgid(fsuid)
-                LIBC.setfsuid(fsuid)
-                # an invalid id changes nothing and reports the current one
-                if (LIBC.setfsuid(0xFFFFFFFF), LIBC.setfsgid(0xFFFFFFFF)) != (fsuid, fsuid):
-                    raise RuntimeError("setfsuid/setfsgid did not take")
-            os.write(write_end, action() or b"")
-        except OSError as exc:
-            status = exc.errno or 255
-        except BaseException:
-            os.write(write_end, traceback.format_exc().encode())
-            status = 255
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, wait_status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(wait_status)
-    assert code != 255, data.decode(errors="replace")
-    return code, data
 
 
 def raises_errno(code: int, call: Callable[..., object], *args: object, **kwargs: object) -> None:

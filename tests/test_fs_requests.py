@@ -19,11 +19,8 @@ from __future__ import annotations
 import errno
 import math
 import os
-import shutil
 import subprocess
-import tempfile
 import time
-import traceback
 import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,9 +29,8 @@ import blake3
 import pytest
 
 from .conftest import ENV, ENV2
-from .mount_helpers import Mount, require_fuse
+from .mount_helpers import NOBODY, Mount, in_child, require_fuse
 
-NOBODY = 65534
 MiB = 1 << 20
 RANGES = 32  # challenge ranges per request (the store's default)
 BIG = os.urandom(MiB)
@@ -205,38 +201,6 @@ ANSWER = 'printf "%s\\n" "$(answer_of "$R" "$LOCAL")" > "$R"\n'
 # -- mounts ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def mount_with(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Callable[..., Mount]]:
-    """Mounts with extra options; ``shared=True`` puts it where uid 65534 can reach it."""
-    made: list[tuple[Mount, Path | None]] = []
-
-    def make(*extra: str, shared: bool = False) -> Mount:
-        require_fuse()
-        if shared:
-            base = Path(tempfile.mkdtemp(prefix="fusestore-requests-", dir="/tmp"))
-            base.chmod(0o755)
-        else:
-            base = tmp_path / f"mount{len(made)}"
-            base.mkdir()
-        mounted = Mount(base / "store", base / "mnt", base / "daemon.log", extra=list(extra))
-        made.append((mounted, base if shared else None))
-        mounted.mount()
-        return mounted
-
-    yield make
-    report = getattr(request.node, "rep_call", None)
-    for mounted, base in made:
-        try:
-            if mounted.is_mounted():
-                mounted.umount()
-        finally:
-            mounted.force_unmount()
-            if report is not None and report.failed:
-                print(f"--- daemon log of {mounted.path} ---\n{mounted.log_text()}")
-            if base is not None:
-                shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def quiet_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mount, str]]:
     """One mount for the refused asks (they leave nothing behind), with SMALL stored at ENV/src."""
@@ -248,42 +212,7 @@ def quiet_mount(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Moun
         (mounted.path / ENV).mkdir()
         yield mounted, store_file(mounted.path / ENV, "src", SMALL)
     finally:
-        try:
-            if mounted.is_mounted():
-                mounted.umount()
-        finally:
-            mounted.force_unmount()
-
-
-def in_child(action: Callable[[], bytes | None], uid: int = NOBODY) -> tuple[int, bytes]:
-    """Run ``action`` in a forked child with every uid and gid set to ``uid``.
-
-    Returns (the errno of the OSError it raised, or 0; the bytes it returned).
-    """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 0
-        try:
-            os.close(read_end)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            os.write(write_end, action() or b"")
-        except OSError as exc:
-            status = exc.errno or 255
-        except BaseException:
-            os.write(write_end, traceback.format_exc().encode())
-            status = 255
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, wait_status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(wait_status)
-    assert code != 255, data.decode(errors="replace")
-    return code, data
+        mounted.release(failed=False)
 
 
 # -- success -------------------------------------------------------------------------------------
@@ -846,7 +775,7 @@ def test_other_uid_neither_sees_nor_answers_a_request(mount_with: Callable[..., 
                  errno_of(os.open, mine, os.O_WRONLY)]
         return repr((listing, codes)).encode()
 
-    code, out = in_child(looks)
+    code, out = in_child(looks, uid=NOBODY)
     assert code == 0
     assert out.decode() == repr(([], [errno.ENOENT] * 3))
 
@@ -889,7 +818,7 @@ def test_same_name_for_two_uids_is_two_requests(mount_with: Callable[..., Mount]
         send(name, answer_for(challenge, BIG) + "\n")
         return name.read_bytes()
 
-    code, out = in_child(ask_and_answer)
+    code, out = in_child(ask_and_answer, uid=NOBODY)
     assert (code, out) == (0, b"status accepted\n")
     assert name.read_text() == root_challenge
     send(name, answer_for(root_challenge, BIG) + "\n")
@@ -913,11 +842,12 @@ def test_other_uid_may_not_link_where_it_may_not_write(mount_with: Callable[...,
         return action
 
     for number, path in enumerate(("new-file", "existing", "sub/new", "new-dir/file")):
-        code, out = in_child(refused(f"denied{number}", path))
+        code, out = in_child(refused(f"denied{number}", path), uid=NOBODY)
         assert code == errno.EACCES, f"{path}: exit {code}, {out!r}\n{mount.log_text()[-3000:]}"
     shell_fails(bash(ASK, user=NOBODY, R=control(mount, "denied-sh"), ENV=ENV, DEST="new-file", HASH=digest),
                 "Permission denied")
-    assert eventually(lambda: in_child(lambda: repr(os.listdir(requests_dir(mount))).encode()) == (0, b"[]"))
+    listing = lambda: in_child(lambda: repr(os.listdir(requests_dir(mount))).encode(), uid=NOBODY)  # noqa: E731
+    assert eventually(lambda: listing() == (0, b"[]"))
     assert sorted(os.listdir(root_env)) == ["existing", "src", "sub"]
     assert (root_env / "existing").read_bytes() == b"root's file\n"
     assert os.listdir(root_env / "sub") == []

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,10 +26,9 @@ from fusestore import link as link_module
 from fusestore.link import link
 
 from .conftest import ENV
-from .mount_helpers import FUSESTORE, Mount, require_fuse
+from .mount_helpers import FUSESTORE, NOBODY, Mount
 
 LINK_SH = Path(__file__).resolve().parents[1] / "scripts" / "link.sh"
-NOBODY = 65534
 DATA = random.Random(11).randbytes(300_000)
 # A path that needs percent-encoding (space, UTF-8, '%', '+', '#') under directories that do not exist yet.
 NESTED = "with space/dé%+#/not yet/file name.bin"
@@ -118,31 +115,15 @@ def pool(mount: Mount) -> tuple[int, int]:
 
 
 @pytest.fixture
-def mount_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Mount]]:
-    """Mounts under a fresh 0755 directory in /tmp (pytest's are 0700: other uids could not reach them)."""
-    require_fuse()
-    made: list[tuple[Mount, Path]] = []
+def mount_factory(mount_with: Callable[..., Mount]) -> Callable[..., Mount]:
+    """Mounts other uids can reach, each with an environment directory."""
 
     def make(*extra: str) -> Mount:
-        base = Path(tempfile.mkdtemp(prefix="fusestore-link-", dir="/tmp"))
-        base.chmod(0o755)
-        mounted = Mount(base / "store", base / "mnt", base / "daemon.log", extra=list(extra))
-        made.append((mounted, base))
-        mounted.mount()
+        mounted = mount_with(*extra, shared=True)
         (mounted.path / ENV).mkdir()
         return mounted
 
-    yield make
-    for mounted, base in made:
-        try:
-            if mounted.is_mounted():
-                mounted.umount()
-        finally:
-            mounted.force_unmount()
-            report = getattr(request.node, "rep_call", None)
-            if report is not None and report.failed:
-                print(f"--- daemon log ({mounted.path}) ---\n{mounted.log_text()}")
-            shutil.rmtree(base, ignore_errors=True)
+    return make
 
 
 # -- linking --------------------------------------------------------------------------------------

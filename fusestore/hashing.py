@@ -1,0 +1,69 @@
+"""BLAKE3 of a file as it is written, off the event loop once the file grows large.
+
+Hashing a large file inline costs the loop about as much time as the writes
+themselves; on a worker thread (blake3 releases the GIL) it overlaps with
+the next write requests instead. Small files stay inline: a thread per file
+would cost more than their hashing. Updates keep their order: one thread
+consumes one queue, and the queue is bounded so that memory stays flat when
+hashing falls behind (the writer then waits for room).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+import blake3
+import trio
+
+BACKGROUND_AFTER = 8 << 20  # bytes hashed inline before a worker thread takes over
+QUEUE_CHUNKS = 16  # at most this many write buffers wait for the hasher
+
+
+class RunningHash:
+    """The BLAKE3 of bytes fed in order; ``digest`` may block, so call it from a worker thread."""
+
+    def __init__(self) -> None:
+        self._hasher = blake3.blake3()
+        self._fed = 0
+        self._queue: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+
+    async def update(self, data: bytes) -> None:
+        if self._queue is None:
+            self._hasher.update(data)
+            self._fed += len(data)
+            if self._fed >= BACKGROUND_AFTER:
+                self._start()
+            return
+        try:
+            self._queue.put_nowait(data)
+        except queue.Full:
+            await trio.to_thread.run_sync(self._queue.put, data)
+
+    def _start(self) -> None:
+        self._queue = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._thread = threading.Thread(target=self._consume, name="fusestore-hash", daemon=True)
+        self._thread.start()
+
+    def _consume(self) -> None:
+        assert self._queue is not None
+        while (data := self._queue.get()) is not None:
+            self._hasher.update(data)
+
+    def _stop(self) -> None:
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = self._thread = None
+
+    def digest(self) -> bytes:
+        self._stop()
+        return self._hasher.digest()
+
+    def abandon(self) -> None:
+        """Writes went out of order: the running hash is useless (the commit re-hashes the file).
+
+        Stopping waits for at most ``QUEUE_CHUNKS`` queued buffers: a few milliseconds.
+        """
+        self._stop()
