@@ -40,7 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import blake3
+from . import pool
+from .requests import answer_of
 
 CHUNK = 1 << 20
 
@@ -87,27 +88,15 @@ def quote_path(path: str) -> str:
 
 def hash_fd(fd: int) -> str:
     """The BLAKE3 (hex) of everything readable from ``fd``, read in chunks."""
-    hasher = blake3.blake3()
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    offset = 0
-    while True:
-        n = os.preadv(fd, [buffer], offset)
-        if n == 0:
-            return hasher.hexdigest()
-        hasher.update(view[:n])
-        offset += n
+    return pool.hash_fd(fd)[0].hex()
 
 
 def answer_for(fd: int, ranges: list[tuple[int, int]]) -> str:
     """The BLAKE3 (hex) of the listed ranges of ``fd``, concatenated in order."""
-    hasher = blake3.blake3()
-    for offset, length in ranges:
-        data = os.pread(fd, length, offset)
-        if len(data) != length:
-            raise _Failure("refused", f"the local file is shorter than the range {offset}+{length} asked for")
-        hasher.update(data)
-    return hasher.hexdigest()
+    try:
+        return answer_of(fd, ranges).hex()
+    except EOFError as exc:
+        raise _Failure("refused", f"the local file is shorter than the challenge: {exc}") from None
 
 
 def parse_challenge(text: str) -> tuple[str, list[tuple[int, int]]]:

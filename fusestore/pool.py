@@ -121,13 +121,8 @@ class LocalPool:
         return Staged(self, name, fd)
 
     def hash_staging(self, staged: Staged) -> tuple[bytes, int]:
-        """BLAKE3 and size of a staging file, read in chunks (for files not written in order)."""
-        hasher = blake3.blake3()
-        offset = 0
-        while chunk := os.pread(staged.fd, CHUNK, offset):
-            hasher.update(chunk)
-            offset += len(chunk)
-        return hasher.digest(), offset
+        """BLAKE3 and size of a staging file (for files not written in order)."""
+        return hash_fd(staged.fd)
 
     def discard(self, staged: Staged) -> None:
         staged.close()
@@ -216,6 +211,16 @@ class LocalPool:
 
     def staging_names(self) -> list[str]:
         return sorted(os.listdir(self.staging_root))
+
+
+def hash_fd(fd: int) -> tuple[bytes, int]:
+    """BLAKE3 and size of everything readable from ``fd``, read in chunks (memory stays flat)."""
+    hasher = blake3.blake3()
+    offset = 0
+    while chunk := os.pread(fd, CHUNK, offset):
+        hasher.update(chunk)
+        offset += len(chunk)
+    return hasher.digest(), offset
 
 
 def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:

@@ -69,12 +69,15 @@ def choose_ranges(length: int, count: int, randbelow: Callable[[int], int]) -> l
 
 
 def answer_of(fd: int, ranges: list[Range]) -> bytes:
-    """The BLAKE3 of the listed ranges of an open file, concatenated in order."""
+    """The BLAKE3 of the listed ranges of an open file, concatenated in order (the store's and a client's).
+
+    EOFError when the file is shorter than a range.
+    """
     hasher = blake3.blake3()
     for offset, size in ranges:
         data = os.pread(fd, size, offset)
         if len(data) != size:
-            raise errors.ResourceDeleted("the content is shorter than its catalog entry")
+            raise EOFError(f"the file ends before the range {offset}+{size}")
         hasher.update(data)
     return hasher.digest()
 
