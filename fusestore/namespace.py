@@ -41,6 +41,9 @@ RENAME_EXCHANGE = 2
 XATTR_NAME_MAX = 255
 XATTR_SIZE_MAX = 65536
 ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
+# No SELinux labels either. Refusing them (rather than answering "none") also
+# lets `ls -l` stop asking once per file: coreutils remembers EOPNOTSUPP per filesystem.
+SELINUX_XATTR = b"security.selinux"
 
 
 @dataclass(frozen=True)
@@ -521,6 +524,8 @@ class Tree:
     def _check_xattr_name(name: bytes) -> None:
         if name in ACL_XATTRS:
             raise errors.NotSupported("POSIX ACLs are not supported; permissions are the mode bits")
+        if name == SELINUX_XATTR:
+            raise errors.NotSupported("SELinux labels are not supported")
         if not name or len(name) > XATTR_NAME_MAX:
             raise errors.InvalidArgument(f"extended attribute name of {len(name)} bytes")
 

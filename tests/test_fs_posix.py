@@ -973,3 +973,12 @@ def test_other_users_are_refused_the_whole_mount_without_allow_other(mount: Moun
         assert in_child(reader(env_fd, "public")) == (0, b"for everyone")  # the same child as root can
     finally:
         os.close(env_fd)
+
+
+def test_selinux_labels_are_refused_but_capabilities_kept(env_dir: Path) -> None:
+    create_file(env_dir / "f", b"x")
+    raises_errno(errno.EOPNOTSUPP, os.setxattr, env_dir / "f", "security.selinux", b"system_u:object_r:x:s0")
+    raises_errno(errno.EOPNOTSUPP, os.getxattr, env_dir / "f", "security.selinux")
+    capability = bytes.fromhex("0000000200200000000000000000000000000000")
+    os.setxattr(env_dir / "f", "security.capability", capability)
+    assert os.getxattr(env_dir / "f", "security.capability") == capability
