@@ -195,19 +195,35 @@ class Tree:
             tx.after_commit(lambda: self.pool.remove(digest))
 
     def reference(self, tx: Txn, digest: bytes, length: int, staged: Staged, *, reserved: bool) -> None:
-        """Take one reference to ``digest``, publishing the staged bytes when the pool lacks them.
+        """Take one reference to ``digest``, whose bytes ``publish`` put in the pool before the lock.
 
         A reservation (checked put) already holds the reference; it only
-        needs the bytes published and the resource marked complete.
+        needs the resource marked complete. The staging name goes after the commit.
         """
         resource = tx.resource(digest) if reserved else tx.put(digest, length)
         assert resource is not None, "a reservation lost its resource"
+        tx.after_commit(lambda: self.pool.discard(staged))
         if resource.complete:
-            tx.after_commit(lambda: self.pool.discard(staged))
             return
-        self.pool.publish(staged, digest)
+        self.pool.ensure_published(staged, digest)
         resource.state = COMPLETE
         tx.save_resource(resource)
+
+    def publish(self, staged: Staged, digest: bytes) -> None:
+        """Put the staged bytes in the pool, durably, unless the catalog holds them already.
+
+        Called before the commit and outside the writer lock, so that the
+        fsyncs of one file never hold up every other writer.
+        """
+        if self.needs_sync(digest):
+            self.pool.publish(staged, digest)
+
+    def forget_published(self, digest: bytes) -> None:
+        """After a failed commit: remove the blob ``publish`` made, unless something references it."""
+        with self.catalog.write() as tx:
+            resource = tx.resource(digest)
+            if resource is None or not resource.complete:
+                self.pool.remove(digest)
 
     @staticmethod
     def reference_empty(tx: Txn) -> None:
@@ -586,24 +602,17 @@ class Tree:
             raise
         return staged
 
-    def commit_staged(
-        self, ino: int, staged: Staged, digest: bytes, size: int, mtime_ns: int | None,
-        expected: bytes | None = None,
-    ) -> Inode:
+    def commit_staged(self, ino: int, staged: Staged, digest: bytes, size: int, mtime_ns: int | None) -> Inode:
         """Make the staged bytes the content of ``ino``: one transaction, deduplicated.
 
-        The staging file must be synced already when the pool lacks the
-        content (``Tree.needs_sync``). ``mtime_ns`` keeps a time a tool set
-        after its last write (tar, cp -a, rsync); None means now. With
-        ``expected``, other content is refused (HashMismatch) and nothing changes.
+        The staged bytes must have been published (``Tree.publish``) when the
+        pool lacks the content. ``mtime_ns`` keeps a time a tool set
+        after its last write (tar, cp -a, rsync); None means now.
         """
-        if expected is not None and digest != expected:
-            raise errors.HashMismatch(f"content hashes to {digest.hex()}, expected {expected.hex()}")
         with self.catalog.write() as tx:
             tx.remove_staging(staged.name)
             node = tx.inode(ino)
             if node is None:  # deleted meanwhile: the bytes have nowhere to go
-                tx.after_commit(lambda: self.pool.discard(staged))
                 raise errors.NotFound(f"inode {ino} was deleted")
             self.reference(tx, digest, size, staged, reserved=False)
             self.set_content(tx, node, digest, size, mtime_ns)
@@ -631,7 +640,7 @@ class Tree:
         return self.pool.open_fd(node.content)
 
     def needs_sync(self, digest: bytes) -> bool:
-        """Whether committing ``digest`` will publish new bytes (which must be durable first)."""
+        """Whether the catalog lacks ``digest`` as complete content (so its bytes must be published)."""
         with self.catalog.read() as tx:
             resource = tx.resource(digest)
         return resource is None or not resource.complete

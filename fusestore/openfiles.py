@@ -195,16 +195,16 @@ class OpenFiles:
         else:
             digest, size = self.tree.hash_staged(staged)
         expected = self.expected.pop(state.ino, None)
-        try:
-            if self.tree.needs_sync(digest):
-                os.fsync(staged.fd)
-            committed = self.tree.commit_staged(state.ino, staged, digest, size, state.mtime_ns, expected)
-        except errors.HashMismatch:
+        if expected is not None and digest != expected:
             self.tree.discard_staged(staged)
             self._drop_if_fresh(state.ino)
-            raise
+            raise errors.HashMismatch(f"content hashes to {digest.hex()}, expected {expected.hex()}")
+        try:
+            self.tree.publish(staged, digest)
+            committed = self.tree.commit_staged(state.ino, staged, digest, size, state.mtime_ns)
         except BaseException:
             self.tree.discard_staged(staged)
+            self.tree.forget_published(digest)
             raise
         self.fresh.pop(state.ino, None)
         return committed

@@ -6,9 +6,13 @@ Layout (fixed: fsck, tests and operators rely on it)::
     <store>/staging/<name>        bytes not yet published (puts, open files)
 
 A blob comes to be in one way only: its bytes are written to a staging file,
-the file is fsynced, then renamed to its final name and the directory is
-fsynced. So a blob name that exists always holds exactly the bytes it names,
-and it is durable before any catalog transaction that references it commits.
+the complete file gets a second staging name that is renamed over the blob's
+name (atomic), then the file and the blob's directory are fsynced, all before
+the catalog transaction that references it. So a referenced blob name always
+holds exactly the bytes it names, and it is durable before any transaction
+that references it. (One fsync of the file covers its data and, on journaling
+filesystems such as ext4, both names: the directory fsync then costs little.)
+A crash can leave a blob nothing references yet; recovery and fsck reclaim it.
 Empty content has no blob file: every reader of it reads nothing.
 
 The pool knows nothing of refcounts; the store decides when a blob is
@@ -129,10 +133,12 @@ class LocalPool:
         self.discard_name(staged.name)
 
     def discard_name(self, name: str) -> None:
-        try:
-            os.unlink(self.staging_path(name))
-        except FileNotFoundError:
-            pass
+        """Remove a staging file by name, with the spare name ``publish`` may have left."""
+        for path in (self.staging_path(name), self.staging_path(name + ".blob")):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
 
     def start_writeback(self, staged: Staged, offset: int, length: int) -> None:
         """Start writing a range of a staging file to disk without waiting for it.
@@ -142,10 +148,6 @@ class LocalPool:
         """
         if _sync_file_range is not None:
             _sync_file_range(staged.fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-    def sync_staging(self, staged: Staged) -> None:
-        """Make a staging file's bytes durable (done outside any catalog lock)."""
-        os.fsync(staged.fd)
 
     def copy_into(self, staged: Staged, digest: bytes, length: int) -> None:
         """Copy the first ``length`` bytes of a blob into a staging file, in the kernel."""
@@ -162,15 +164,13 @@ class LocalPool:
     # -- blobs --------------------------------------------------------------
 
     def publish(self, staged: Staged, digest: bytes) -> None:
-        """Rename a (synced) staging file into place as the blob ``digest``.
+        """Make the complete staging file the blob ``digest``, durably (before any catalog lock).
 
-        Renaming over an existing blob is harmless: both hold the same bytes.
-        The directory is fsynced so the name is durable before the caller
-        commits a catalog transaction that references it.
+        Replacing an existing blob is harmless: it holds the same bytes, or
+        is debris of a crash that nothing references. The staging name stays
+        until the caller discards it after its commit.
         """
-        staged.close()
         if digest == EMPTY_DIGEST:
-            self.discard_name(staged.name)
             return
         target = self.blob_path(digest)
         directory = target.parent
@@ -178,8 +178,22 @@ class LocalPool:
             directory.mkdir(parents=True, exist_ok=True)
             _fsync_dir(directory.parent)
             _fsync_dir(directory.parent.parent)
-        os.rename(staged.path, target)
+        spare = self.staging_path(staged.name + ".blob")
+        try:
+            os.link(staged.path, spare)
+        except FileExistsError:  # left by an earlier attempt: it names the same file
+            pass
+        os.rename(spare, target)
+        os.fsync(staged.fd)
         _fsync_dir(directory)
+
+    def ensure_published(self, staged: Staged, digest: bytes) -> None:
+        """Under the catalog's writer lock: put the blob back if a release deleted it since ``publish``.
+
+        Blobs are deleted only under that lock, so what this sees holds until the commit.
+        """
+        if not self.has(digest):
+            self.publish(staged, digest)
 
     def has(self, digest: bytes) -> bool:
         return digest == EMPTY_DIGEST or self.blob_path(digest).is_file()

@@ -177,11 +177,12 @@ class Store:
             self.tree.discard_staged_name(record.name)
             return
         digest, size = self.pool.hash_staging(staged)
-        self.pool.sync_staging(staged)
         try:
+            self.tree.publish(staged, digest)
             self.tree.commit_staged(record.ino, staged, digest, size, mtime_ns=None)
-        except errors.NotFound:
-            pass  # its inode went before the crash: nothing to keep
+        except errors.NotFound:  # its inode went before the crash: nothing to keep
+            self.tree.discard_staged(staged)
+            self.tree.forget_published(digest)
 
     # -- the managed storage: environments, users, global ---------------------
 
@@ -343,9 +344,15 @@ class Store:
             digest, size = self._stream(upload, reader, length)
             if check is not None and digest != check:
                 raise errors.HashMismatch(f"content hashes to {digest.hex()}, expected {check.hex()}")
+        except BaseException:
+            self._abort_upload(upload)
+            raise
+        try:
+            self.tree.publish(upload.staged, digest)
             self._commit_upload(upload, digest, size)
         except BaseException:
             self._abort_upload(upload)
+            self.tree.forget_published(digest)
             raise
         return digest.hex()
 
@@ -374,14 +381,9 @@ class Store:
         """Copy the reader into the upload's staging file: (digest, size)."""
         staged = upload.staged
         try:
-            digest, size = self.pool.fill(staged, reader, length)
+            return self.pool.fill(staged, reader, length)
         except ShortRead as exc:
             raise errors.LengthMismatch(str(exc)) from None
-        with self.catalog.read() as tx:
-            known = tx.resource(digest)
-        if known is None or not known.complete:
-            self.pool.sync_staging(staged)  # durable before it can be published under the lock
-        return digest, size
 
     def _commit_upload(self, upload: Upload, digest: bytes, size: int) -> None:
         with self.catalog.write() as tx:

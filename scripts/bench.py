@@ -139,9 +139,11 @@ def drop_caches() -> bool:
 
 
 def small_files(directory: Path, count: int) -> None:
-    data = b"x" * 4096
+    """``count`` files of 4 KiB, each of its own content (no dedup hit: every one is a new blob)."""
+    data = bytearray(os.urandom(4096))
     directory.mkdir()
     for i in range(count):
+        data[:16] = f"{directory.name}{i:08d}".encode()[-16:].rjust(16)
         with open(directory / f"f{i:05d}", "wb", buffering=0) as out:
             out.write(data)
 
