@@ -273,11 +273,12 @@ class Store:
 
     def _may_write(self, tx: Txn, parts: list[bytes], owner: Owner) -> bool:
         """Whether ``owner`` could create or overwrite ``parts`` (mode bits of the path)."""
-        node, depth = self.tree.walk(tx, parts)
-        if depth == len(parts):  # overwriting: write on the file, search on its directories
-            directory, target, mask = self._resolve(tx, parts[:-1]), node, os.W_OK
+        directory, depth = self.tree.walk(tx, parts[:-1])
+        existing = tx.lookup(directory.ino, parts[-1]) if depth == len(parts) - 1 else None
+        if existing is not None:  # overwriting: write on the file, search on its directories
+            target, mask = self.tree.inode(tx, existing), os.W_OK
         else:  # creating below the deepest existing directory
-            directory, target, mask = node, node, os.W_OK | os.X_OK
+            target, mask = directory, os.W_OK | os.X_OK
         searchable = all(permits(self.tree.inode(tx, i), owner, os.X_OK) for i in self._ancestors(tx, directory))
         return searchable and permits(target, owner, mask)
 
@@ -286,8 +287,10 @@ class Store:
         parts = self._env_path(env_uuid, path)
         with self.catalog.read() as tx:
             parent = self._resolve(tx, parts[:-1])
-            node = self._resolve(tx, parts)
-        return parent.ino, parts[-1], node.ino
+            child = tx.lookup(parent.ino, parts[-1])
+        if child is None:
+            raise errors.NotFound(f"no such file: {path}")
+        return parent.ino, parts[-1], child
 
     def _ancestors(self, tx: Txn, directory: Inode) -> list[int]:
         """``directory`` and every directory above it, up to the root."""

@@ -6,6 +6,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,16 @@ def require_fuse() -> None:
     if os.environ.get("CI") == "true":
         pytest.fail("/dev/fuse is missing in CI: the mount tests cannot run")
     pytest.skip("no usable /dev/fuse on this machine")
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Whether ``check`` becomes true within ``timeout``: the kernel sends release after close returns."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 class Mount:

@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from .mount_helpers import Mount
+from .mount_helpers import Mount, eventually
 
 DATA = os.urandom(200_000)
 OTHER = b"previous content\n"
@@ -22,16 +22,6 @@ def errno_of(call, *args) -> int:
     with pytest.raises(OSError) as raised:
         call(*args)
     return raised.value.errno
-
-
-def wait_for(condition, seconds: float = 10.0) -> None:
-    """The kernel releases a closed file asynchronously: give it a moment."""
-    import time
-
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
 
 
 def test_blake3_attribute_is_the_committed_hash(env_dir: Path) -> None:
@@ -49,7 +39,7 @@ def test_blake3_attribute_is_enodata_while_writes_are_uncommitted(env_dir: Path)
     with open(env_dir / "f", "r+b", buffering=0) as handle:
         handle.write(b"changed")
         assert errno_of(os.getxattr, env_dir / "f", "user.fusestore.blake3") == errno.ENODATA
-    wait_for(lambda: os.getxattr(env_dir / "f", "user.fusestore.blake3").decode()
+    assert eventually(lambda: os.getxattr(env_dir / "f", "user.fusestore.blake3").decode()
              == blake3.blake3(b"changed" + OTHER[7:]).hexdigest())
     assert errno_of(os.getxattr, env_dir, "user.fusestore.blake3") == errno.ENODATA
 
@@ -90,7 +80,7 @@ def test_checked_put_of_new_file_with_wrong_hash_leaves_nothing(mount: Mount, en
     os.setxattr(fd, "user.fusestore.expect", WRONG.encode())
     os.write(fd, DATA)
     assert errno_of(os.close, fd) == errno.EBADMSG
-    wait_for(lambda: not (env_dir / "new").exists())
+    assert eventually(lambda: not (env_dir / "new").exists())
     assert (mount.blob_count(), mount.pool_bytes()) == (blobs, pool)
     assert sorted(os.listdir(env_dir)) == ["other"]
 
@@ -104,7 +94,7 @@ def test_checked_put_of_existing_file_with_wrong_hash_keeps_old_content(mount: M
     result = subprocess.run(["bash", "-c", f"cat {tmp_path}/src > {env_dir}/f"], capture_output=True, text=True)
     assert result.returncode != 0
     assert "Bad message" in result.stderr
-    wait_for(lambda: (env_dir / "f").read_bytes() == OTHER)
+    assert eventually(lambda: (env_dir / "f").read_bytes() == OTHER)
     assert mount.blob_count() == blobs
     assert os.getxattr(env_dir / "f", "user.fusestore.blake3").decode() == blake3.blake3(OTHER).hexdigest()
 

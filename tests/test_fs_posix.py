@@ -26,7 +26,7 @@ from typing import NoReturn
 import pytest
 
 from .conftest import ENV, ENV2
-from .mount_helpers import LIBC, NOBODY, Mount, in_child
+from .mount_helpers import LIBC, NOBODY, Mount, eventually, in_child
 
 AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
@@ -67,16 +67,6 @@ def utimensat(path: Path, atime: tuple[int, int], mtime: tuple[int, int], flags:
 def times_ns(path: Path, follow: bool = True) -> tuple[int, int]:
     st = os.stat(path, follow_symlinks=follow)
     return st.st_atime_ns, st.st_mtime_ns
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Whether ``check`` becomes true within ``timeout`` (the kernel sends release asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def raises_errno(code: int, call: Callable[..., object], *args: object, **kwargs: object) -> None:

@@ -29,7 +29,7 @@ import blake3
 import pytest
 
 from .conftest import ENV, ENV2
-from .mount_helpers import NOBODY, Mount, in_child, require_fuse
+from .mount_helpers import NOBODY, Mount, eventually, in_child, require_fuse
 
 MiB = 1 << 20
 RANGES = 32  # challenge ranges per request (the store's default)
@@ -118,16 +118,6 @@ def expect_errno(code: int, call: Callable[..., object], *args: object, mount: M
     got = errno_of(call, *args)
     log = f"\n--- daemon log (tail) ---\n{mount.log_text()[-3000:]}" if mount is not None else ""
     assert got == code, f"expected {errno.errorcode[code]}, got {errno.errorcode.get(got, got)}{log}"
-
-
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Whether ``check`` becomes true within ``timeout`` (release follows close asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def gone(mount: Mount, name: str) -> bool:
@@ -755,7 +745,8 @@ def test_put_line_into_an_answered_request_is_eexist(mount: Mount, env_dir: Path
 # -- other users ----------------------------------------------------------------------------------
 
 
-def test_other_uid_neither_sees_nor_answers_a_request(mount_with: Callable[..., Mount]) -> None:
+def shared_mount(mount_with: Callable[..., Mount]) -> tuple[Mount, Path, str, Path]:
+    """An --allow-other mount: root's environment holding BIG, and an environment anyone may write."""
     mount = mount_with("--allow-other", shared=True)
     root_env = mount.path / ENV
     root_env.mkdir()
@@ -763,6 +754,11 @@ def test_other_uid_neither_sees_nor_answers_a_request(mount_with: Callable[..., 
     open_env = mount.path / ENV2
     open_env.mkdir()
     open_env.chmod(0o777)
+    return mount, root_env, digest, open_env
+
+
+def test_other_uid_neither_sees_nor_answers_a_request(mount_with: Callable[..., Mount]) -> None:
+    mount, root_env, digest, open_env = shared_mount(mount_with)
     local = mount.path.parent / "local.bin"  # readable by uid 65534
     local.write_bytes(BIG)
     local.chmod(0o644)
@@ -802,13 +798,7 @@ def test_other_uid_neither_sees_nor_answers_a_request(mount_with: Callable[..., 
 
 
 def test_same_name_for_two_uids_is_two_requests(mount_with: Callable[..., Mount]) -> None:
-    mount = mount_with("--allow-other", shared=True)
-    root_env = mount.path / ENV
-    root_env.mkdir()
-    digest = store_file(root_env, "src", BIG)
-    open_env = mount.path / ENV2
-    open_env.mkdir()
-    open_env.chmod(0o777)
+    mount, root_env, digest, open_env = shared_mount(mount_with)
     name = control(mount, "req")
     root_challenge = ask(mount, "req", "dst", digest)
 
