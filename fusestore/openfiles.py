@@ -15,8 +15,9 @@ The write path, as the filesystem sees it:
 - The commit happens at the flush of the last open handle of the inode (so
   that ``close()`` reports its errors), or at the last release. A flush of a
   handle that wrote nothing, or while other handles stay open, commits
-  nothing. The commit runs in a worker thread: fsync of the staging file when
-  the pool lacks its content, then one catalog transaction (``Tree.commit_staged``).
+  nothing. The commit runs in a worker thread: the staged bytes become a
+  blob, durably, when the pool lacks them (``Tree.publish``), then one
+  catalog transaction (``Tree.commit_staged``).
 - Readers of an inode with a staging file read the staging file: what was
   written is visible at once. Readers of committed content read the blob.
 - A time set by utimens after the last write (tar, cp -a, rsync) is the

@@ -3,7 +3,8 @@
 Layout (fixed: fsck, tests and operators rely on it)::
 
     <store>/pool/ab/cd/<64 hex>   one file per distinct non-empty content
-    <store>/staging/<name>        bytes not yet published (puts, open files)
+    <store>/staging/<name>        bytes not yet published (puts, open files); 32 hex digits
+    <store>/staging/<name>.blob   for an instant during ``publish``: its second name
 
 A blob comes to be in one way only: its bytes are written to a staging file,
 the complete file gets a second staging name that is renamed over the blob's

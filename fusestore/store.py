@@ -20,14 +20,15 @@ How a put works (the write path of DESIGN.md, without FUSE):
    that the content shows as pending to everyone else.
 2. *Stream* the reader into the staging file while hashing (no lock held,
    memory bounded by one chunk).
-3. *Commit* (one transaction): if the pool already holds the content, take
-   one more reference and drop the staging file; otherwise rename the
-   staging file into the pool first (it was fsynced before the lock was
-   taken) and create the resource. Point the inode at the new content and
-   release the old content's reference; a blob whose last reference went is
-   deleted right after the commit, still under the writer lock, so that no
-   concurrent publish of the same content can lose its blob.
-4. On any failure, *abort* (one transaction) undoes step 1: an inode it
+3. *Publish*, when the catalog lacks the content: the staging file becomes
+   the blob, durably (``LocalPool.publish``), before any lock is taken.
+4. *Commit* (one transaction): take one more reference (a new resource is
+   marked complete, after checking under the writer lock that no concurrent
+   release deleted the blob meanwhile), point the inode at the new content
+   and release the old content's reference; a blob whose last reference
+   went is deleted right after the commit, still under the writer lock.
+   The staging name goes after the commit.
+5. On any failure, *abort* (one transaction) undoes step 1: an inode it
    created goes, a reservation is released, the staging file is deleted.
 """
 
