@@ -841,3 +841,17 @@ def test_other_uid_may_not_link_where_it_may_not_write(mount_with: Callable[...,
     assert sorted(os.listdir(root_env)) == ["existing", "src", "sub"]
     assert (root_env / "existing").read_bytes() == b"root's file\n"
     assert os.listdir(root_env / "sub") == []
+
+
+def test_finished_and_forgotten_requests_disappear_by_themselves(mount_with: Callable[..., Mount]) -> None:
+    """Answered, expired and never-asked requests go a request lifetime after they ended."""
+    mount = mount_with("--request-ttl", "1")
+    (mount.path / ENV).mkdir()
+    digest = store_file(mount.path / ENV, "src", BIG)
+    challenge = ask(mount, "answered", "dst", digest)
+    send(control(mount, "answered"), answer_for(challenge, BIG) + "\n")
+    ask(mount, "unanswered", "other", digest)
+    control(mount, "never-asked").touch()
+    assert sorted(os.listdir(requests_dir(mount))) == ["answered", "never-asked", "unanswered"]
+    assert eventually(lambda: os.listdir(requests_dir(mount)) == [], timeout=6)
+    assert (mount.path / ENV / "dst").read_bytes() == BIG
