@@ -462,14 +462,17 @@ class Tree:
             tx.add_entry(new_parent, new_name, node.ino)
             self._moved(tx, node, src_dir, dst_dir, now)
 
+    def ancestors(self, tx: Txn, directory: Inode) -> list[Inode]:
+        """``directory`` and every directory above it, up to the root."""
+        chain = [directory]
+        while directory.ino != ROOT_INO and directory.parent != directory.ino:
+            directory = self.inode(tx, directory.parent)
+            chain.append(directory)
+        return chain
+
     def _refuse_move_into_itself(self, tx: Txn, node: Inode, destination: Inode) -> None:
-        current = destination
-        while True:
-            if current.ino == node.ino:
-                raise errors.InvalidArgument("cannot move a directory into itself")
-            if current.ino == ROOT_INO or current.parent == current.ino:
-                return
-            current = self.inode(tx, current.parent)
+        if any(directory.ino == node.ino for directory in self.ancestors(tx, destination)):
+            raise errors.InvalidArgument("cannot move a directory into itself")
 
     def _replace(self, tx: Txn, dst_dir: Inode, new_name: bytes, node: Inode, target: Inode, now: int) -> None:
         if stat.S_ISDIR(node.mode):

@@ -272,17 +272,6 @@ class Store:
             tx.put(request.digest, resource.length)
             self.tree.set_content(tx, node, request.digest, resource.length)
 
-    def _may_write(self, tx: Txn, parts: list[bytes], owner: Owner) -> bool:
-        """Whether ``owner`` could create or overwrite ``parts`` (mode bits of the path)."""
-        directory, depth = self.tree.walk(tx, parts[:-1])
-        existing = tx.lookup(directory.ino, parts[-1]) if depth == len(parts) - 1 else None
-        if existing is not None:  # overwriting: write on the file, search on its directories
-            target, mask = self.tree.inode(tx, existing), os.W_OK
-        else:  # creating below the deepest existing directory
-            target, mask = directory, os.W_OK | os.X_OK
-        searchable = all(permits(self.tree.inode(tx, i), owner, os.X_OK) for i in self._ancestors(tx, directory))
-        return searchable and permits(target, owner, mask)
-
     def locate_for_environment(self, env_uuid: str, path: str) -> tuple[int, bytes, int]:
         """(parent inode, name, inode) of an existing path: what a cache invalidation needs."""
         parts = self._env_path(env_uuid, path)
@@ -293,14 +282,6 @@ class Store:
             raise errors.NotFound(f"no such file: {path}")
         return parent.ino, parts[-1], child
 
-    def _ancestors(self, tx: Txn, directory: Inode) -> list[int]:
-        """``directory`` and every directory above it, up to the root."""
-        chain = [directory.ino]
-        while directory.parent and directory.parent != directory.ino:
-            directory = self.tree.inode(tx, directory.parent)
-            chain.append(directory.ino)
-        return chain
-
     # -- paths -> inodes --------------------------------------------------------
 
     def _resolve(self, tx: Txn, parts: list[bytes]) -> Inode:
@@ -310,11 +291,27 @@ class Store:
         return node
 
     def _check_destination(self, tx: Txn, parts: list[bytes], owner: Owner | None) -> None:
-        """Refuse a destination a link could not create: a file in the way, a directory there, no permission."""
-        node, depth = self.tree.walk(tx, parts)
-        if depth == len(parts) and stat.S_ISDIR(node.mode):
+        """Refuse a destination a link could not create: a file in the way, a directory there, no permission.
+
+        With ``owner``, the mode bits must let it create or overwrite the file:
+        search on every directory above, write on the file it replaces, or
+        write and search on the deepest existing directory it is created in.
+        """
+        directory, depth = self.tree.walk(tx, parts[:-1])
+        if not stat.S_ISDIR(directory.mode):
+            raise errors.NotADirectory(f"{parts[depth - 1]!r} is a file, not a directory")
+        existing = tx.lookup(directory.ino, parts[-1]) if depth == len(parts) - 1 else None
+        target = self.tree.inode(tx, existing) if existing is not None else None
+        if target is not None and stat.S_ISDIR(target.mode):
             raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
-        if owner is not None and not self._may_write(tx, parts, owner):
+        if owner is None:
+            return
+        if target is None:
+            target, mask = directory, os.W_OK | os.X_OK
+        else:
+            mask = os.W_OK
+        searchable = all(permits(d, owner, os.X_OK) for d in self.tree.ancestors(tx, directory))
+        if not (searchable and permits(target, owner, mask)):
             raise errors.AccessDenied(f"uid {owner.uid} may not write {b'/'.join(parts).decode(errors='replace')}")
 
     def _make_parents(self, tx: Txn, parts: list[bytes], owner: Owner) -> tuple[Inode, bytes]:
