@@ -16,16 +16,22 @@ Named databases (keys are bytes, integers big-endian so that ranges sort):
 ``xattrs``     ino u64 + name -> value
 ``staging``    staging file name (ascii) -> ino u64, flags u8, parent u64, digest length u8,
                expected digest (0 or 32 bytes), name of the entry the upload created
+``unsynced``   digest(32) -> b"" for blobs published since the last checkpoint, whose
+               bytes may not be on the disk yet
 
-Durability: commits are not fsynced one by one (LMDB ``sync=False``); a
-``sync()`` makes everything committed so far durable, and the store calls it
-on fsync, on close and periodically. Blobs are fsynced before the transaction
-that references them commits, so whichever transactions reach the disk, none
-references a blob that did not.
+Durability is a group commit: neither a commit nor a blob is fsynced one by
+one (LMDB ``sync=False``). A checkpoint (``Tree.sync``: on fsync, on close and
+periodically) flushes the pool, empties ``unsynced`` and then syncs LMDB. A
+transaction that makes a blob's resource complete records the blob in
+``unsynced`` in the same transaction, so whichever transactions reach the disk
+before a power loss, every reference to a blob that may not have reached it
+is listed there, and recovery checks those blobs before serving anything.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -35,11 +41,14 @@ from pathlib import Path
 
 import lmdb
 
-from . import errors
+from . import errors, linux
 
 FORMAT_VERSION = 1
 ROOT_INO = 1
 MAP_SIZE = 1 << 40  # address space only: the file grows with its content
+NEARLY_FULL = 16 << 20  # free bytes below which a failed commit is taken for a full disk
+RESERVE_MAX = 64 << 20  # disk space kept allocated past the catalog's end: 1% of the disk, up to this
+RESERVE_MIN = 1 << 20
 
 PENDING = 0
 COMPLETE = 1
@@ -165,10 +174,10 @@ class Catalog:
     """The LMDB environment and its named databases."""
 
     def __init__(self, path: Path, *, map_size: int = MAP_SIZE) -> None:
-        path = Path(path)
+        self.path = path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         self.env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=8, max_readers=1024,
+            str(path), map_size=map_size, max_dbs=16, max_readers=1024,
             sync=False, metasync=False, readahead=False, lock=True,
         )
         self.env.reader_check()  # drop reader slots of dead processes
@@ -180,6 +189,9 @@ class Catalog:
         self.xattrs = self.env.open_db(b"xattrs")
         self.staging = self.env.open_db(b"staging")
         self.orphans = self.env.open_db(b"orphans")
+        self.unsynced = self.env.open_db(b"unsynced")
+        self._can_reserve = True
+        self.reserve_space()
 
     def check_format(self, path: Path) -> bool:
         """True for a new (empty) catalog; raise UnknownFormat for a foreign one."""
@@ -216,11 +228,42 @@ class Catalog:
             except BaseException:
                 tx.raw.abort()
                 raise
-            tx.raw.commit()
+            try:
+                tx.raw.commit()
+            except lmdb.Error as exc:
+                self._explain_failed_commit(exc)
+                raise
             for callback in tx.callbacks:
                 callback()
 
+    def _explain_failed_commit(self, exc: lmdb.Error) -> None:
+        """A commit that could not grow the catalog file on a full disk is ENOSPC, not EIO."""
+        disk = os.statvfs(self.path)
+        if disk.f_bavail * disk.f_frsize < NEARLY_FULL:
+            raise errors.NoSpace(f"the disk holding the catalog is full ({exc})") from exc
+
+    def reserve_space(self) -> None:
+        """Keep disk blocks allocated past the catalog file's end (called at every checkpoint).
+
+        LMDB copies pages on write, so even deleting a file needs new pages.
+        When file data fills the disk, the catalog grows into this reserve,
+        and deleting files to free space keeps working.
+        """
+        if not self._can_reserve:
+            return
+        disk = os.statvfs(self.path)
+        reserve = min(RESERVE_MAX, max(RESERVE_MIN, disk.f_blocks * disk.f_frsize // 100))
+        fd = os.open(self.path / "data.mdb", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            linux.reserve_beyond_end(fd, reserve)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:  # the filesystem cannot: nothing to keep trying
+                self._can_reserve = True
+        finally:
+            os.close(fd)
+
     def sync(self) -> None:
+        self.reserve_space()
         self.env.sync(True)
 
     def close(self) -> None:
@@ -309,6 +352,7 @@ class Txn:
         res.refcount -= 1
         if res.refcount <= 0:
             self.raw.delete(digest, db=self.catalog.resources)
+            self.raw.delete(digest, db=self.catalog.unsynced)
             return True
         self.save_resource(res)
         return False
@@ -398,6 +442,18 @@ class Txn:
     def orphans(self) -> list[int]:
         with self.raw.cursor(db=self.catalog.orphans) as cur:
             return [_U64.unpack(key)[0] for key in cur.iternext(values=False)]
+
+    # -- blobs published since the last checkpoint -----------------------------
+
+    def add_unsynced(self, digest: bytes) -> None:
+        self.raw.put(digest, b"", db=self.catalog.unsynced)
+
+    def remove_unsynced(self, digest: bytes) -> None:
+        self.raw.delete(digest, db=self.catalog.unsynced)
+
+    def unsynced(self) -> list[bytes]:
+        with self.raw.cursor(db=self.catalog.unsynced) as cur:
+            return [bytes(key) for key in cur.iternext(values=False)]
 
     # -- staging records ----------------------------------------------------
 

@@ -114,6 +114,12 @@ class InvalidArgument(StoreError, ValueError):
     errno = _errno.EINVAL
 
 
+class NoSpace(StoreError):
+    """The disk that holds the store is full (LMDB reports a short write as EIO)."""
+
+    errno = _errno.ENOSPC
+
+
 class StoreLocked(StoreError):
     """Another live process holds the store."""
 

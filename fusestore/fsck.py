@@ -20,7 +20,8 @@ def find_problems(store: Store) -> list[str]:
       uploads that reserved it;
     - every complete non-empty resource has its blob, and the pool holds no
       other blob;
-    - every directory entry points at an existing inode.
+    - every directory entry points at an existing inode;
+    - every blob listed as not yet synced belongs to a complete resource.
     """
     problems = []
     with store.catalog.read() as tx:
@@ -34,6 +35,7 @@ def find_problems(store: Store) -> list[str]:
             if record.reserved and record.expected is not None:
                 references[record.expected] += 1
         resources = {res.digest: res for res in tx.resources()}
+        unsynced = tx.unsynced()
         with tx.raw.cursor(db=tx.catalog.dirents) as cur:
             for key, value in cur:
                 if int.from_bytes(value, "big") not in inodes:
@@ -47,6 +49,9 @@ def find_problems(store: Store) -> list[str]:
     for digest in references:
         if digest not in resources:
             problems.append(f"content {digest.hex()} is referenced but has no resource")
+    for digest in unsynced:
+        if digest not in resources or not resources[digest].complete:
+            problems.append(f"blob {digest.hex()} is listed as unsynced but no complete resource names it")
     wanted = {d for d, res in resources.items() if res.complete and d != EMPTY_DIGEST}
     present = set(store.pool.blobs())
     for digest in wanted - present:

@@ -129,7 +129,10 @@ async def _serve(operations: Operations, mountpoint: Path, ready_fd: int | None)
             """Make committed changes durable every few seconds (as ext4's commit interval)."""
             while True:
                 await trio.sleep(CHECKPOINT_SECONDS)
-                await trio.to_thread.run_sync(operations.store.sync)
+                try:
+                    await trio.to_thread.run_sync(operations.store.sync)
+                except OSError as error:  # such as EIO from the disk: say so, and try again next time
+                    log.error("checkpoint failed, retrying in %d s: %s", CHECKPOINT_SECONDS, error)
 
         async def announce_ready() -> None:
             await trio.to_thread.run_sync(os.stat, mountpoint)

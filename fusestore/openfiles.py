@@ -16,8 +16,10 @@ The write path, as the filesystem sees it:
   that ``close()`` reports its errors), or at the last release. A flush of a
   handle that wrote nothing, or while other handles stay open, commits
   nothing. The commit runs in a worker thread: the staged bytes become a
-  blob, durably, when the pool lacks them (``Tree.publish``), then one
-  catalog transaction (``Tree.commit_staged``).
+  blob when the pool lacks them (``Tree.publish``), then one catalog
+  transaction (``Tree.commit_staged``). Durability is fsync's job, as on
+  ext4: close does not wait for the disk; the next checkpoint (fsync, or
+  every few seconds) flushes the blobs, then the catalog.
 - Readers of an inode with a staging file read the staging file: what was
   written is visible at once. Readers of committed content read the blob.
 - A time set by utimens after the last write (tar, cp -a, rsync) is the
@@ -167,7 +169,11 @@ class OpenFiles:
             state.mtime_ns = mtime_ns
 
     async def fsync(self, state: OpenInode) -> None:
-        """Make what was written durable: the staging file, and the catalog record naming it."""
+        """Make what was written durable: the staging file, then a checkpoint.
+
+        The checkpoint syncs the catalog record naming the staging file, and
+        content another handle committed before (blobs first, then the catalog).
+        """
         async with state.lock:
             if state.staged is not None:
                 await trio.to_thread.run_sync(os.fsync, state.staged.fd)

@@ -8,12 +8,14 @@ Layout (fixed: fsck, tests and operators rely on it)::
 
 A blob comes to be in one way only: its bytes are written to a staging file,
 the complete file gets a second staging name that is renamed over the blob's
-name (atomic), then the file and the blob's directory are fsynced, all before
-the catalog transaction that references it. So a referenced blob name always
-holds exactly the bytes it names, and it is durable before any transaction
-that references it. (One fsync of the file covers its data and, on journaling
-filesystems such as ext4, both names: the directory fsync then costs little.)
-A crash can leave a blob nothing references yet; recovery and fsck reclaim it.
+name (atomic), before the catalog transaction that references it. So a
+referenced blob name always holds exactly the bytes it names, once they are
+on the disk. Getting them there is ``flush``'s job: one ``syncfs`` makes every
+blob published so far durable, names and directories included, and the store
+calls it at its checkpoints, before it syncs the catalog (group commit, as a
+journaling filesystem does; an fsync per blob would cost two device flushes
+for every small file). ``verify`` checks a blob after a crash that may have
+lost it. A crash can leave a blob nothing references yet; fsck reclaims it.
 Empty content has no blob file: every reader of it reads nothing.
 
 The pool knows nothing of refcounts; the store decides when a blob is
@@ -23,15 +25,16 @@ remove, list) so that an object-storage pool can implement it later.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 import blake3
+
+from . import linux
 
 EMPTY_DIGEST = blake3.blake3(b"").digest()
 CHUNK = 1 << 20
@@ -145,10 +148,10 @@ class LocalPool:
         """Start writing a range of a staging file to disk without waiting for it.
 
         Large files are written back while they are still being written, so
-        the fsync that must precede their publication finds little left to do.
+        that dirty pages do not pile up and the next ``flush`` (or fsync)
+        finds little left to do.
         """
-        if _sync_file_range is not None:
-            _sync_file_range(staged.fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+        linux.start_writeback(staged.fd, offset, length)
 
     def copy_into(self, staged: Staged, digest: bytes, length: int) -> None:
         """Copy the first ``length`` bytes of a blob into a staging file, in the kernel."""
@@ -165,7 +168,7 @@ class LocalPool:
     # -- blobs --------------------------------------------------------------
 
     def publish(self, staged: Staged, digest: bytes) -> None:
-        """Make the complete staging file the blob ``digest``, durably (before any catalog lock).
+        """Give the complete staging file the blob's name ``digest`` (durable at the next ``flush``).
 
         Replacing an existing blob is harmless: it holds the same bytes, or
         is debris of a crash that nothing references. The staging name stays
@@ -174,19 +177,34 @@ class LocalPool:
         if digest == EMPTY_DIGEST:
             return
         target = self.blob_path(digest)
-        directory = target.parent
-        if not directory.is_dir():
-            directory.mkdir(parents=True, exist_ok=True)
-            _fsync_dir(directory.parent)
-            _fsync_dir(directory.parent.parent)
+        target.parent.mkdir(parents=True, exist_ok=True)
         spare = self.staging_path(staged.name + ".blob")
         try:
             os.link(staged.path, spare)
         except FileExistsError:  # left by an earlier attempt: it names the same file
             pass
         os.rename(spare, target)
-        os.fsync(staged.fd)
-        _fsync_dir(directory)
+
+    def flush(self) -> None:
+        """Make every blob published so far durable, with its name: one syncfs of the pool's filesystem."""
+        fd = os.open(self.blob_root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            linux.syncfs(fd)
+        finally:
+            os.close(fd)
+
+    def verify(self, digest: bytes, length: int) -> bool:
+        """Whether the blob is there and holds exactly the ``length`` bytes that hash to ``digest``."""
+        if digest == EMPTY_DIGEST:
+            return length == 0
+        try:
+            fd = self.open_fd(digest)
+        except FileNotFoundError:
+            return False
+        try:
+            return hash_fd(fd) == (digest, length)
+        finally:
+            os.close(fd)
 
     def ensure_published(self, staged: Staged, digest: bytes) -> None:
         """Under the catalog's writer lock: put the blob back if a release deleted it since ``publish``.
@@ -236,24 +254,3 @@ def hash_fd(fd: int) -> tuple[bytes, int]:
         hasher.update(chunk)
         offset += len(chunk)
     return hasher.digest(), offset
-
-
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):  # not Linux: fsync alone does the work
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    return function
-
-
-_sync_file_range = _load_sync_file_range()
-_SYNC_FILE_RANGE_WRITE = 2
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,7 +21,9 @@ How a put works (the write path of DESIGN.md, without FUSE):
 2. *Stream* the reader into the staging file while hashing (no lock held,
    memory bounded by one chunk).
 3. *Publish*, when the catalog lacks the content: the staging file becomes
-   the blob, durably (``LocalPool.publish``), before any lock is taken.
+   the blob (``LocalPool.publish``), before any lock is taken; it is
+   durable at the next checkpoint (``sync``), which flushes the pool before
+   the catalog.
 4. *Commit* (one transaction): take one more reference (a new resource is
    marked complete, after checking under the writer lock that no concurrent
    release deleted the blob meanwhile), point the inode at the new content
@@ -130,20 +132,24 @@ class Store:
         self.close()
 
     def close(self) -> None:
+        """A last checkpoint, then the store is free for another process."""
         if self._lock.fd < 0:
             return
+        self.sync()
         self.catalog.close()
         self._lock.release()
 
     def sync(self) -> None:
-        """Make every committed change durable (blobs are durable already)."""
-        self.catalog.sync()
+        """Make every committed change durable: a checkpoint (blobs first, then the catalog)."""
+        self.tree.sync()
 
     # -- set-up and recovery --------------------------------------------------
 
     def _recover(self) -> None:
         """Finish what a previous process left: before anything else is served.
 
+        - blobs published after the last checkpoint are checked; a file
+          whose content a power loss took becomes empty (``Tree.check_unsynced``);
         - staging files of open files (recorded with ``keep``) are committed:
           what was written, and fsynced, must not be lost;
         - unfinished puts are undone: a put that did not return never
@@ -151,6 +157,7 @@ class Store:
         - inodes unlinked while open are deleted: no handle survives a restart;
         - staging files that no record names are deleted.
         """
+        self.tree.check_unsynced()
         with self.catalog.read() as tx:
             records = list(tx.staging_records())
         for record in records:

@@ -12,7 +12,7 @@ import blake3
 import pytest
 
 from fusestore import Store, errors
-from fusestore.catalog import Catalog
+from fusestore.catalog import RESERVE_MIN, Catalog
 
 DIGEST = blake3.blake3(b"content").digest()
 
@@ -128,3 +128,20 @@ def test_lock_of_a_killed_process_is_taken_over(tmp_path: Path) -> None:
         holder.wait()
     with Store.open(path) as store:
         assert store.resources() == []
+
+
+def test_disk_space_stays_reserved_past_the_catalog_end(tmp_path: Path) -> None:
+    """Deleting files on a full disk needs new catalog pages: they come from this reserve."""
+    catalog = Catalog(tmp_path / "catalog")
+    try:
+        data = os.stat(tmp_path / "catalog" / "data.mdb")
+        assert data.st_blocks * 512 >= data.st_size + RESERVE_MIN
+        with catalog.write() as tx:
+            for i in range(2000):
+                tx.set_xattr(i, b"user.x", os.urandom(1000))
+        catalog.sync()  # a checkpoint tops the reserve up as the file grows
+        grown = os.stat(tmp_path / "catalog" / "data.mdb")
+        assert grown.st_size > data.st_size
+        assert grown.st_blocks * 512 >= grown.st_size + RESERVE_MIN
+    finally:
+        catalog.close()

@@ -1,0 +1,138 @@
+"""Group commit: blobs become durable at checkpoints, and recovery checks those no checkpoint covered.
+
+A crashed process is a real child process that ends with ``os._exit``
+before closing its store. A power loss, which cannot be staged here, is
+modelled by what it may leave: a catalog that reached the disk and a blob
+whose bytes did not (the blob file truncated or missing).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import blake3
+import pytest
+
+from fusestore import Store
+from fusestore.fsck import find_problems
+
+from .conftest import ENV, ENV2, put, read
+
+CONTENTS = 'A = b"a" * 100_000\nB = b"b" * 200_000\n'
+A = b"a" * 100_000
+B = b"b" * 200_000
+
+
+def unsynced(store: Store) -> list[bytes]:
+    with store.catalog.read() as tx:
+        return tx.unsynced()
+
+
+def blob_path(store_path: Path, data: bytes) -> Path:
+    digest = blake3.blake3(data).hexdigest()
+    return store_path / "pool" / digest[:2] / digest[2:4] / digest
+
+
+def crash_after(store_path: Path, steps: str) -> None:
+    """Run ``steps`` against the store in a child process that dies without closing it."""
+    script = textwrap.dedent("""
+        import io, os, sys
+        from fusestore import Store
+        store = Store.open(sys.argv[1])
+        def put(env, path, data):
+            store.put_for_environment(env, path, io.BytesIO(data), len(data))
+    """) + CONTENTS + textwrap.dedent(steps) + "\nos._exit(0)\n"
+    subprocess.run([sys.executable, "-c", script, str(store_path)], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_a_new_blob_is_unsynced_until_the_checkpoint(store: Store) -> None:
+    digest = bytes.fromhex(put(store, "a", A))
+    put(store, "again", A)  # a dedup hit publishes nothing new
+    assert unsynced(store) == [digest]
+    store.sync()
+    assert unsynced(store) == []
+    assert find_problems(store) == []
+
+
+def test_close_is_a_checkpoint(store_path: Path) -> None:
+    with Store.open(store_path) as store:
+        put(store, "a", A)
+    with Store.open(store_path) as store:
+        assert unsynced(store) == []
+        assert read(store, "a") == A
+
+
+def test_a_blob_released_before_the_checkpoint_leaves_the_list(store: Store) -> None:
+    put(store, "a", A)
+    store.remove_for_environment(ENV, "a")
+    assert unsynced(store) == []
+    assert find_problems(store) == []
+
+
+def test_after_a_process_crash_every_unsynced_blob_checks_out(store_path: Path) -> None:
+    crash_after(store_path, f"""
+        put({ENV!r}, "a", A)
+        store.sync()
+        put({ENV!r}, "b", B)
+    """)
+    with Store.open(store_path) as store:
+        assert read(store, "a") == A
+        assert read(store, "b") == B
+        assert find_problems(store) == []
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "other bytes"])
+def test_content_a_power_loss_took_becomes_an_empty_file_and_is_logged(
+    store_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    crash_after(store_path, f"""
+        put({ENV!r}, "a", A)
+        store.sync()
+        put({ENV!r}, "b", B)
+        put({ENV2!r}, "copy of b", B)
+    """)
+    blob = blob_path(store_path, B)
+    if damage == "truncated":
+        os.truncate(blob, 4096)
+    elif damage == "missing":
+        blob.unlink()
+    else:
+        blob.write_bytes(b"c" * len(B))
+    with caplog.at_level(logging.ERROR), Store.open(store_path) as store:
+        assert read(store, "a") == A, "content synced before the crash is untouched"
+        assert read(store, "b") == b""
+        assert read(store, "copy of b", env=ENV2) == b""
+        assert find_problems(store) == []
+        assert not blob.exists()
+        put(store, "b again", B)
+        assert read(store, "b again") == B, "the same content can be stored again"
+    lost = [r for r in caplog.records if "was lost in a crash" in r.getMessage()]
+    assert len(lost) == 2
+
+
+def test_an_unfinished_checked_put_of_lost_content_is_undone(store_path: Path) -> None:
+    digest = blake3.blake3(B).hexdigest()
+    crash_after(store_path, f"""
+        put({ENV!r}, "b", B)
+
+        class DiesMidway(io.RawIOBase):
+            def readinto(self, buffer):
+                os._exit(0)
+
+        store.put_for_environment_and_check_hash({ENV!r}, "checked", DiesMidway(), len(B), {digest!r})
+    """)
+    blob_path(store_path, B).unlink()
+    with Store.open(store_path) as store:
+        assert read(store, "b") == b""
+        assert find_problems(store) == []
+        with store.catalog.read() as tx:
+            assert tx.resource(bytes.fromhex(digest)) is None
+        assert store.put_for_environment_and_check_hash(ENV, "checked", io.BytesIO(B), len(B), digest) == digest
+        assert read(store, "checked") == B
