@@ -4,11 +4,13 @@ Layout (fixed: fsck, tests and operators rely on it)::
 
     <store>/pool/ab/cd/<64 hex>   one file per distinct non-empty content
     <store>/staging/<name>        bytes not yet published (puts, open files); 32 hex digits
-    <store>/staging/<name>.blob   for an instant during ``publish``: its second name
+    <store>/staging/<name>.blob   for an instant during ``publish``, when a stale blob is in the way
 
 A blob comes to be in one way only: its bytes are written to a staging file,
-the complete file gets a second staging name that is renamed over the blob's
-name (atomic), before the catalog transaction that references it. So a
+and the complete file gets the blob's name as a second name (a hard link;
+atomic), before the catalog transaction that references it. Where a stale
+file holds that name (debris of a crash), a second staging name is renamed
+over it instead. So a
 referenced blob name always holds exactly the bytes it names, once they are
 on the disk. Getting them there is ``flush``'s job: one ``syncfs`` makes every
 blob published so far durable, names and directories included, and the store
@@ -38,7 +40,6 @@ from . import linux
 
 EMPTY_DIGEST = blake3.blake3(b"").digest()
 CHUNK = 1 << 20
-WRITEBACK_STEP = 32 << 20  # start writing large staging files back while they grow
 
 
 def digest_hex(digest: bytes) -> str:
@@ -69,19 +70,20 @@ class LocalPool:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self.blob_root = self.root / "pool"
-        self.staging_root = self.root / "staging"
-        self.blob_root.mkdir(parents=True, exist_ok=True)
-        self.staging_root.mkdir(parents=True, exist_ok=True)
+        # Plain strings: paths are built several times per small file, and pathlib costs more than the syscalls.
+        self.blob_root = str(self.root / "pool")
+        self.staging_root = str(self.root / "staging")
+        os.makedirs(self.blob_root, exist_ok=True)
+        os.makedirs(self.staging_root, exist_ok=True)
 
     # -- naming -------------------------------------------------------------
 
-    def blob_path(self, digest: bytes) -> Path:
+    def blob_path(self, digest: bytes) -> str:
         h = digest.hex()
-        return self.blob_root / h[:2] / h[2:4] / h
+        return f"{self.blob_root}/{h[:2]}/{h[2:4]}/{h}"
 
-    def staging_path(self, name: str) -> Path:
-        return self.staging_root / name
+    def staging_path(self, name: str) -> str:
+        return f"{self.staging_root}/{name}"
 
     # -- staging ------------------------------------------------------------
 
@@ -115,8 +117,6 @@ class LocalPool:
             view = memoryview(chunk)
             while view:
                 view = view[os.write(staged.fd, view):]
-            if total // WRITEBACK_STEP != (total + len(chunk)) // WRITEBACK_STEP:
-                self.start_writeback(staged, 0, total + len(chunk))
             total += len(chunk)
         return hasher.digest(), total
 
@@ -144,15 +144,6 @@ class LocalPool:
             except FileNotFoundError:
                 pass
 
-    def start_writeback(self, staged: Staged, offset: int, length: int) -> None:
-        """Start writing a range of a staging file to disk without waiting for it.
-
-        Large files are written back while they are still being written, so
-        that dirty pages do not pile up and the next ``flush`` (or fsync)
-        finds little left to do.
-        """
-        linux.start_writeback(staged.fd, offset, length)
-
     def copy_into(self, staged: Staged, digest: bytes, length: int) -> None:
         """Copy the first ``length`` bytes of a blob into a staging file, in the kernel."""
         if length == 0 or digest == EMPTY_DIGEST:
@@ -177,7 +168,15 @@ class LocalPool:
         if digest == EMPTY_DIGEST:
             return
         target = self.blob_path(digest)
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            try:
+                os.link(staged.path, target)
+            except FileNotFoundError:  # the blob's directory is new
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                os.link(staged.path, target)
+            return
+        except FileExistsError:
+            pass
         spare = self.staging_path(staged.name + ".blob")
         try:
             os.link(staged.path, spare)
@@ -215,7 +214,7 @@ class LocalPool:
             self.publish(staged, digest)
 
     def has(self, digest: bytes) -> bool:
-        return digest == EMPTY_DIGEST or self.blob_path(digest).is_file()
+        return digest == EMPTY_DIGEST or os.path.isfile(self.blob_path(digest))
 
     def open(self, digest: bytes) -> BinaryIO:
         """A seekable reader of the blob (random access with ``os.pread`` on its fileno)."""
@@ -224,8 +223,13 @@ class LocalPool:
         return open(self.blob_path(digest), "rb")
 
     def open_fd(self, digest: bytes) -> int:
-        """A read-only descriptor of a non-empty blob, for ``os.pread``."""
-        return os.open(self.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        """A read-only descriptor of a non-empty blob, for ``os.pread``.
+
+        Most readers read front to back: the kernel may read ahead further.
+        """
+        fd = os.open(self.blob_path(digest), os.O_RDONLY | os.O_CLOEXEC)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        return fd
 
     def remove(self, digest: bytes) -> None:
         if digest == EMPTY_DIGEST:
@@ -238,8 +242,8 @@ class LocalPool:
     def blobs(self) -> Iterator[bytes]:
         """Every blob digest present in the pool (for fsck and tests)."""
         for first in sorted(os.listdir(self.blob_root)):
-            for second in sorted(os.listdir(self.blob_root / first)):
-                for name in sorted(os.listdir(self.blob_root / first / second)):
+            for second in sorted(os.listdir(f"{self.blob_root}/{first}")):
+                for name in sorted(os.listdir(f"{self.blob_root}/{first}/{second}")):
                     yield bytes.fromhex(name)
 
     def staging_names(self) -> list[str]:
