@@ -5,25 +5,32 @@ themselves; on a worker thread (blake3 releases the GIL) it overlaps with
 the next write requests instead. Small files stay inline: a thread per file
 would cost more than their hashing. Updates keep their order: one thread
 consumes one queue, and the queue is bounded so that memory stays flat when
-hashing falls behind (the writer then waits for room).
+hashing falls behind (the writer then waits for room). The same thread
+reports its progress every ``PROGRESS_STEP`` bytes, so that other work that
+follows the bytes in order (starting their writeback to disk) stays off the
+loop too.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 
 import blake3
 import trio
 
 BACKGROUND_AFTER = 8 << 20  # bytes hashed inline before a worker thread takes over
 QUEUE_CHUNKS = 16  # at most this many write buffers wait for the hasher
+PROGRESS_STEP = 32 << 20
 
 
 class RunningHash:
     """The BLAKE3 of bytes fed in order; ``digest`` may block, so call it from a worker thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_progress: Callable[[int], None] | None = None) -> None:
+        """``on_progress(n)``, if given, is called on the worker thread once ``n`` bytes are hashed."""
+        self._on_progress = on_progress
         self._hasher = blake3.blake3()
         self._fed = 0
         self._queue: queue.Queue[bytes | None] | None = None
@@ -48,8 +55,13 @@ class RunningHash:
 
     def _consume(self) -> None:
         assert self._queue is not None
+        reported = self._fed
         while (data := self._queue.get()) is not None:
             self._hasher.update(data)
+            self._fed += len(data)
+            if self._on_progress is not None and self._fed - reported >= PROGRESS_STEP:
+                self._on_progress(self._fed)
+                reported = self._fed
 
     def _stop(self) -> None:
         if self._queue is not None and self._thread is not None:

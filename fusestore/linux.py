@@ -1,4 +1,4 @@
-"""Linux calls that Python's os module lacks, through libc: syncfs and space reservation.
+"""Linux calls that Python's os module lacks, through libc: writeback hints, syncfs, space reservation.
 
 Each is None (or falls back) where libc lacks it, so the store still runs,
 more slowly or with less protection, elsewhere.
@@ -11,6 +11,7 @@ import errno
 import os
 from collections.abc import Callable
 
+SYNC_FILE_RANGE_WRITE = 2
 FALLOC_FL_KEEP_SIZE = 1
 
 
@@ -23,6 +24,7 @@ def _libc_function(name: str, argtypes: list[type]) -> Callable[..., int] | None
     return function
 
 
+_sync_file_range = _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
 _syncfs = _libc_function("syncfs", [ctypes.c_int])
 _fallocate = _libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
 
@@ -31,6 +33,12 @@ def _check(result: int) -> None:
     if result != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Start writing a range of a file to disk without waiting (a hint: nothing where unsupported)."""
+    if _sync_file_range is not None:
+        _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
 
 
 def syncfs(fd: int) -> None:

@@ -635,6 +635,9 @@ class Tree:
             tx.remove_staging(name)
         self.pool.discard_name(name)
 
+    def start_writeback(self, staged: Staged, offset: int, length: int) -> None:
+        self.pool.start_writeback(staged, offset, length)
+
     def hash_staged(self, staged: Staged) -> tuple[bytes, int]:
         return self.pool.hash_staging(staged)
 

@@ -45,7 +45,6 @@ from .namespace import Tree
 from .pool import Staged
 
 QUICK_COMMIT = 1 << 20  # files up to this size commit on the loop, without a thread hop
-READ_AHEAD = 4 << 20  # blob reads ask the kernel to read this far ahead (reads are served one at a time)
 
 
 @dataclass
@@ -118,9 +117,25 @@ class OpenFiles:
             else:
                 state.staged = self.tree.stage(state.ino, 0)
             state.size = keep
-            state.hasher = RunningHash() if keep == 0 else None
+            state.hasher = self._running_hash(state.staged) if keep == 0 else None
             state.hashed = 0
         return state.staged
+
+    def _running_hash(self, staged: Staged) -> RunningHash:
+        """A hash of the staged bytes whose worker thread also starts writing them back to disk.
+
+        Bytes already hashed were written, so starting their writeback as the
+        file grows lets the disk work while the writes go on: an fsync or the
+        next checkpoint then finds little left to do.
+        """
+        written_back = 0
+
+        def start_writeback(hashed: int) -> None:
+            nonlocal written_back
+            self.tree.start_writeback(staged, written_back, hashed - written_back)
+            written_back = hashed
+
+        return RunningHash(on_progress=start_writeback)
 
     async def write(self, state: OpenInode, offset: int, data: bytes) -> int:
         async with state.lock:
@@ -142,7 +157,7 @@ class OpenFiles:
             os.ftruncate(staged.fd, size)
             if size == 0:
                 self._drop_hash(state)
-                state.hasher, state.hashed = RunningHash(), 0
+                state.hasher, state.hashed = self._running_hash(staged), 0
             elif state.hasher is not None and size != state.hashed:
                 self._drop_hash(state)
             state.size = size
@@ -159,8 +174,6 @@ class OpenFiles:
             state.blob_fd = self.tree.content_fd(self.tree.getattr(state.ino))
             if state.blob_fd is None:
                 return b""
-        if offset // READ_AHEAD != (offset + size) // READ_AHEAD:
-            os.posix_fadvise(state.blob_fd, offset + size + READ_AHEAD, READ_AHEAD, os.POSIX_FADV_WILLNEED)
         return os.pread(state.blob_fd, size, offset)
 
     def set_mtime(self, state: OpenInode, mtime_ns: int) -> None:
@@ -209,11 +222,13 @@ class OpenFiles:
     def _commit_blocking(self, state: OpenInode, staged: Staged) -> Inode | None:
         node = self.tree.getattr(state.ino)
         if node.nlink == 0:  # unlinked while open: nobody can ever read these bytes
+            self._drop_hash(state)  # its thread may touch the staging file: stop it first
             self.tree.discard_staged(staged)
             return None
         if state.hasher is not None and state.hashed == state.size:
             digest, size = state.hasher.digest(), state.size
         else:
+            self._drop_hash(state)
             digest, size = self.tree.hash_staged(staged)
         expected = self.expected.pop(state.ino, None)
         if expected is not None and digest != expected:

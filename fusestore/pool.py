@@ -144,6 +144,10 @@ class LocalPool:
             except FileNotFoundError:
                 pass
 
+    def start_writeback(self, staged: Staged, offset: int, length: int) -> None:
+        """Start writing a range of a staging file to disk, without waiting for it."""
+        linux.start_writeback(staged.fd, offset, length)
+
     def copy_into(self, staged: Staged, digest: bytes, length: int) -> None:
         """Copy the first ``length`` bytes of a blob into a staging file, in the kernel."""
         if length == 0 or digest == EMPTY_DIGEST:

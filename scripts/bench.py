@@ -200,8 +200,8 @@ class Passthrough:
         self.process.wait(30)
 
 
-def pair(ours: Callable[[int], object], plain: Callable[[int], object]) -> tuple[float, float]:
-    best = best_times({"ours": ours, "plain": plain})
+def pair(ours: Callable[[int], object], plain: Callable[[int], object], rounds: int) -> tuple[float, float]:
+    best = best_times({"ours": ours, "plain": plain}, rounds=rounds)
     return best["ours"], best["plain"]
 
 
@@ -228,7 +228,7 @@ def bench_fs(args: argparse.Namespace) -> None:
         size = args.size_mib << 20
         mib = size / (1 << 20)
         cold = drop_caches()
-        print(f"each figure: best of 3 runs per side, rotating order; caches "
+        print(f"each figure: best of {args.rounds} runs per side, rotating order; caches "
               f"{'dropped before each run' if cold else 'warm (not root)'}")
 
         bare = Passthrough(base)
@@ -240,10 +240,10 @@ def bench_fs(args: argparse.Namespace) -> None:
                     side: functools.partial(lambda r, d, f, p: write_file(d / f"w{f}{r}", size, p, fsync=f),
                                             d=directory, f=fsync, p=pattern)
                     for side, directory in directories.items()
-                })
+                }, rounds=args.rounds)
                 triple_line(f"{label} ({args.size_mib} MiB)", {k: mib / v for k, v in best.items()}, "MB/s")
             best = best_times({side: functools.partial(lambda r, d: read_file(d / "wFalse0"), d=directory)
-                               for side, directory in directories.items()})
+                               for side, directory in directories.items()}, rounds=args.rounds)
             rates = {side: mib / seconds for side, seconds in best.items()}
             triple_line("sequential read, " + ("cold" if cold else "warm"), rates, "MB/s")
         finally:
@@ -252,14 +252,14 @@ def bench_fs(args: argparse.Namespace) -> None:
         pattern = os.urandom(CHUNK)
         write_file(env / "original", size, pattern)
         ours, theirs = pair(lambda r: write_file(env / f"again{r}", size, pattern),
-                            lambda r: write_file(plain / f"again{r}", size, pattern))
+                            lambda r: write_file(plain / f"again{r}", size, pattern), args.rounds)
         ratio_line("same content again (dedup hit)", mib / ours, mib / theirs, "MB/s")
 
         ours, theirs = pair(lambda r: small_files(env / f"small{r}", args.files),
-                            lambda r: small_files(plain / f"small{r}", args.files))
+                            lambda r: small_files(plain / f"small{r}", args.files), args.rounds)
         ratio_line(f"create+close {args.files} x 4 KiB", args.files / ours, args.files / theirs, "files/s")
 
-        ours, theirs = pair(lambda r: ls_long(env / "small0"), lambda r: ls_long(plain / "small0"))
+        ours, theirs = pair(lambda r: ls_long(env / "small0"), lambda r: ls_long(plain / "small0"), args.rounds)
         ratio_line(f"ls -l of {args.files} entries", ours, theirs, "s", higher_is_better=False)
 
         if args.rss_gib:
@@ -288,6 +288,7 @@ def main() -> None:
     fs.add_argument("--size-mib", type=int, default=1024, help="size of the large file (default 1024)")
     fs.add_argument("--files", type=int, default=10000, help="number of small files (default 10000)")
     fs.add_argument("--rss-gib", type=int, default=4, help="size of the file for the memory check (0: skip)")
+    fs.add_argument("--rounds", type=int, default=3, help="runs per side; each figure is the best (default 3)")
     args = parser.parse_args()
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     {"store": bench_store, "fs": bench_fs}[args.what](args)

@@ -8,7 +8,7 @@ import blake3
 import pytest
 import trio
 
-from fusestore.hashing import BACKGROUND_AFTER, RunningHash
+from fusestore.hashing import BACKGROUND_AFTER, PROGRESS_STEP, RunningHash
 
 
 @pytest.mark.parametrize("total", [0, 1, BACKGROUND_AFTER - 1, BACKGROUND_AFTER, 3 * BACKGROUND_AFTER + 12345])
@@ -36,3 +36,20 @@ def test_abandoned_hash_stops_its_thread() -> None:
     thread = running._thread
     running.abandon()
     assert not thread.is_alive()
+
+
+def test_worker_thread_reports_progress_in_order() -> None:
+    """Progress drives the writeback of staged bytes: it may only name bytes already fed."""
+    total = BACKGROUND_AFTER + 3 * PROGRESS_STEP + 12345
+    reports: list[int] = []
+
+    async def feed() -> bytes:
+        running = RunningHash(on_progress=reports.append)
+        for start in range(0, total, 1 << 20):
+            await running.update(bytes(min(1 << 20, total - start)))
+        return await trio.to_thread.run_sync(running.digest)
+
+    assert trio.run(feed) == blake3.blake3(bytes(total)).digest()
+    assert len(reports) == 3
+    assert reports == sorted(reports) and reports[-1] <= total
+    assert all(b - a >= PROGRESS_STEP for a, b in zip([BACKGROUND_AFTER, *reports[:-1]], reports, strict=True))
