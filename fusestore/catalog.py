@@ -16,8 +16,8 @@ Named databases (keys are bytes, integers big-endian so that ranges sort):
 ``xattrs``     ino u64 + name -> value
 ``staging``    staging file name (ascii) -> ino u64, flags u8, parent u64, digest length u8,
                expected digest (0 or 32 bytes), name of the entry the upload created
-``unsynced``   digest(32) -> b"" for blobs published since the last checkpoint, whose
-               bytes may not be on the disk yet
+``unsynced``   digest(32) -> u64 number of the checkpoint that will cover the blob, for blobs
+               published since the last checkpoint, whose bytes may not be on the disk yet
 
 Durability is a group commit: neither a commit nor a blob is fsynced one by
 one (LMDB ``sync=False``). A checkpoint (``Tree.sync``: on fsync, on close and
@@ -445,11 +445,18 @@ class Txn:
 
     # -- blobs published since the last checkpoint -----------------------------
 
-    def add_unsynced(self, digest: bytes) -> None:
-        self.raw.put(digest, b"", db=self.catalog.unsynced)
+    def add_unsynced(self, digest: bytes, checkpoint: int) -> None:
+        self.raw.put(digest, u64(checkpoint), db=self.catalog.unsynced)
 
     def remove_unsynced(self, digest: bytes) -> None:
         self.raw.delete(digest, db=self.catalog.unsynced)
+
+    def remove_unsynced_up_to(self, checkpoint: int) -> None:
+        """Forget the blobs that checkpoints up to number ``checkpoint`` covered."""
+        with self.raw.cursor(db=self.catalog.unsynced) as cur:
+            done = [bytes(key) for key, value in cur if _U64.unpack(value)[0] <= checkpoint]
+        for digest in done:
+            self.raw.delete(digest, db=self.catalog.unsynced)
 
     def unsynced(self) -> list[bytes]:
         with self.raw.cursor(db=self.catalog.unsynced) as cur:

@@ -46,6 +46,8 @@ ACL_XATTRS = (b"system.posix_acl_access", b"system.posix_acl_default")
 # lets `ls -l` stop asking once per file: coreutils remembers EOPNOTSUPP per filesystem.
 SELINUX_XATTR = b"security.selinux"
 
+UNSYNCED_ALL = (1 << 64) - 1  # a checkpoint number past every other
+
 log = logging.getLogger(__name__)
 
 
@@ -88,6 +90,7 @@ class Tree:
         self._open: Counter[int] = Counter()
         self._orphans: set[int] = set()  # unlinked while open, in this process
         self._open_lock = threading.Lock()
+        self._next_checkpoint = 0  # the number of the checkpoint that will cover blobs published now
 
     # -- set-up -----------------------------------------------------------------
 
@@ -212,7 +215,7 @@ class Tree:
         resource.state = COMPLETE
         tx.save_resource(resource)
         if digest != EMPTY_DIGEST:
-            tx.add_unsynced(digest)
+            tx.add_unsynced(digest, self._next_checkpoint)
 
     def publish(self, staged: Staged, digest: bytes) -> None:
         """Put the staged bytes in the pool, unless the catalog holds them already.
@@ -657,16 +660,18 @@ class Tree:
         """A checkpoint: make everything committed so far durable, blobs first, then the catalog.
 
         One pool flush covers every blob published since the last checkpoint
-        (group commit). Blobs published while it runs stay listed as unsynced
-        and wait for the next one.
+        (group commit). The checkpoint's number moves on under the writer
+        lock before the flush, so a blob listed under this number was
+        published before the flush began; later ones wait for the next.
         """
-        with self.catalog.read() as tx:
-            unsynced = tx.unsynced()
-        if unsynced:
+        with self.catalog.write() as tx:
+            covering = self._next_checkpoint
+            self._next_checkpoint += 1
+            pending = bool(tx.unsynced())
+        if pending:
             self.pool.flush()
             with self.catalog.write() as tx:
-                for digest in unsynced:
-                    tx.remove_unsynced(digest)
+                tx.remove_unsynced_up_to(covering)
         self.catalog.sync()
 
     def check_unsynced(self) -> list[int]:
@@ -677,22 +682,25 @@ class Tree:
         that point at such a blob become empty (as a file not fsynced before
         a crash may on any filesystem), with an error in the log; the
         inode numbers are returned. After a crash of the process alone,
-        every blob checks out.
+        every blob checks out; a flush then makes them durable and the list
+        starts empty (its checkpoint numbers were the crashed process's).
         """
         with self.catalog.read() as tx:
-            damaged = [res for digest in tx.unsynced()
+            unsynced = tx.unsynced()
+            damaged = [res for digest in unsynced
                        if (res := tx.resource(digest)) is not None and not self.pool.verify(digest, res.length)]
         lost: list[int] = []
-        if not damaged:
+        if not unsynced:
             return lost
+        self.pool.flush()
         with self.catalog.write() as tx:
+            tx.remove_unsynced_up_to(UNSYNCED_ALL)
             for resource in damaged:
                 lost += self._empty_files_of(tx, resource.digest)
                 remaining = tx.resource(resource.digest)
                 if remaining is not None:  # reserved by an unfinished upload, which recovery undoes
                     remaining.state = PENDING
                     tx.save_resource(remaining)
-                tx.remove_unsynced(resource.digest)
                 tx.after_commit(lambda digest=resource.digest: self.pool.remove(digest))
         return lost
 

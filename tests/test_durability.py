@@ -61,6 +61,28 @@ def test_a_new_blob_is_unsynced_until_the_checkpoint(store: Store) -> None:
     assert find_problems(store) == []
 
 
+def test_a_blob_committed_during_a_checkpoint_waits_for_the_next(store: Store) -> None:
+    """Only blobs committed before the checkpoint began are known to be covered by its flush.
+
+    Here the blob of A is deleted and published anew while the flush runs:
+    the new one is listed again, and that listing must survive the checkpoint.
+    """
+    put(store, "a", A)
+    flush = store.pool.flush
+
+    def flush_while_the_same_content_comes_back() -> None:
+        store.remove_for_environment(ENV, "a")
+        put(store, "a again", A)
+        flush()
+
+    store.pool.flush = flush_while_the_same_content_comes_back  # type: ignore[method-assign]
+    store.sync()
+    assert unsynced(store) == [blake3.blake3(A).digest()]
+    store.pool.flush = flush  # type: ignore[method-assign]
+    store.sync()
+    assert unsynced(store) == []
+
+
 def test_close_is_a_checkpoint(store_path: Path) -> None:
     with Store.open(store_path) as store:
         put(store, "a", A)
