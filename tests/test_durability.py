@@ -11,15 +11,17 @@ from __future__ import annotations
 import io
 import logging
 import os
+import random
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import blake3
 import pytest
 
-from fusestore import Store
+from fusestore import Store, errors
 from fusestore.fsck import find_problems
 
 from .conftest import ENV, ENV2, put, read
@@ -158,3 +160,71 @@ def test_an_unfinished_checked_put_of_lost_content_is_undone(store_path: Path) -
             assert tx.resource(bytes.fromhex(digest)) is None
         assert store.put_for_environment_and_check_hash(ENV, "checked", io.BytesIO(B), len(B), digest) == digest
         assert read(store, "checked") == B
+
+
+KILL_LOOP_SCRIPT = """
+import io, os, random, sys
+from fusestore import Store
+store = Store.open(sys.argv[1])
+rng = random.Random(int(sys.argv[2]))
+contents = [bytes([i]) * (1000 * (i + 1)) for i in range(8)] + [b""]
+envs = [{ENV!r}, {ENV2!r}]
+def say(*words):
+    sys.stdout.write(" ".join(words) + "\\n")
+    sys.stdout.flush()
+say("open")
+while True:
+    env, path = rng.choice(envs), f"d{{rng.randrange(3)}}/f{{rng.randrange(12)}}"
+    say("begin", env, path)
+    choice = rng.random()
+    if choice < 0.7:
+        data = rng.choice(contents + [os.urandom(rng.randrange(1, 300_000))])
+        digest = store.put_for_environment(env, path, io.BytesIO(data), len(data))
+        say("put", env, path, digest)
+    elif choice < 0.95:
+        try:
+            store.remove_for_environment(env, path)
+        except Exception:
+            pass
+        say("removed", env, path)
+    else:
+        store.sync()
+        say("synced", env, path)
+"""
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_killed_at_a_random_moment_the_store_keeps_everything_that_returned(store_path: Path, seed: int) -> None:
+    """SIGKILL while puts, removes and checkpoints run: on reopening, every finished put reads back."""
+    script = KILL_LOOP_SCRIPT.format(ENV=ENV, ENV2=ENV2)
+    for round_number in range(3):
+        child = subprocess.Popen([sys.executable, "-c", script, str(store_path), f"{seed}{round_number}"],
+                                 stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+        assert child.stdout is not None
+        assert child.stdout.readline() == "open\n"
+        time.sleep(random.Random(seed * 10 + round_number).uniform(0.05, 0.6))
+        child.kill()
+        log = child.stdout.read().split("\n")[:-1]  # a line cut by the kill has no newline yet
+        child.wait()
+        expected: dict[tuple[str, str], str | None] = {}
+        unsure: set[tuple[str, str]] = set()
+        for line in log:
+            word, env, path, *rest = line.split()
+            if word == "begin":
+                unsure.add((env, path))
+                continue
+            unsure.discard((env, path))
+            if word == "put":
+                expected[env, path] = rest[0]
+            elif word == "removed":
+                expected[env, path] = None
+        with Store.open(store_path) as store:
+            assert find_problems(store) == []
+            for (env, path), digest in expected.items():
+                if (env, path) in unsure:
+                    continue
+                if digest is None:
+                    with pytest.raises(errors.NotFound):
+                        store.get_for_environment(env, path)
+                else:
+                    assert blake3.blake3(read(store, path, env=env)).hexdigest() == digest
