@@ -270,7 +270,7 @@ class Operations(pyfuse3.Operations):
         self._refuse_virtual(parent_inode)
         node = self.tree.mknod(parent_inode, name, stat.S_IFREG | (mode & 0o7777), 0, self._owner(ctx))
         self.files.fresh[node.ino] = (parent_inode, name)
-        info = self._open_handle(node.ino)
+        info = self._open_handle(node.ino, flags)
         return info, self.entry(node)
 
     # -- removal and renaming -----------------------------------------------------------
@@ -365,10 +365,19 @@ class Operations(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------------------------
 
-    def _open_handle(self, inode: int) -> pyfuse3.FileInfo:
+    def _open_handle(self, inode: int, flags: int) -> pyfuse3.FileInfo:
+        """A handle; the kernel keeps its page cache across opens, since content changes only through us.
+
+        A write-only handle bypasses the kernel's page cache (direct I/O): its
+        writes then come to us straight from the writer's buffer, which about
+        doubles their speed here, and no page is cached that nobody reads. It
+        cannot be mmapped anyway, and the kernel drops cached pages of the
+        ranges it writes, so readers through other handles stay coherent.
+        """
         fh = self._new_fh()
         self.handles[fh] = Handle(self.files.open(inode))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        write_only = flags & os.O_ACCMODE == os.O_WRONLY
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=write_only)
 
     def _open_control(self, control: ControlFile) -> pyfuse3.FileInfo:
         fh = self._new_fh()
@@ -387,7 +396,7 @@ class Operations(pyfuse3.Operations):
         node = self.tree.getattr(inode)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        info = self._open_handle(inode)
+        info = self._open_handle(inode, flags)
         if flags & os.O_TRUNC:
             # libfuse negotiates atomic O_TRUNC, so the truncation arrives
             # here, not as a setattr. It does not mark the handle as having

@@ -615,6 +615,39 @@ def test_two_descriptors_see_each_others_writes_before_close(mount: Mount, env_d
     assert read_all(f) == b"written by the SECOND"
 
 
+@pytest.mark.parametrize("committed_first", [False, True])
+def test_a_reader_sees_what_a_write_only_descriptor_writes_over_pages_it_read(
+    mount: Mount, env_dir: Path, committed_first: bool
+) -> None:
+    """Write-only descriptors bypass the page cache: pages a reader holds must not go stale.
+
+    ``tail -f`` reads a partly filled last page, then the file grows; an
+    editor rewrites the middle of a file someone is reading.
+    """
+    f = env_dir / "f"
+    f.write_bytes(b"a" * 5000 if committed_first else b"")
+    writer = os.open(f, os.O_WRONLY | os.O_APPEND if committed_first else os.O_WRONLY)
+    reader = os.open(f, os.O_RDONLY)
+    try:
+        if not committed_first:
+            os.write(writer, b"a" * 5000)
+        assert os.pread(reader, 10000, 0) == b"a" * 5000  # the reader now holds both pages
+        os.write(writer, b"b" * 3000)  # the second page grows
+        assert os.pread(reader, 10000, 0) == b"a" * 5000 + b"b" * 3000
+        edit = os.open(f, os.O_WRONLY)
+        try:
+            os.pwrite(edit, b"C" * 10, 4090)  # across the page boundary, over cached bytes
+        finally:
+            os.close(edit)
+        expected = bytearray(b"a" * 5000 + b"b" * 3000)
+        expected[4090:4100] = b"C" * 10
+        assert os.pread(reader, 10000, 0) == bytes(expected)
+    finally:
+        os.close(writer)
+        os.close(reader)
+    assert f.read_bytes() == bytes(expected)
+
+
 def test_sparse_file_reads_zeros_before_a_far_write(mount: Mount, env_dir: Path) -> None:
     f = env_dir / "f"
     fd = os.open(f, os.O_RDWR | os.O_CREAT, 0o644)
