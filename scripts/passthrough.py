@@ -4,8 +4,9 @@
     scripts/passthrough.py SOURCE MOUNTPOINT     (runs in the foreground; unmount with fusermount3 -u)
 
 It does per request only what the kernel asked (pread, pwrite, fsync), with
-the same long cache timeouts as fusestore, so ``scripts/bench.py fs`` can
-show how far fusestore is from what pyfuse3 itself allows on this machine.
+the same long cache timeouts and open flags as fusestore (keep_cache, direct
+I/O for write-only handles), so ``scripts/bench.py fs`` can show how far
+fusestore is from what pyfuse3 itself allows on this machine.
 It is a measuring stick, not a product: no renames, links or xattrs.
 """
 
@@ -50,10 +51,10 @@ class Passthrough(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         path = os.path.join(self.paths[parent], os.fsdecode(name))
         fd = os.open(path, flags | os.O_CREAT, mode)
-        return pyfuse3.FileInfo(fh=fd, keep_cache=True), self._entry(path)
+        return _file_info(fd, flags), self._entry(path)
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        return pyfuse3.FileInfo(fh=os.open(self.paths[inode], flags), keep_cache=True)
+        return _file_info(os.open(self.paths[inode], flags), flags)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         return os.pread(fh, size, off)
@@ -72,6 +73,10 @@ class Passthrough(pyfuse3.Operations):
 
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         raise pyfuse3.FUSEError(errno.ENODATA)
+
+
+def _file_info(fd: int, flags: int) -> pyfuse3.FileInfo:
+    return pyfuse3.FileInfo(fh=fd, keep_cache=True, direct_io=flags & os.O_ACCMODE == os.O_WRONLY)
 
 
 def main() -> None:
