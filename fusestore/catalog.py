@@ -16,6 +16,8 @@ Named databases (keys are bytes, integers big-endian so that ranges sort):
 ``xattrs``     ino u64 + name -> value
 ``staging``    staging file name (ascii) -> ino u64, flags u8, parent u64, digest length u8,
                expected digest (0 or 32 bytes), name of the entry the upload created
+``freed``      digest(32) -> b"" for blobs whose last reference went since the last checkpoint
+               (recovery deletes those a crash left behind)
 ``unsynced``   digest(32) -> u64 number of the checkpoint that will cover the blob, for blobs
                published since the last checkpoint, whose bytes may not be on the disk yet
 
@@ -190,6 +192,7 @@ class Catalog:
         self.staging = self.env.open_db(b"staging")
         self.orphans = self.env.open_db(b"orphans")
         self.unsynced = self.env.open_db(b"unsynced")
+        self.freed = self.env.open_db(b"freed")
         self._can_reserve = True
         self.reserve_space()
 
@@ -461,6 +464,18 @@ class Txn:
     def unsynced(self) -> list[bytes]:
         with self.raw.cursor(db=self.catalog.unsynced) as cur:
             return [bytes(key) for key in cur.iternext(values=False)]
+
+    # -- blobs freed since the last checkpoint ------------------------------------
+
+    def add_freed(self, digest: bytes) -> None:
+        self.raw.put(digest, b"", db=self.catalog.freed)
+
+    def freed(self) -> list[bytes]:
+        with self.raw.cursor(db=self.catalog.freed) as cur:
+            return [bytes(key) for key in cur.iternext(values=False)]
+
+    def clear_freed(self) -> None:
+        self.raw.drop(self.catalog.freed, delete=False)
 
     # -- staging records ----------------------------------------------------
 

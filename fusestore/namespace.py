@@ -196,8 +196,12 @@ class Tree:
 
         The deletion runs under the writer lock (``Catalog.write``), so a
         concurrent publish of the same content cannot have its blob deleted.
+        The digest is listed as freed until the next checkpoint, since a
+        crash between the commit and the deletion would leave the blob behind.
         """
         if tx.remove(digest):
+            if digest != EMPTY_DIGEST:
+                tx.add_freed(digest)  # so that recovery deletes the blob if a crash comes first
             tx.after_commit(lambda: self.pool.remove(digest))
 
     def reference(self, tx: Txn, digest: bytes, length: int, staged: Staged, *, reserved: bool) -> None:
@@ -668,11 +672,25 @@ class Tree:
             covering = self._next_checkpoint
             self._next_checkpoint += 1
             pending = bool(tx.unsynced())
+            tx.clear_freed()  # their deletions ran right after their commits, under this lock
         if pending:
             self.pool.flush()
             with self.catalog.write() as tx:
                 tx.remove_unsynced_up_to(covering)
         self.catalog.sync()
+
+    def delete_unreferenced(self, digests: set[bytes]) -> None:
+        """After a crash: delete the blobs among ``digests`` that no complete resource names.
+
+        They are blobs freed just before the crash, or published by a
+        commit that never came (see ``Store._recover``).
+        """
+        with self.catalog.write() as tx:
+            for digest in digests | set(tx.freed()):
+                resource = tx.resource(digest)
+                if resource is None or not resource.complete:
+                    tx.after_commit(lambda digest=digest: self.pool.remove(digest))
+            tx.clear_freed()
 
     def check_unsynced(self) -> list[int]:
         """After a crash: check the blobs no checkpoint covered; content that did not survive is lost.

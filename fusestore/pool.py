@@ -250,6 +250,30 @@ class LocalPool:
                 for name in sorted(os.listdir(f"{self.blob_root}/{first}/{second}")):
                     yield bytes.fromhex(name)
 
+    def published_digest(self, name: str) -> bytes | None:
+        """The digest of the blob a staging file also is, when ``publish`` ran but no commit followed.
+
+        A crash between the two leaves the blob without a reference; the
+        staging file, still linked as the blob, is how recovery finds it.
+        """
+        path = self.staging_path(name)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if info.st_nlink < 2:
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            digest, _ = hash_fd(fd)
+        finally:
+            os.close(fd)
+        try:
+            blob = os.stat(self.blob_path(digest))
+        except FileNotFoundError:
+            return None
+        return digest if (blob.st_dev, blob.st_ino) == (info.st_dev, info.st_ino) else None
+
     def staging_names(self) -> list[str]:
         return sorted(os.listdir(self.staging_root))
 

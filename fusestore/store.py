@@ -155,11 +155,16 @@ class Store:
         - unfinished puts are undone: a put that did not return never
           promised anything;
         - inodes unlinked while open are deleted: no handle survives a restart;
-        - staging files that no record names are deleted.
+        - staging files that no record names are deleted;
+        - blobs a crash left without a reference are deleted: those freed
+          since the last checkpoint, and those an unfinished commit published.
         """
         self.tree.check_unsynced()
         with self.catalog.read() as tx:
             records = list(tx.staging_records())
+        kept = {record.name for record in records if record.keep}
+        published = {digest for name in self.pool.staging_names()
+                     if name not in kept and (digest := self.pool.published_digest(name)) is not None}
         for record in records:
             if record.keep:
                 self._commit_recovered(record)
@@ -178,6 +183,7 @@ class Store:
         for name in self.pool.staging_names():
             if name not in recorded:
                 self.pool.discard_name(name)
+        self.tree.delete_unreferenced(published)
 
     def _commit_recovered(self, record: StagingRecord) -> None:
         staged = self.pool.reopen_staging(record.name)

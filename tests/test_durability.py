@@ -141,6 +141,31 @@ def test_content_a_power_loss_took_becomes_an_empty_file_and_is_logged(
     assert len(lost) == 2
 
 
+def test_a_blob_published_by_a_commit_that_never_came_is_deleted(store_path: Path) -> None:
+    crash_after(store_path, """
+        staged = store.pool.create_staging()
+        digest, size = store.pool.fill(staged, io.BytesIO(B), len(B))
+        store.tree.publish(staged, digest)
+    """)
+    assert blob_path(store_path, B).exists()
+    with Store.open(store_path) as store:
+        assert not blob_path(store_path, B).exists()
+        assert find_problems(store) == []
+
+
+def test_a_blob_freed_just_before_a_crash_is_deleted(store_path: Path) -> None:
+    crash_after(store_path, f"""
+        put({ENV!r}, "a", A)
+        store.sync()
+        store.pool.remove = lambda digest: os._exit(0)  # dies between the commit and the deletion
+        store.remove_for_environment({ENV!r}, "a")
+    """)
+    assert blob_path(store_path, A).exists()
+    with Store.open(store_path) as store:
+        assert not blob_path(store_path, A).exists()
+        assert find_problems(store) == []
+
+
 def test_an_unfinished_checked_put_of_lost_content_is_undone(store_path: Path) -> None:
     digest = blake3.blake3(B).hexdigest()
     crash_after(store_path, f"""
