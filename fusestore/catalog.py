@@ -261,7 +261,7 @@ class Catalog:
             linux.reserve_beyond_end(fd, reserve)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:  # the filesystem cannot: nothing to keep trying
-                self._can_reserve = True
+                self._can_reserve = False
         finally:
             os.close(fd)
 
@@ -460,6 +460,9 @@ class Txn:
             done = [bytes(key) for key, value in cur if _U64.unpack(value)[0] <= checkpoint]
         for digest in done:
             self.raw.delete(digest, db=self.catalog.unsynced)
+
+    def has_unsynced(self) -> bool:
+        return self.raw.stat(self.catalog.unsynced)["entries"] > 0
 
     def unsynced(self) -> list[bytes]:
         with self.raw.cursor(db=self.catalog.unsynced) as cur:

@@ -131,8 +131,8 @@ async def _serve(operations: Operations, mountpoint: Path, ready_fd: int | None)
                 await trio.sleep(CHECKPOINT_SECONDS)
                 try:
                     await trio.to_thread.run_sync(operations.store.sync)
-                except OSError as error:  # such as EIO from the disk: say so, and try again next time
-                    log.error("checkpoint failed, retrying in %d s: %s", CHECKPOINT_SECONDS, error)
+                except Exception:  # EIO, a full disk...: the mount must live on; say so and try again
+                    log.exception("checkpoint failed, retrying in %d s", CHECKPOINT_SECONDS)
 
         async def announce_ready() -> None:
             await trio.to_thread.run_sync(os.stat, mountpoint)

@@ -671,7 +671,7 @@ class Tree:
         with self.catalog.write() as tx:
             covering = self._next_checkpoint
             self._next_checkpoint += 1
-            pending = bool(tx.unsynced())
+            pending = tx.has_unsynced()
             tx.clear_freed()  # their deletions ran right after their commits, under this lock
         if pending:
             self.pool.flush()

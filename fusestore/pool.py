@@ -10,14 +10,14 @@ A blob comes to be in one way only: its bytes are written to a staging file,
 and the complete file gets the blob's name as a second name (a hard link;
 atomic), before the catalog transaction that references it. Where a stale
 file holds that name (debris of a crash), a second staging name is renamed
-over it instead. So a
-referenced blob name always holds exactly the bytes it names, once they are
-on the disk. Getting them there is ``flush``'s job: one ``syncfs`` makes every
-blob published so far durable, names and directories included, and the store
-calls it at its checkpoints, before it syncs the catalog (group commit, as a
-journaling filesystem does; an fsync per blob would cost two device flushes
-for every small file). ``verify`` checks a blob after a crash that may have
-lost it. A crash can leave a blob nothing references yet; fsck reclaims it.
+over it instead. So a referenced blob name always holds exactly the bytes it
+names, once they are on the disk. Getting them there is ``flush``'s job: one
+``syncfs`` makes every blob published so far durable, names and directories
+included, and the store calls it at its checkpoints, before it syncs the
+catalog (group commit, as a journaling filesystem does; an fsync per blob
+would cost two device flushes for every small file). ``verify`` checks a
+blob after a crash that may have lost it, and ``published_digest`` finds a
+blob whose commit a crash cut off, so that recovery can delete it.
 Empty content has no blob file: every reader of it reads nothing.
 
 The pool knows nothing of refcounts; the store decides when a blob is
