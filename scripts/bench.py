@@ -173,10 +173,12 @@ def ratio_line(label: str, ours: float, plain: float, unit: str, higher_is_bette
     print(f"{label:34s} fusestore {ours:10.1f} {unit:8s} plain {plain:10.1f} {unit:8s} ratio {ratio:.2f}x")
 
 
-def best_times(sides: dict[str, Callable[[int], object]], *, cold: bool = True, rounds: int = 3) -> dict[str, float]:
+def best_times(sides: dict[str, Callable[[int], object]], *, cold: bool = True, rounds: int = 3,
+               after: Callable[[str, int], object] | None = None) -> dict[str, float]:
     """Best time of each side over ``rounds``, rotating which goes first, caches dropped before each run.
 
-    Each call gets the round number so that it can use fresh names.
+    Each call gets the round number so that it can use fresh names;
+    ``after(side, round)``, untimed, can clean up behind it.
     """
     best = dict.fromkeys(sides, float("inf"))
     names = list(sides)
@@ -185,6 +187,8 @@ def best_times(sides: dict[str, Callable[[int], object]], *, cold: bool = True, 
             if cold:
                 drop_caches()
             best[name] = min(best[name], timed(functools.partial(sides[name], round_number)))
+            if after is not None:
+                after(name, round_number)
     return best
 
 
@@ -242,13 +246,19 @@ def bench_fs(args: argparse.Namespace) -> None:
         bare = Passthrough(base)
         try:
             directories = {"fusestore": env, "plain": plain, "passthrough": bare.mountpoint}
+            backing = {**directories, "passthrough": bare.source}  # the passthrough cannot unlink
             for label, fsync in (("sequential write, to close", False), ("sequential write, with fsync", True)):
-                pattern = os.urandom(CHUNK)  # new content for every file: no dedup hit
+                patterns = [os.urandom(CHUNK) for _ in range(args.rounds)]  # new content each round: no dedup hit
+
+                def remove_unless_read_later(side: str, r: int, fsync: bool = fsync) -> None:
+                    if fsync or r > 0:  # the read test reads wFalse0; the rest would only fill the disk
+                        (backing[side] / f"w{fsync}{r}").unlink()
+
                 best = best_times({
-                    side: functools.partial(lambda r, d, f, p: write_file(d / f"w{f}{r}", size, p, fsync=f),
-                                            d=directory, f=fsync, p=pattern)
+                    side: functools.partial(lambda r, d, f, p: write_file(d / f"w{f}{r}", size, p[r], fsync=f),
+                                            d=directory, f=fsync, p=patterns)
                     for side, directory in directories.items()
-                }, rounds=args.rounds)
+                }, rounds=args.rounds, after=remove_unless_read_later)
                 triple_line(f"{label} ({args.size_mib} MiB)", {k: mib / v for k, v in best.items()}, "MB/s")
             best = best_times({side: functools.partial(lambda r, d: read_file(d / "wFalse0"), d=directory)
                                for side, directory in directories.items()}, rounds=args.rounds)
