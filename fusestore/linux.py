@@ -10,6 +10,7 @@ import ctypes
 import errno
 import os
 from collections.abc import Callable
+from typing import cast
 
 SYNC_FILE_RANGE_WRITE = 2
 FALLOC_FL_KEEP_SIZE = 1
@@ -21,7 +22,7 @@ def _libc_function(name: str, argtypes: list[type]) -> Callable[..., int] | None
     except (OSError, AttributeError):
         return None
     function.argtypes = argtypes
-    return function
+    return cast(Callable[..., int], function)
 
 
 _sync_file_range = _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])

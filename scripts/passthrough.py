@@ -19,6 +19,8 @@ import sys
 import pyfuse3
 import trio
 
+from fusestore.fs.kernel import BLOCK_SIZE, CACHE_SECONDS, uses_direct_io
+
 STAT_FIELDS = ("st_mode", "st_nlink", "st_uid", "st_gid", "st_rdev", "st_size",
                "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_ino", "st_blocks")
 
@@ -33,8 +35,8 @@ class Passthrough(pyfuse3.Operations):
         attr = pyfuse3.EntryAttributes()
         for name in STAT_FIELDS:
             setattr(attr, name, getattr(info, name))
-        attr.st_blksize = 1 << 17
-        attr.entry_timeout = attr.attr_timeout = 300
+        attr.st_blksize = BLOCK_SIZE
+        attr.entry_timeout = attr.attr_timeout = CACHE_SECONDS
         self.paths[info.st_ino] = path
         return attr
 
@@ -76,7 +78,7 @@ class Passthrough(pyfuse3.Operations):
 
 
 def _file_info(fd: int, flags: int) -> pyfuse3.FileInfo:
-    return pyfuse3.FileInfo(fh=fd, keep_cache=True, direct_io=flags & os.O_ACCMODE == os.O_WRONLY)
+    return pyfuse3.FileInfo(fh=fd, keep_cache=True, direct_io=uses_direct_io(flags))
 
 
 def main() -> None:

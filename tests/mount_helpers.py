@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fusestore.mounting import mounted_paths
+from fusestore.cli.mounts import mounted_paths
 
 FUSESTORE = [sys.executable, "-m", "fusestore"]
 NOBODY = 65534

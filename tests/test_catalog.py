@@ -12,7 +12,7 @@ import blake3
 import pytest
 
 from fusestore import Store, errors
-from fusestore.catalog import RESERVE_MIN, Catalog
+from fusestore.catalog.catalog import RESERVE_MIN, Catalog
 
 DIGEST = blake3.blake3(b"content").digest()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from fusestore.catalog import Catalog
-from fusestore.mounting import process_alive
+from fusestore.cli.mounts import process_alive
 
 from .conftest import ENV
 from .mount_helpers import FUSESTORE, Mount, require_fuse

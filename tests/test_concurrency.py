@@ -8,7 +8,7 @@ import threading
 import blake3
 
 from fusestore import Store
-from fusestore.fsck import find_problems
+from fusestore.store.fsck import find_problems
 
 from .conftest import ENV, read
 

@@ -22,7 +22,7 @@ import blake3
 import pytest
 
 from fusestore import Store, errors
-from fusestore.fsck import find_problems
+from fusestore.store.fsck import find_problems
 
 from .conftest import ENV, ENV2, put, read
 

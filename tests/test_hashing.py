@@ -8,7 +8,7 @@ import blake3
 import pytest
 import trio
 
-from fusestore.hashing import BACKGROUND_AFTER, PROGRESS_STEP, RunningHash
+from fusestore.fs.running_hash import BACKGROUND_AFTER, PROGRESS_STEP, RunningHash
 
 
 @pytest.mark.parametrize("total", [0, 1, BACKGROUND_AFTER - 1, BACKGROUND_AFTER, 3 * BACKGROUND_AFTER + 12345])

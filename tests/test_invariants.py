@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from fusestore import Store, errors
-from fusestore.fsck import find_problems
+from fusestore.store.fsck import find_problems
 
 from .conftest import ENV, ENV2
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import blake3
 import pytest
 
-from fusestore import link as link_module
-from fusestore.link import link
+from fusestore.client import link as link_module
+from fusestore.client.link import link
 
 from .conftest import ENV
 from .mount_helpers import FUSESTORE, NOBODY, Mount
@@ -47,7 +47,7 @@ def _completed(result: subprocess.CompletedProcess[str]) -> Run:
 
 def _drop_to_nobody(code: str) -> list[str]:
     """Python that imports fusestore as root (the interpreter lives under /root), then runs ``code`` as nobody."""
-    prelude = ("import os, sys\nimport fusestore.cli, fusestore.link\n"
+    prelude = ("import os, sys\nimport fusestore.cli, fusestore.client.link\n"
                f"os.setgroups([]); os.setgid({NOBODY}); os.setuid({NOBODY})\n")
     return [sys.executable, "-c", prelude + code]
 
@@ -62,7 +62,7 @@ def run_cli(args: list[str], *, upload: bool = False, as_nobody: bool = False) -
 def run_function(args: list[str], *, upload: bool = False, as_nobody: bool = False) -> Run:
     """``link()`` in this process (or, as nobody, in a child that calls it)."""
     if as_nobody:
-        code = ("o = fusestore.link.link(*sys.argv[1:5], upload_if_missing=sys.argv[5] == '1')\n"
+        code = ("o = fusestore.client.link.link(*sys.argv[1:5], upload_if_missing=sys.argv[5] == '1')\n"
                 "print(o.message, file=sys.stdout if o.ok else sys.stderr); sys.exit(o.exit_code)")
         command = [*_drop_to_nobody(code), *args, "1" if upload else "0"]
         return _completed(subprocess.run(command, capture_output=True, text=True, timeout=60))

@@ -201,7 +201,7 @@ def test_requests_use_the_injected_randomness(store_path, clock: ManualClock) ->
 
 
 def test_request_on_behalf_of_a_user_checks_permission_and_gives_ownership(store: Store) -> None:
-    from fusestore.namespace import Owner
+    from fusestore.store.owners import Owner
 
     h = put(store, "src", DATA)  # the environment directory belongs to this process, mode 0755
     stranger = Owner(4321, 4321)
@@ -218,7 +218,7 @@ def test_request_on_behalf_of_a_user_checks_permission_and_gives_ownership(store
 
 
 def test_permission_is_checked_again_when_answered(store: Store) -> None:
-    from fusestore.namespace import Owner
+    from fusestore.store.owners import Owner
 
     h = put(store, "src", DATA)
     owner = Owner(4321, 4321)

@@ -36,14 +36,8 @@ from typing import BinaryIO
 
 import blake3
 
-from . import linux
-
-EMPTY_DIGEST = blake3.blake3(b"").digest()
-CHUNK = 1 << 20
-
-
-def digest_hex(digest: bytes) -> str:
-    return digest.hex()
+from .. import linux
+from ..digests import EMPTY_DIGEST, IO_BUFFER, hash_fd
 
 
 class Staged:
@@ -107,7 +101,7 @@ class LocalPool:
         hasher = blake3.blake3()
         total = 0
         while length < 0 or total < length:
-            want = CHUNK if length < 0 else min(CHUNK, length - total)
+            want = IO_BUFFER if length < 0 else min(IO_BUFFER, length - total)
             chunk = reader.read(want)
             if not chunk:
                 if length >= 0:
@@ -277,12 +271,3 @@ class LocalPool:
     def staging_names(self) -> list[str]:
         return sorted(os.listdir(self.staging_root))
 
-
-def hash_fd(fd: int) -> tuple[bytes, int]:
-    """BLAKE3 and size of everything readable from ``fd``, read in chunks (memory stays flat)."""
-    hasher = blake3.blake3()
-    offset = 0
-    while chunk := os.pread(fd, CHUNK, offset):
-        hasher.update(chunk)
-        offset += len(chunk)
-    return hasher.digest(), offset

@@ -23,18 +23,14 @@ from __future__ import annotations
 
 import hmac
 import math
-import os
 import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import blake3
-
-from . import errors
-from .namespace import Owner
-
-Range = tuple[int, int]
+from .. import errors
+from ..digests import Range
+from .owners import Owner
 
 
 @dataclass(frozen=True)
@@ -66,20 +62,6 @@ def choose_ranges(length: int, count: int, randbelow: Callable[[int], int]) -> l
         size = shortest + randbelow(longest - shortest + 1)
         ranges.append((randbelow(length - size + 1), size))
     return ranges
-
-
-def answer_of(fd: int, ranges: list[Range]) -> bytes:
-    """The BLAKE3 of the listed ranges of an open file, concatenated in order (the store's and a client's).
-
-    EOFError when the file is shorter than a range.
-    """
-    hasher = blake3.blake3()
-    for offset, size in ranges:
-        data = os.pread(fd, size, offset)
-        if len(data) != size:
-            raise EOFError(f"the file ends before the range {offset}+{size}")
-        hasher.update(data)
-    return hasher.digest()
 
 
 class RequestTable:

@@ -3,7 +3,7 @@
 A client that holds a file whose content the store already has (someone
 else uploaded the same bytes) need not send those bytes again. It proves it
 holds them through the mount's ``/.requests`` control files, with plain file
-I/O and no other channel (see ``fusestore.control``):
+I/O and no other channel (the lines are ``fusestore.client.wire``'s):
 
 1. **ask**: write ``put ENV PATH HASH`` to ``MOUNT/.requests/NAME``, where
    HASH is the BLAKE3 of the whole local file and PATH is percent-encoded.
@@ -35,15 +35,12 @@ import errno
 import os
 import secrets
 import shutil
-import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from . import pool
-from .requests import answer_of
-
-CHUNK = 1 << 20
+from .. import digests
+from . import wire
 
 Kind = Literal["linked", "copied", "missing", "refused", "failed"]
 EXIT_CODES: dict[str, int] = {"linked": 0, "copied": 0, "missing": 3, "refused": 4, "failed": 1}
@@ -81,35 +78,17 @@ class _Failure(Exception):
         self.outcome = Outcome(kind, message, code)
 
 
-def quote_path(path: str) -> str:
-    """PATH as the ask line wants it: every byte outside A-Za-z0-9._~/- as %XX."""
-    return urllib.parse.quote(os.fsencode(path), safe="/~")  # quote() always keeps A-Za-z0-9 and _.-~
-
-
 def hash_fd(fd: int) -> str:
-    """The BLAKE3 (hex) of everything readable from ``fd``, read in chunks."""
-    return pool.hash_fd(fd)[0].hex()
+    """The BLAKE3 (hex) of everything readable from ``fd``."""
+    return digests.hash_fd(fd)[0].hex()
 
 
-def answer_for(fd: int, ranges: list[tuple[int, int]]) -> str:
+def answer_for(fd: int, ranges: list[digests.Range]) -> str:
     """The BLAKE3 (hex) of the listed ranges of ``fd``, concatenated in order."""
     try:
-        return answer_of(fd, ranges).hex()
+        return digests.hash_ranges(digests.fd_reader(fd), ranges).hex()
     except EOFError as exc:
         raise _Failure("refused", f"the local file is shorter than the challenge: {exc}") from None
-
-
-def parse_challenge(text: str) -> tuple[str, list[tuple[int, int]]]:
-    """(status, ranges) from what the request file shows."""
-    status, ranges = "", []
-    for line in text.splitlines():
-        key, _, rest = line.partition(" ")
-        if key == "status":
-            status = rest
-        elif key == "range":
-            offset, length = rest.split()
-            ranges.append((int(offset), int(length)))
-    return status, ranges
 
 
 def _send(fd: int, line: str) -> None:
@@ -135,7 +114,8 @@ def _ask_error(exc: OSError, target: str, hash_hex: str) -> _Failure:
     reasons = {errno.EAGAIN: "that content is still being uploaded; try again shortly",
                errno.EBUSY: "too many open requests; try again shortly",
                errno.EINVAL: "the store rejected the request (is ENV a lowercase UUID and PATH relative?)"}
-    return _Failure("failed", f"{target}: {reasons.get(exc.errno, os.strerror(exc.errno or errno.EIO))}", exc.errno)
+    code = exc.errno or errno.EIO
+    return _Failure("failed", f"{target}: {reasons.get(code, os.strerror(code))}", exc.errno)
 
 
 def _answer_error(exc: OSError, target: str) -> _Failure:
@@ -154,7 +134,7 @@ def _exchange(requests: Path, env: str, path: str, fd: int, hash_hex: str) -> No
     """Ask, read the challenge, answer: returns when linked, raises _Failure otherwise."""
     target = f"{env}/{path}"
     while True:
-        request = requests / f"link-{secrets.token_hex(8)}"
+        request = requests / f"link-{secrets.token_hex(8)}"  # always a valid request name
         try:
             control = os.open(request, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
             break
@@ -162,16 +142,16 @@ def _exchange(requests: Path, env: str, path: str, fd: int, hash_hex: str) -> No
             continue  # another run picked the same name: pick again
     try:
         try:
-            _send(control, f"put {env} {quote_path(path)} {hash_hex}")  # 1. ask
+            _send(control, wire.ask_line(env, path, hash_hex))  # 1. ask
         except OSError as exc:
             raise _ask_error(exc, target, hash_hex) from None
-        status, ranges = parse_challenge(_read_all(control))  # 2. the challenge
-        if status == "expired":
+        status = wire.parse_status(_read_all(control))  # 2. the challenge
+        if status.state == "expired":
             raise _Failure("refused", f"refused: the request for {target} expired before the answer", errno.ETIMEDOUT)
-        if status != "challenged":
-            raise _Failure("failed", f"{target}: unexpected request status {status!r}")
+        if status.state != "challenged":
+            raise _Failure("failed", f"{target}: unexpected request status {status.state!r}")
         try:
-            _send(control, answer_for(fd, ranges))  # 3. answer
+            _send(control, answer_for(fd, status.ranges))  # 3. answer
         except OSError as exc:
             raise _answer_error(exc, target) from None
     finally:
@@ -188,7 +168,7 @@ def _copy(mountpoint: Path, env: str, path: str, fd: int) -> int:
     destination.parent.mkdir(parents=True, exist_ok=True)
     with open(fd, "rb", closefd=False) as source, open(destination, "wb") as target:
         source.seek(0)
-        shutil.copyfileobj(source, target, CHUNK)
+        shutil.copyfileobj(source, target, digests.IO_BUFFER)
         return target.tell()
 
 
@@ -203,7 +183,7 @@ def link(
     """
     mountpoint = Path(mountpoint)
     target = f"{env}/{path}"
-    requests = mountpoint / ".requests"
+    requests = mountpoint / wire.REQUESTS_DIR
     if not requests.is_dir():
         return Outcome("failed", f"{mountpoint} is not a fusestore mount (no .requests directory)", errno.ENOENT)
     try:

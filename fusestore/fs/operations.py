@@ -20,35 +20,35 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import pyfuse3
 import trio
 
-from . import errors
-from .catalog import ROOT_INO, Inode
-from .control import REQUESTS_DIR, REQUESTS_INO, ControlError, ControlFile, Requests
-from .namespace import Owner
+from .. import errors
+from ..catalog import ROOT_INO, Inode
+from ..store import Store
+from ..store.owners import Owner
+from .kernel import BLOCK_SIZE, CACHE_SECONDS, NAME_MAX, PID_XATTR, uses_direct_io
 from .openfiles import OpenFiles, OpenInode
-from .store import Store
+from .requests_dir import REQUESTS_DIR, REQUESTS_INO, ControlError, ControlFile, Requests
 
 log = logging.getLogger(__name__)
 
-CACHE_SECONDS = 300.0
 READDIR_BATCH = 1000
 RESERVED_XATTRS = b"user.fusestore."
-PID_XATTR = RESERVED_XATTRS + b"pid"  # on the root: the daemon's pid, for `fusestore umount`
 HASH_XATTR = RESERVED_XATTRS + b"blake3"  # read-only: the committed content's BLAKE3
 EXPECT_XATTR = RESERVED_XATTRS + b"expect"  # the hash the next commit must have
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
-def _errors(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def _errors(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
     @functools.wraps(handler)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -128,7 +128,7 @@ class Operations(pyfuse3.Operations):
         attr.st_gid = node.gid
         attr.st_rdev = node.rdev
         attr.st_size = node.size
-        attr.st_blksize = 1 << 17
+        attr.st_blksize = BLOCK_SIZE
         attr.st_blocks = (node.size + 511) // 512
         attr.st_atime_ns = node.atime_ns
         attr.st_mtime_ns = node.mtime_ns
@@ -366,18 +366,10 @@ class Operations(pyfuse3.Operations):
     # -- files ----------------------------------------------------------------------------------
 
     def _open_handle(self, inode: int, flags: int) -> pyfuse3.FileInfo:
-        """A handle; the kernel keeps its page cache across opens, since content changes only through us.
-
-        A write-only handle bypasses the kernel's page cache (direct I/O): its
-        writes then come to us straight from the writer's buffer, which about
-        doubles their speed here, and no page is cached that nobody reads. It
-        cannot be mmapped anyway, and the kernel drops cached pages of the
-        ranges it writes, so readers through other handles stay coherent.
-        """
+        """A handle; the kernel keeps its page cache across opens, since content changes only through us."""
         fh = self._new_fh()
         self.handles[fh] = Handle(self.files.open(inode))
-        write_only = flags & os.O_ACCMODE == os.O_WRONLY
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=write_only)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=uses_direct_io(flags))
 
     def _open_control(self, control: ControlFile) -> pyfuse3.FileInfo:
         fh = self._new_fh()
@@ -530,7 +522,7 @@ class Operations(pyfuse3.Operations):
         data.f_files = disk.f_files
         data.f_ffree = disk.f_ffree
         data.f_favail = disk.f_favail
-        data.f_namemax = 255
+        data.f_namemax = NAME_MAX
         return data
 
     def _linked(self, env: str, path: str) -> None:

@@ -1,40 +1,22 @@
-"""Mounting and unmounting: the daemon's life from checks to exit.
+"""Mount points from the outside: checks before a mount, the background daemon, unmounting.
 
-``serve`` is the daemon itself (``fusestore mount --foreground``): it checks
-the mount point and /dev/fuse, opens the store (which recovers what a killed
-daemon left), mounts, reports readiness once the mount answers, serves until
-unmounted or signalled, then commits what is still open and closes the
-store. ``start_background`` runs that same daemon as a child process and
-returns only once it answers, or with the child's own one-line error.
-``unmount`` asks the kernel to unmount and waits for the daemon to exit.
-
-Every failure a user can hit becomes a ``MountError`` with one line saying
-what went wrong and how to fix it.
+Nothing here imports pyfuse3 or trio: ``fusestore umount`` and the checks
+before a mount run without them. Every failure a user can hit becomes a
+``MountError`` with one line saying what went wrong and how to fix it.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pyfuse3
-import trio
-
-from . import errors
-from .fs import PID_XATTR, Operations
-from .store import Store
-
-log = logging.getLogger(__name__)
-
-CHECKPOINT_SECONDS = 5.0
+from ..fs.kernel import PID_XATTR
 
 
 class MountError(Exception):
@@ -77,76 +59,6 @@ def check_fuse_device() -> None:
     except PermissionError:
         raise MountError("no permission to open /dev/fuse: run as root or add yourself to the fuse group") from None
     os.close(fd)
-
-
-def serve(
-    store_path: Path, mountpoint: Path, *, allow_other: bool = False, request_ttl: float = 60.0,
-    max_requests: int = 100, ready_fd: int | None = None,
-) -> None:
-    """Run the daemon in this process until it is unmounted or signalled."""
-    mountpoint = mountpoint.resolve()
-    check_mountpoint(mountpoint)
-    check_fuse_device()
-    try:
-        store = Store.open(store_path, request_ttl=request_ttl)
-    except (errors.StoreLocked, errors.UnknownFormat) as exc:
-        raise MountError(str(exc)) from None
-    try:
-        operations = Operations(store, max_requests_per_user=max_requests)
-        options = set(pyfuse3.default_options) | {"fsname=fusestore", "subtype=fusestore", "default_permissions"}
-        if allow_other:
-            options.add("allow_other")
-        try:
-            pyfuse3.init(operations, str(mountpoint), options)
-        except RuntimeError as exc:
-            raise MountError(f"could not mount {mountpoint}: {exc}") from None
-        log.info("mounted %s on %s (pid %d)", store_path, mountpoint, os.getpid())
-        unmount = True
-        try:
-            unmount = trio.run(_serve, operations, mountpoint, ready_fd)
-        finally:
-            pyfuse3.close(unmount=unmount)
-            log.info("unmounted %s", mountpoint)
-    finally:
-        store.close()
-
-
-async def _serve(operations: Operations, mountpoint: Path, ready_fd: int | None) -> bool:
-    """Serve requests; True when a signal ended it (so we still have to unmount)."""
-    signalled = False
-    async with trio.open_nursery() as nursery:
-
-        async def watch_signals() -> None:
-            nonlocal signalled
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("signal %d: unmounting", signum)
-                    signalled = True
-                    pyfuse3.terminate()
-                    return
-
-        async def checkpoint() -> None:
-            """Make committed changes durable every few seconds (as ext4's commit interval)."""
-            while True:
-                await trio.sleep(CHECKPOINT_SECONDS)
-                try:
-                    await trio.to_thread.run_sync(operations.store.sync)
-                except Exception:  # EIO, a full disk...: the mount must live on; say so and try again
-                    log.exception("checkpoint failed, retrying in %d s", CHECKPOINT_SECONDS)
-
-        async def announce_ready() -> None:
-            await trio.to_thread.run_sync(os.stat, mountpoint)
-            if ready_fd is not None:
-                os.write(ready_fd, b"ok\n")
-                os.close(ready_fd)
-
-        nursery.start_soon(watch_signals)
-        nursery.start_soon(checkpoint)
-        nursery.start_soon(announce_ready)
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
-    await operations.commit_all()
-    return signalled
 
 
 def start_background(argv: list[str], log_path: Path, timeout: float = 60.0) -> int:

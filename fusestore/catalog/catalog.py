@@ -34,142 +34,31 @@ from __future__ import annotations
 
 import errno
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import lmdb
 
-from . import errors, linux
+from .. import errors, linux
+from .records import (
+    COMPLETE,
+    FORMAT_VERSION,
+    ROOT_INO,
+    U64,
+    Inode,
+    Resource,
+    StagingRecord,
+    u64,
+)
 
-FORMAT_VERSION = 1
-ROOT_INO = 1
 MAP_SIZE = 1 << 40  # address space only: the file grows with its content
 NEARLY_FULL = 16 << 20  # free bytes below which a failed commit is taken for a full disk
 RESERVE_MAX = 64 << 20  # disk space kept allocated past the catalog's end: 1% of the disk, up to this
 RESERVE_MIN = 1 << 20
-
-PENDING = 0
-COMPLETE = 1
-LAYOUT_WHOLE_BLOB = 0  # the resource's bytes are one blob named by its digest
-
-_U64 = struct.Struct(">Q")
-_RESOURCE = struct.Struct(">QQBB")
-_INODE = struct.Struct(">IIIIQqqqQQQ")
-_STAGING = struct.Struct(">QBQB")
-
-STAGING_RESERVED = 1  # the upload holds one reference to its expected digest
-STAGING_KEEP = 2  # bytes of an open file: recovery commits them (an unfinished put is undone)
-
-
-def u64(value: int) -> bytes:
-    return _U64.pack(value)
-
-
-@dataclass
-class Resource:
-    digest: bytes
-    length: int
-    refcount: int
-    state: int = PENDING
-    layout: int = LAYOUT_WHOLE_BLOB
-
-    @property
-    def complete(self) -> bool:
-        return self.state == COMPLETE
-
-    def encode(self) -> bytes:
-        return _RESOURCE.pack(self.length, self.refcount, self.state, self.layout)
-
-    @classmethod
-    def decode(cls, digest: bytes, raw: bytes) -> "Resource":
-        length, refcount, state, layout = _RESOURCE.unpack(raw)
-        return cls(digest, length, refcount, state, layout)
-
-
-@dataclass
-class Inode:
-    """One inode: shared by all the hard links that name it.
-
-    ``content`` is the digest of a regular file's committed content, or None
-    for a file created by an upload that has not committed yet. ``target``
-    is a symlink's target. ``parent`` is kept for directories only (rename
-    must refuse to move a directory into itself). ``space`` is the inode of
-    the namespace root (environment, user or global directory) the inode
-    lives in: links and renames never cross it.
-    """
-
-    ino: int
-    mode: int
-    uid: int
-    gid: int
-    nlink: int = 1
-    size: int = 0
-    atime_ns: int = 0
-    mtime_ns: int = 0
-    ctime_ns: int = 0
-    rdev: int = 0
-    parent: int = 0
-    space: int = 0
-    content: bytes | None = None
-    target: bytes = b""
-
-    def encode(self) -> bytes:
-        head = _INODE.pack(
-            self.mode, self.uid, self.gid, self.nlink, self.size,
-            self.atime_ns, self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.space,
-        )
-        return head + (self.content if self.content is not None else self.target)
-
-    @classmethod
-    def decode(cls, ino: int, raw: bytes) -> "Inode":
-        fields = _INODE.unpack_from(raw)
-        tail = bytes(raw[_INODE.size:])
-        node = cls(ino, *fields)
-        if _is_regular(node.mode):
-            node.content = tail or None
-        else:
-            node.target = tail
-        return node
-
-
-def _is_regular(mode: int) -> bool:
-    return (mode & 0o170000) == 0o100000
-
-
-@dataclass
-class StagingRecord:
-    """A staging file the catalog knows about, so that recovery can finish or undo it.
-
-    ``parent``/``entry`` name the directory entry the upload created (parent
-    0 when it wrote over an existing file); ``reserved`` says that it holds a
-    reference to ``expected``.
-    """
-
-    name: str
-    ino: int
-    reserved: bool = False
-    expected: bytes | None = None
-    parent: int = 0
-    entry: bytes = b""
-    keep: bool = False
-
-    def encode(self) -> bytes:
-        flags = (STAGING_RESERVED if self.reserved else 0) | (STAGING_KEEP if self.keep else 0)
-        expected = self.expected or b""
-        return _STAGING.pack(self.ino, flags, self.parent, len(expected)) + expected + self.entry
-
-    @classmethod
-    def decode(cls, name: bytes, raw: bytes) -> "StagingRecord":
-        ino, flags, parent, size = _STAGING.unpack_from(raw)
-        rest = bytes(raw[_STAGING.size:])
-        return cls(
-            name.decode("ascii"), ino, bool(flags & STAGING_RESERVED), rest[:size] or None,
-            parent, rest[size:], bool(flags & STAGING_KEEP),
-        )
 
 
 class Catalog:
@@ -285,24 +174,28 @@ class Txn:
     def after_commit(self, callback: Callable[[], None]) -> None:
         self.callbacks.append(callback)
 
+    def _get(self, key: bytes, db: "lmdb._Database") -> bytes | None:
+        """A value as bytes (the environment is opened without buffers, so LMDB copies it out)."""
+        return cast("bytes | None", self.raw.get(key, db=db))
+
     # -- meta ---------------------------------------------------------------
 
     def meta_get(self, key: bytes) -> bytes | None:
-        return self.raw.get(key, db=self.catalog.meta)
+        return self._get(key, self.catalog.meta)
 
     def meta_put(self, key: bytes, value: bytes) -> None:
         self.raw.put(key, value, db=self.catalog.meta)
 
     def new_ino(self) -> int:
         raw = self.meta_get(b"next_ino")
-        ino = _U64.unpack(raw)[0] if raw else ROOT_INO + 1
+        ino = U64.unpack(raw)[0] if raw else ROOT_INO + 1
         self.meta_put(b"next_ino", u64(ino + 1))
         return ino
 
     # -- resources (the seed's ResourceCatalog) -----------------------------
 
     def resource(self, digest: bytes) -> Resource | None:
-        raw = self.raw.get(digest, db=self.catalog.resources)
+        raw = self._get(digest, self.catalog.resources)
         return Resource.decode(digest, raw) if raw is not None else None
 
     def save_resource(self, res: Resource) -> None:
@@ -362,13 +255,13 @@ class Txn:
 
     def resources(self) -> Iterator[Resource]:
         with self.raw.cursor(db=self.catalog.resources) as cur:
-            for key, raw in cur:
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
                 yield Resource.decode(bytes(key), raw)
 
     # -- inodes -------------------------------------------------------------
 
     def inode(self, ino: int) -> Inode | None:
-        raw = self.raw.get(u64(ino), db=self.catalog.inodes)
+        raw = self._get(u64(ino), self.catalog.inodes)
         return Inode.decode(ino, raw) if raw is not None else None
 
     def save_inode(self, node: Inode) -> None:
@@ -381,14 +274,14 @@ class Txn:
 
     def inodes(self) -> Iterator[Inode]:
         with self.raw.cursor(db=self.catalog.inodes) as cur:
-            for key, raw in cur:
-                yield Inode.decode(_U64.unpack(key)[0], raw)
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
+                yield Inode.decode(U64.unpack(key)[0], raw)
 
     # -- directory entries ----------------------------------------------------
 
     def lookup(self, parent: int, name: bytes) -> int | None:
-        raw = self.raw.get(u64(parent) + name, db=self.catalog.dirents)
-        return _U64.unpack(raw)[0] if raw is not None else None
+        raw = self._get(u64(parent) + name, self.catalog.dirents)
+        return U64.unpack(raw)[0] if raw is not None else None
 
     def add_entry(self, parent: int, name: bytes, ino: int) -> None:
         self.raw.put(u64(parent) + name, u64(ino), db=self.catalog.dirents)
@@ -402,13 +295,13 @@ class Txn:
         with self.raw.cursor(db=self.catalog.dirents) as cur:
             if not cur.set_range(prefix + after):
                 return
-            for key, raw in cur:
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
                 if not key.startswith(prefix):
                     return
                 name = bytes(key[8:])
                 if after and name == after:
                     continue
-                yield name, _U64.unpack(raw)[0]
+                yield name, U64.unpack(raw)[0]
 
     def has_entries(self, parent: int) -> bool:
         return next(self.entries(parent), None) is not None
@@ -416,7 +309,7 @@ class Txn:
     # -- extended attributes ------------------------------------------------
 
     def xattr(self, ino: int, name: bytes) -> bytes | None:
-        return self.raw.get(u64(ino) + name, db=self.catalog.xattrs)
+        return self._get(u64(ino) + name, self.catalog.xattrs)
 
     def set_xattr(self, ino: int, name: bytes, value: bytes) -> None:
         self.raw.put(u64(ino) + name, value, db=self.catalog.xattrs)
@@ -429,7 +322,7 @@ class Txn:
         with self.raw.cursor(db=self.catalog.xattrs) as cur:
             if not cur.set_range(prefix):
                 return
-            for key, value in cur:
+            for key, value in cast("Iterator[tuple[bytes, bytes]]", cur):
                 if not key.startswith(prefix):
                     return
                 yield bytes(key[8:]), bytes(value)
@@ -444,7 +337,7 @@ class Txn:
 
     def orphans(self) -> list[int]:
         with self.raw.cursor(db=self.catalog.orphans) as cur:
-            return [_U64.unpack(key)[0] for key in cur.iternext(values=False)]
+            return [U64.unpack(key)[0] for key in cur.iternext(values=False)]
 
     # -- blobs published since the last checkpoint -----------------------------
 
@@ -457,7 +350,7 @@ class Txn:
     def remove_unsynced_up_to(self, checkpoint: int) -> None:
         """Forget the blobs that checkpoints up to number ``checkpoint`` covered."""
         with self.raw.cursor(db=self.catalog.unsynced) as cur:
-            done = [bytes(key) for key, value in cur if _U64.unpack(value)[0] <= checkpoint]
+            done = [bytes(key) for key, value in cur if U64.unpack(value)[0] <= checkpoint]
         for digest in done:
             self.raw.delete(digest, db=self.catalog.unsynced)
 
@@ -490,5 +383,5 @@ class Txn:
 
     def staging_records(self) -> Iterator[StagingRecord]:
         with self.raw.cursor(db=self.catalog.staging) as cur:
-            for key, raw in cur:
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
                 yield StagingRecord.decode(bytes(key), raw)

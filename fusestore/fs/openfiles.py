@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from . import errors
-from .catalog import Inode
-from .hashing import RunningHash
-from .namespace import Tree
-from .pool import Staged
+from .. import errors
+from ..catalog import Inode
+from ..pool import Staged
+from ..store.tree import Tree
+from .running_hash import RunningHash
 
 QUICK_COMMIT = 1 << 20  # files up to this size commit on the loop, without a thread hop
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import stat
 from collections import Counter
 
-from .pool import EMPTY_DIGEST
+from ..digests import EMPTY_DIGEST
 from .store import Store
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from . import errors
+from .. import errors
 
 NAME_MAX = 255
 

@@ -22,6 +22,7 @@ orphans until their last handle closes, or until recovery deletes them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import stat
@@ -29,11 +30,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from . import errors, names
-from .catalog import COMPLETE, PENDING, ROOT_INO, Catalog, Inode, StagingRecord, Txn
-from .pool import EMPTY_DIGEST, LocalPool, Staged
+from .. import errors
+from ..catalog import COMPLETE, FORMAT_VERSION, PENDING, ROOT_INO, Catalog, Inode, StagingRecord, Txn
+from ..digests import EMPTY_DIGEST
+from ..pool import LocalPool, Staged
+from . import names
+from .owners import Owner
 
 GLOBAL_DIR = b".global"
 USERS_DIR = b".users"
@@ -49,35 +52,6 @@ SELINUX_XATTR = b"security.selinux"
 UNSYNCED_ALL = (1 << 64) - 1  # a checkpoint number past every other
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Owner:
-    """Who creates an inode: its uid and gid (the caller's, or the setgid directory's)."""
-
-    uid: int
-    gid: int
-
-
-def process_owner() -> Owner:
-    return Owner(os.getuid(), os.getgid())
-
-
-def permits(node: Inode, owner: Owner, mask: int) -> bool:
-    """Whether the mode bits of ``node`` grant ``mask`` (os.R_OK/W_OK/X_OK bits) to ``owner``.
-
-    Only for checks the kernel cannot make (a proof-of-access link is written
-    by the daemon, not by the caller); supplementary groups are not known there.
-    """
-    if owner.uid == 0:
-        return True
-    if owner.uid == node.uid:
-        bits = node.mode >> 6
-    elif owner.gid == node.gid:
-        bits = node.mode >> 3
-    else:
-        bits = node.mode
-    return bits & mask == mask
 
 
 class Tree:
@@ -97,7 +71,7 @@ class Tree:
     def initialise(self) -> None:
         now = self.now_ns()
         with self.catalog.write() as tx:
-            tx.meta_put(b"format", b"1")
+            tx.meta_put(b"format", str(FORMAT_VERSION).encode())
             root = Inode(ROOT_INO, stat.S_IFDIR | 0o1777, 0, 0, nlink=2,
                          atime_ns=now, mtime_ns=now, ctime_ns=now, parent=ROOT_INO)
             tx.save_inode(root)
@@ -689,7 +663,7 @@ class Tree:
             for digest in digests | set(tx.freed()):
                 resource = tx.resource(digest)
                 if resource is None or not resource.complete:
-                    tx.after_commit(lambda digest=digest: self.pool.remove(digest))
+                    tx.after_commit(functools.partial(self.pool.remove, digest))
             tx.clear_freed()
 
     def check_unsynced(self) -> list[int]:
@@ -719,7 +693,7 @@ class Tree:
                 if remaining is not None:  # reserved by an unfinished upload, which recovery undoes
                     remaining.state = PENDING
                     tx.save_resource(remaining)
-                tx.after_commit(lambda digest=resource.digest: self.pool.remove(digest))
+                tx.after_commit(functools.partial(self.pool.remove, resource.digest))
         return lost
 
     def _empty_files_of(self, tx: Txn, digest: bytes) -> list[int]:

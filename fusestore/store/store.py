@@ -47,12 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from . import errors, names
-from .catalog import Catalog, Inode, Resource, StagingRecord, Txn
+from .. import errors
+from ..catalog import Catalog, Inode, Resource, StagingRecord, Txn
+from ..digests import EMPTY_DIGEST, fd_reader, hash_ranges
+from ..pool import LocalPool, ShortRead, Staged
+from . import names
+from .access import RequestResponse, RequestTable, choose_ranges
 from .locking import StoreLock
-from .namespace import GLOBAL_DIR, USERS_DIR, Owner, Tree, permits, process_owner
-from .pool import EMPTY_DIGEST, LocalPool, ShortRead, Staged
-from .requests import RequestResponse, RequestTable, answer_of, choose_ranges
+from .owners import Owner, permits, process_owner
+from .tree import GLOBAL_DIR, USERS_DIR, Tree
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
@@ -265,7 +268,7 @@ class Store:
             if ranges:
                 with self.pool.open(digest) as blob:
                     try:
-                        answer = answer_of(blob.fileno(), ranges)
+                        answer = hash_ranges(fd_reader(blob.fileno()), ranges)
                     except EOFError:
                         raise errors.ResourceDeleted(f"blob {digest.hex()} is shorter than its catalog entry") from None
         return self.requests.add(tuple(destination), digest, answer, ranges, owner)

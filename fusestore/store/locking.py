@@ -12,7 +12,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from . import errors
+from .. import errors
 
 
 class StoreLock:

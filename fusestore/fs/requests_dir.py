@@ -29,27 +29,19 @@ from __future__ import annotations
 
 import errno
 import logging
-import re
 import time
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from . import errors
-from .namespace import Owner
-from .requests import RequestResponse
-from .store import Store
+from .. import errors
+from ..client import wire
+from ..store import RequestResponse, Store
+from ..store.owners import Owner
 
 log = logging.getLogger(__name__)
 
-REQUESTS_DIR = b".requests"
+REQUESTS_DIR = wire.REQUESTS_DIR.encode()
 REQUESTS_INO = 1 << 62  # virtual inodes live far above any catalog inode number
-NAME_PATTERN = re.compile(rb"[A-Za-z0-9._-]{1,64}")
-ENCODED_PATH = re.compile(r"(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})+")
-MAX_LINE = 8192
-HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-
-FINAL_STATES = ("accepted", "mismatch", "expired", "deleted", "failed")
 
 
 class ControlError(Exception):
@@ -78,35 +70,19 @@ class ControlFile:
 
     def render(self, now: float) -> bytes:
         """What ``cat`` shows: one item a line."""
-        status = self.status
-        if status == "challenged" and self.response is not None and now >= self.response.expires:
-            status = "expired"
-        lines = [f"status {status}"]
-        if status == "challenged" and self.response is not None:
-            lines += [f"range {offset} {length}" for offset, length in self.response.ranges]
-            lines.append(f"expires {int(self.response.expires)}")
-        elif self.reason:
-            lines.append(f"error {self.reason}")
-        return ("\n".join(lines) + "\n").encode()
+        state = self.status
+        if state == "challenged" and self.response is not None and now >= self.response.expires:
+            state = "expired"
+        if state == "challenged" and self.response is not None:
+            return wire.render_status(wire.Status(state, self.response.ranges, int(self.response.expires)))
+        return wire.render_status(wire.Status(state, error=self.reason))
 
 
 def check_name(name: bytes) -> None:
-    if not NAME_PATTERN.fullmatch(name) or name in (b".", b".."):
-        raise ControlError(errno.EINVAL, f"request name {name!r}: use 1 to 64 of A-Z a-z 0-9 . _ -")
-
-
-def parse_put(line: str) -> tuple[str, str, str]:
-    """``put ENV PATH HASH``, single spaces, PATH percent-encoded: (env, path, hash)."""
-    fields = line.split(" ")
-    if len(fields) != 4 or fields[0] != "put":
-        raise ControlError(errno.EINVAL, "expected: put ENV PATH HASH")
-    _, env, quoted, hash_hex = fields
-    if not HEX64.fullmatch(hash_hex):
-        raise ControlError(errno.EINVAL, "HASH must be 64 hex digits")
-    if not ENCODED_PATH.fullmatch(quoted):
-        raise ControlError(errno.EINVAL, "PATH must be percent-encoded outside A-Z a-z 0-9 . _ ~ / -")
-    path = urllib.parse.unquote_to_bytes(quoted).decode("utf-8", "surrogateescape")
-    return env, path, hash_hex.lower()
+    try:
+        wire.check_name(name)
+    except wire.WireError as exc:
+        raise ControlError(errno.EINVAL, str(exc)) from None
 
 
 class Requests:
@@ -196,9 +172,9 @@ class Requests:
             line, _, rest = bytes(control.pending).partition(b"\n")
             control.pending = bytearray(rest)
             self._line(control, line)
-        if len(control.pending) > MAX_LINE:
+        if len(control.pending) > wire.MAX_LINE:
             control.pending.clear()
-            self._refuse(control, errno.EINVAL, f"line longer than {MAX_LINE} bytes")
+            self._refuse(control, errno.EINVAL, f"line longer than {wire.MAX_LINE} bytes")
         return len(data)
 
     def _line(self, control: ControlFile, raw: bytes) -> None:
@@ -208,7 +184,7 @@ class Requests:
             self._refuse(control, errno.EINVAL, "the line is not ASCII text")
         if control.status == "new":
             self._ask(control, line)
-        elif line.startswith("put "):
+        elif wire.is_ask(line):
             raise ControlError(errno.EEXIST, f"request {control.name!r} exists; remove it or use another name")
         elif control.status == "challenged":
             self._answer(control, line)
@@ -217,9 +193,9 @@ class Requests:
 
     def _ask(self, control: ControlFile, line: str) -> None:
         try:
-            env, path, hash_hex = parse_put(line)
-        except ControlError as exc:
-            self._refuse(control, exc.errno, str(exc))
+            env, path, hash_hex = wire.parse_ask(line)
+        except wire.WireError as exc:
+            self._refuse(control, errno.EINVAL, str(exc))
         open_requests = sum(1 for c in self.by_ino.values() if c.uid == control.uid and self._is_open(c))
         if open_requests >= self.max_per_user:
             self._refuse(control, errno.EBUSY, f"{open_requests} requests are open already")
@@ -236,13 +212,15 @@ class Requests:
         log.info("request %s (uid %d): challenged, %s/%s", control.name.decode(), control.uid, env, path)
 
     def _answer(self, control: ControlFile, line: str) -> None:
-        if not HEX64.fullmatch(line):
-            raise ControlError(errno.EINVAL, "the answer must be 64 hex digits")
+        try:
+            answer_hex = wire.parse_answer(line)
+        except wire.WireError as exc:
+            raise ControlError(errno.EINVAL, str(exc)) from None
         assert control.response is not None
         outcome = {errors.ResponseMismatch: "mismatch", errors.RequestExpired: "expired",
                    errors.ResourceDeleted: "deleted"}
         try:
-            self.store.proof_of_access_response(control.response.request_id, line.lower())
+            self.store.proof_of_access_response(control.response.request_id, answer_hex)
         except tuple(outcome) as exc:
             self._finish(control, outcome[type(exc)])
             log.warning("request %s (uid %d): %s", control.name.decode(), control.uid, control.status)

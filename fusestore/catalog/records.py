@@ -1,0 +1,132 @@
+"""The catalog's records and their byte encodings (``docs/FORMAT.md`` is the reference).
+
+Integers are big-endian so that keys sort as numbers; each record knows how
+to encode and decode itself, and nothing else.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+FORMAT_VERSION = 1  # the one place it is written: a change of any encoding here changes it
+ROOT_INO = 1
+
+PENDING = 0
+COMPLETE = 1
+LAYOUT_WHOLE_BLOB = 0  # the resource's bytes are one blob named by its digest
+
+U64 = struct.Struct(">Q")
+_RESOURCE = struct.Struct(">QQBB")
+_INODE = struct.Struct(">IIIIQqqqQQQ")
+_STAGING = struct.Struct(">QBQB")
+
+STAGING_RESERVED = 1  # the upload holds one reference to its expected digest
+STAGING_KEEP = 2  # bytes of an open file: recovery commits them (an unfinished put is undone)
+
+
+def u64(value: int) -> bytes:
+    return U64.pack(value)
+
+
+@dataclass
+class Resource:
+    digest: bytes
+    length: int
+    refcount: int
+    state: int = PENDING
+    layout: int = LAYOUT_WHOLE_BLOB
+
+    @property
+    def complete(self) -> bool:
+        return self.state == COMPLETE
+
+    def encode(self) -> bytes:
+        return _RESOURCE.pack(self.length, self.refcount, self.state, self.layout)
+
+    @classmethod
+    def decode(cls, digest: bytes, raw: bytes) -> "Resource":
+        length, refcount, state, layout = _RESOURCE.unpack(raw)
+        return cls(digest, length, refcount, state, layout)
+
+
+@dataclass
+class Inode:
+    """One inode: shared by all the hard links that name it.
+
+    ``content`` is the digest of a regular file's committed content, or None
+    for a file created by an upload that has not committed yet. ``target``
+    is a symlink's target. ``parent`` is kept for directories only (rename
+    must refuse to move a directory into itself). ``space`` is the inode of
+    the namespace root (environment, user or global directory) the inode
+    lives in: links and renames never cross it.
+    """
+
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    nlink: int = 1
+    size: int = 0
+    atime_ns: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    rdev: int = 0
+    parent: int = 0
+    space: int = 0
+    content: bytes | None = None
+    target: bytes = b""
+
+    def encode(self) -> bytes:
+        head = _INODE.pack(
+            self.mode, self.uid, self.gid, self.nlink, self.size,
+            self.atime_ns, self.mtime_ns, self.ctime_ns, self.rdev, self.parent, self.space,
+        )
+        return head + (self.content if self.content is not None else self.target)
+
+    @classmethod
+    def decode(cls, ino: int, raw: bytes) -> "Inode":
+        fields = _INODE.unpack_from(raw)
+        tail = bytes(raw[_INODE.size:])
+        node = cls(ino, *fields)
+        if _is_regular(node.mode):
+            node.content = tail or None
+        else:
+            node.target = tail
+        return node
+
+
+def _is_regular(mode: int) -> bool:
+    return (mode & 0o170000) == 0o100000
+
+
+@dataclass
+class StagingRecord:
+    """A staging file the catalog knows about, so that recovery can finish or undo it.
+
+    ``parent``/``entry`` name the directory entry the upload created (parent
+    0 when it wrote over an existing file); ``reserved`` says that it holds a
+    reference to ``expected``.
+    """
+
+    name: str
+    ino: int
+    reserved: bool = False
+    expected: bytes | None = None
+    parent: int = 0
+    entry: bytes = b""
+    keep: bool = False
+
+    def encode(self) -> bytes:
+        flags = (STAGING_RESERVED if self.reserved else 0) | (STAGING_KEEP if self.keep else 0)
+        expected = self.expected or b""
+        return _STAGING.pack(self.ino, flags, self.parent, len(expected)) + expected + self.entry
+
+    @classmethod
+    def decode(cls, name: bytes, raw: bytes) -> "StagingRecord":
+        ino, flags, parent, size = _STAGING.unpack_from(raw)
+        rest = bytes(raw[_STAGING.size:])
+        return cls(
+            name.decode("ascii"), ino, bool(flags & STAGING_RESERVED), rest[:size] or None,
+            parent, rest[size:], bool(flags & STAGING_KEEP),
+        )

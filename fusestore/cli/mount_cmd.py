@@ -1,0 +1,72 @@
+"""``fusestore mount``: check, then serve in the foreground or start the daemon in the background."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from . import mounts
+
+
+def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    mount = commands.add_parser(
+        "mount", help="mount a store (created when missing)",
+        description="Mount STORE on MOUNTPOINT. Returns once the mount answers; the daemon then "
+                    "runs in the background (log: STORE/fusestore.log unless --log is given).",
+    )
+    mount.add_argument("store", type=Path, metavar="STORE", help="store directory (created when missing)")
+    mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an existing empty directory")
+    mount.add_argument("--foreground", action="store_true",
+                       help="stay attached and log to stderr; SIGINT/SIGTERM unmount cleanly")
+    mount.add_argument("--debug", action="store_true", help="verbose logs")
+    mount.add_argument("--allow-other", action="store_true",
+                       help="let other users use the mount (permissions are checked by the kernel)")
+    mount.add_argument("--request-ttl", type=float, default=60.0, metavar="SECONDS",
+                       help="how long a proof-of-access request stays open (default 60)")
+    mount.add_argument("--max-requests", type=int, default=100, metavar="N",
+                       help="open proof-of-access requests per user (default 100); past it, EBUSY")
+    mount.add_argument("--log", metavar="FILE", help="log file (default: stderr with --foreground, "
+                                                     "else STORE/fusestore.log)")
+    mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    mount.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.foreground:
+        try:
+            _serve(args)
+        except mounts.MountError as exc:
+            if args.ready_fd is not None:
+                os.write(args.ready_fd, f"error: {exc}\n".encode())
+            raise
+        return
+    argv = ["mount", str(args.store), str(args.mountpoint), "--request-ttl", str(args.request_ttl),
+            "--max-requests", str(args.max_requests)]
+    if args.debug:
+        argv.append("--debug")
+    if args.allow_other:
+        argv.append("--allow-other")
+    log_path = Path(args.log) if args.log else args.store / "fusestore.log"
+    pid = mounts.start_background(argv + ["--log", str(log_path)], log_path)
+    print(f"fusestore: mounted {args.store} on {args.mountpoint} (daemon pid {pid}, log {log_path})")
+
+
+def _serve(args: argparse.Namespace) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        filename=args.log,
+    )
+    mountpoint = args.mountpoint.resolve()
+    mounts.check_mountpoint(mountpoint)
+    mounts.check_fuse_device()
+    from .. import errors
+    from ..fs import daemon
+
+    try:
+        daemon.serve(args.store, mountpoint, allow_other=args.allow_other, request_ttl=args.request_ttl,
+                     max_requests=args.max_requests, ready_fd=args.ready_fd)
+    except (errors.StoreLocked, errors.UnknownFormat, daemon.MountFailed) as exc:
+        raise mounts.MountError(str(exc)) from None

@@ -1,0 +1,30 @@
+"""What fusestore tells the kernel, shared with the benchmark's bare passthrough (``scripts/passthrough.py``).
+
+Both must run with the same settings, or the passthrough is no ceiling.
+Entries and attributes are cached long because every change reaches the
+daemon through the kernel, which updates its own caches; a change it did
+not make (a proof-of-access link) is invalidated explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..store.names import NAME_MAX
+
+CACHE_SECONDS = 300.0  # entry and attribute timeouts
+BLOCK_SIZE = 1 << 17  # st_blksize: what tools use as their I/O size
+PID_XATTR = b"user.fusestore.pid"  # on the root: the daemon's pid, for `fusestore umount`
+
+__all__ = ["BLOCK_SIZE", "CACHE_SECONDS", "NAME_MAX", "PID_XATTR", "uses_direct_io"]
+
+
+def uses_direct_io(flags: int) -> bool:
+    """Write-only handles bypass the page cache: their writes reach the daemon straight from the writer's buffer.
+
+    That about doubles their speed here, and caches no page that nobody
+    reads. Such a handle cannot be mmapped anyway, and the kernel drops the
+    cached pages of the ranges it writes, so readers through other handles
+    stay coherent.
+    """
+    return flags & os.O_ACCMODE == os.O_WRONLY
