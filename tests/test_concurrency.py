@@ -38,7 +38,7 @@ def test_concurrent_puts_of_same_content_leave_one_blob(store: Store) -> None:
     run_threads(8, lambda i: store.put_for_environment(ENV, f"copy{i}", io.BytesIO(DATA), len(DATA)))
     h = blake3.blake3(DATA).hexdigest()
     assert store.resource(h).refcount == 8
-    assert list(store.pool.blobs()) == [bytes.fromhex(h)]
+    assert list(store.blobs.digests()) == [bytes.fromhex(h)]
     assert find_problems(store) == []
 
 

@@ -1,7 +1,7 @@
 """Group commit: blobs become durable at checkpoints, and recovery checks those no checkpoint covered.
 
 A crashed process is a real child process that ends with ``os._exit``
-before closing its store. A power loss, which cannot be staged here, is
+before closing its store, at a moment a ``FailingBlobStore`` cue picks. A power loss, which cannot be staged here, is
 modelled by what it may leave: a catalog that reached the disk and a blob
 whose bytes did not (the blob file truncated or missing).
 """
@@ -22,6 +22,7 @@ import blake3
 import pytest
 
 from fusestore import Store, errors
+from fusestore.pool import FailingBlobStore, LocalBlobStore
 from fusestore.store.fsck import find_problems
 
 from .conftest import ENV, ENV2, put, read
@@ -46,7 +47,9 @@ def crash_after(store_path: Path, steps: str) -> None:
     script = textwrap.dedent("""
         import io, os, sys
         from fusestore import Store
-        store = Store.open(sys.argv[1])
+        from fusestore.pool import FailingBlobStore, LocalBlobStore
+        blobs = FailingBlobStore(LocalBlobStore(sys.argv[1] + "/pool"))
+        store = Store.open(sys.argv[1], blobs=blobs)
         def put(env, path, data):
             store.put_for_environment(env, path, io.BytesIO(data), len(data))
     """) + CONTENTS + textwrap.dedent(steps) + "\nos._exit(0)\n"
@@ -63,26 +66,25 @@ def test_a_new_blob_is_unsynced_until_the_checkpoint(store: Store) -> None:
     assert find_problems(store) == []
 
 
-def test_a_blob_committed_during_a_checkpoint_waits_for_the_next(store: Store) -> None:
-    """Only blobs committed before the checkpoint began are known to be covered by its flush.
+def test_a_blob_committed_during_a_checkpoint_waits_for_the_next(store_path: Path) -> None:
+    """Only blobs committed before the checkpoint began are known to be covered by its barrier.
 
-    Here the blob of A is deleted and published anew while the flush runs:
+    Here the blob of A is deleted and stored anew while the barrier runs:
     the new one is listed again, and that listing must survive the checkpoint.
     """
-    put(store, "a", A)
-    flush = store.pool.flush
+    blobs = FailingBlobStore(LocalBlobStore(store_path / "pool"))
+    with Store.open(store_path, blobs=blobs) as store:
+        put(store, "a", A)
 
-    def flush_while_the_same_content_comes_back() -> None:
-        store.remove_for_environment(ENV, "a")
-        put(store, "a again", A)
-        flush()
+        def the_same_content_comes_back() -> None:
+            store.remove_for_environment(ENV, "a")
+            put(store, "a again", A)
 
-    store.pool.flush = flush_while_the_same_content_comes_back  # type: ignore[method-assign]
-    store.sync()
-    assert unsynced(store) == [blake3.blake3(A).digest()]
-    store.pool.flush = flush  # type: ignore[method-assign]
-    store.sync()
-    assert unsynced(store) == []
+        blobs.on("barrier", the_same_content_comes_back)
+        store.sync()
+        assert unsynced(store) == [blake3.blake3(A).digest()]
+        store.sync()
+        assert unsynced(store) == []
 
 
 def test_close_is_a_checkpoint(store_path: Path) -> None:
@@ -141,11 +143,10 @@ def test_content_a_power_loss_took_becomes_an_empty_file_and_is_logged(
     assert len(lost) == 2
 
 
-def test_a_blob_published_by_a_commit_that_never_came_is_deleted(store_path: Path) -> None:
-    crash_after(store_path, """
-        staged = store.pool.create_staging()
-        digest, size = store.pool.fill(staged, io.BytesIO(B), len(B))
-        store.tree.publish(staged, digest)
+def test_a_blob_stored_by_a_commit_that_never_came_is_deleted(store_path: Path) -> None:
+    crash_after(store_path, f"""
+        blobs.on("put", lambda: os._exit(0), after=True)  # dies before the commit's transaction
+        put({ENV!r}, "b", B)
     """)
     assert blob_path(store_path, B).exists()
     with Store.open(store_path) as store:
@@ -157,7 +158,7 @@ def test_a_blob_freed_just_before_a_crash_is_deleted(store_path: Path) -> None:
     crash_after(store_path, f"""
         put({ENV!r}, "a", A)
         store.sync()
-        store.pool.remove = lambda digest: os._exit(0)  # dies between the commit and the deletion
+        blobs.on("delete", lambda: os._exit(0))  # dies between the commit and the deletion
         store.remove_for_environment({ENV!r}, "a")
     """)
     assert blob_path(store_path, A).exists()

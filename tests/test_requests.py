@@ -47,12 +47,12 @@ def test_range_sizes_follow_the_bounds_for_small_content(store: Store, length: i
 
 def test_correct_answer_links_without_new_blob(store: Store) -> None:
     h = put(store, "src", DATA)
-    blobs_before = list(store.pool.blobs())
+    blobs_before = list(store.blobs.digests())
     response = store.put_for_environment_request(ENV, "dir/dst", h)
     store.proof_of_access_response(response.request_id, answer(DATA, response))
     assert read(store, "dir/dst") == DATA
     assert store.resource(h).refcount == 2
-    assert list(store.pool.blobs()) == blobs_before
+    assert list(store.blobs.digests()) == blobs_before
 
 
 def test_link_replaces_existing_content_and_frees_it(store: Store) -> None:
@@ -213,7 +213,7 @@ def test_request_on_behalf_of_a_user_checks_permission_and_gives_ownership(store
     response = store.put_for_environment_request(ENV, "mine/dst", h, owner=me)
     store.proof_of_access_response(response.request_id, answer(DATA, response))
     with store.catalog.read() as tx:
-        node, _ = store.tree.walk(tx, [ENV.encode(), b"mine", b"dst"])
+        node, _ = store.namespace.walk(tx, [ENV.encode(), b"mine", b"dst"])
         assert (node.uid, node.gid) == (me.uid, me.gid)
 
 
@@ -223,12 +223,12 @@ def test_permission_is_checked_again_when_answered(store: Store) -> None:
     h = put(store, "src", DATA)
     owner = Owner(4321, 4321)
     with store.catalog.write() as tx:  # give the environment to that user, then take it back
-        env_dir, _ = store.tree.walk(tx, [ENV.encode()])
+        env_dir, _ = store.namespace.walk(tx, [ENV.encode()])
         env_dir.uid = owner.uid
         tx.save_inode(env_dir)
     response = store.put_for_environment_request(ENV, "dst", h, owner=owner)
     with store.catalog.write() as tx:
-        env_dir, _ = store.tree.walk(tx, [ENV.encode()])
+        env_dir, _ = store.namespace.walk(tx, [ENV.encode()])
         env_dir.uid = 0
         tx.save_inode(env_dir)
     with pytest.raises(errors.AccessDenied):

@@ -106,12 +106,15 @@ class Catalog:
             yield Txn(self, txn)
 
     @contextmanager
-    def write(self) -> Iterator["Txn"]:
+    def write(self, *, defer_callbacks: bool = False) -> Iterator["Txn"]:
         """One write transaction; callbacks registered with ``after_commit`` run after it commits.
 
-        The Python lock serialises writers of this process (LMDB serialises
-        them too, but this keeps the after-commit work, such as deleting a
-        freed blob, ordered with respect to the next writer's publish).
+        The Python lock serialises the writers of this process (LMDB would
+        block a second writer's thread inside C). The callbacks run after the
+        lock is released, so slow work such as deleting a blob holds up no
+        other writer; with ``defer_callbacks`` the caller runs them
+        (``tx.run_callbacks(tx.callbacks)``) once it has released its own locks.
+        Callbacks registered with ``after_abort`` run when it does not commit.
         """
         with self._write_lock:
             tx = Txn(self, self.env.begin(write=True))
@@ -119,14 +122,16 @@ class Catalog:
                 yield tx
             except BaseException:
                 tx.raw.abort()
+                tx.run_callbacks(tx.abort_callbacks)
                 raise
             try:
                 tx.raw.commit()
             except lmdb.Error as exc:
+                tx.run_callbacks(tx.abort_callbacks)
                 self._explain_failed_commit(exc)
                 raise
-            for callback in tx.callbacks:
-                callback()
+        if not defer_callbacks:
+            tx.run_callbacks(tx.callbacks)
 
     def _explain_failed_commit(self, exc: lmdb.Error) -> None:
         """A commit that could not grow the catalog file on a full disk is ENOSPC, not EIO."""
@@ -170,9 +175,18 @@ class Txn:
     catalog: Catalog
     raw: lmdb.Transaction
     callbacks: list[Callable[[], None]] = field(default_factory=list)
+    abort_callbacks: list[Callable[[], None]] = field(default_factory=list)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self.callbacks.append(callback)
+
+    def after_abort(self, callback: Callable[[], None]) -> None:
+        self.abort_callbacks.append(callback)
+
+    @staticmethod
+    def run_callbacks(callbacks: list[Callable[[], None]]) -> None:
+        while callbacks:
+            callbacks.pop(0)()
 
     def _get(self, key: bytes, db: "lmdb._Database") -> bytes | None:
         """A value as bytes (the environment is opened without buffers, so LMDB copies it out)."""
@@ -344,9 +358,6 @@ class Txn:
     def add_unsynced(self, digest: bytes, checkpoint: int) -> None:
         self.raw.put(digest, u64(checkpoint), db=self.catalog.unsynced)
 
-    def remove_unsynced(self, digest: bytes) -> None:
-        self.raw.delete(digest, db=self.catalog.unsynced)
-
     def remove_unsynced_up_to(self, checkpoint: int) -> None:
         """Forget the blobs that checkpoints up to number ``checkpoint`` covered."""
         with self.raw.cursor(db=self.catalog.unsynced) as cur:
@@ -370,13 +381,20 @@ class Txn:
         with self.raw.cursor(db=self.catalog.freed) as cur:
             return [bytes(key) for key in cur.iternext(values=False)]
 
-    def clear_freed(self) -> None:
-        self.raw.drop(self.catalog.freed, delete=False)
+    def forget_freed(self, keep: set[bytes]) -> None:
+        """Forget the freed blobs, except ``keep`` (those whose deletion has not finished)."""
+        for digest in self.freed():
+            if digest not in keep:
+                self.raw.delete(digest, db=self.catalog.freed)
 
     # -- staging records ----------------------------------------------------
 
     def add_staging(self, record: StagingRecord) -> None:
         self.raw.put(record.name.encode("ascii"), record.encode(), db=self.catalog.staging)
+
+    def staging_record(self, name: str) -> StagingRecord | None:
+        raw = self._get(name.encode("ascii"), self.catalog.staging)
+        return StagingRecord.decode(name.encode("ascii"), raw) if raw is not None else None
 
     def remove_staging(self, name: str) -> None:
         self.raw.delete(name.encode("ascii"), db=self.catalog.staging)

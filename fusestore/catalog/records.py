@@ -77,6 +77,10 @@ class Inode:
     content: bytes | None = None
     target: bytes = b""
 
+    @property
+    def is_regular(self) -> bool:
+        return _is_regular(self.mode)
+
     def encode(self) -> bytes:
         head = _INODE.pack(
             self.mode, self.uid, self.gid, self.nlink, self.size,

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 
+from ..store import reserved
 from ..store.names import NAME_MAX
 
 CACHE_SECONDS = 300.0  # entry and attribute timeouts
 BLOCK_SIZE = 1 << 17  # st_blksize: what tools use as their I/O size
-PID_XATTR = b"user.fusestore.pid"  # on the root: the daemon's pid, for `fusestore umount`
+PID_XATTR = reserved.PID_XATTR
 
 __all__ = ["BLOCK_SIZE", "CACHE_SECONDS", "NAME_MAX", "PID_XATTR", "uses_direct_io"]
 

@@ -2,12 +2,13 @@
 
 The write path, as the filesystem sees it:
 
-- Opening a file costs nothing. The first write (or truncate) gives the
-  inode a staging file: empty when the file is truncated to 0 first (the
-  shell's ``cmd > f``: libfuse negotiates atomic O_TRUNC, so the truncation
-  arrives with open's flags), otherwise a copy of the current blob made by ``copy_file_range`` in a
-  worker thread. Staging is per inode, shared by all its handles.
-- Each write goes to the staging file with ``pwrite``. While writes arrive
+- Opening a file costs nothing. A file created through the mount gets its
+  staging file with its inode (``Namespace.create``); otherwise the first
+  write (or truncate) gives the inode one: empty when the file is truncated
+  to 0 first (the shell's ``cmd > f``: libfuse negotiates atomic O_TRUNC, so
+  the truncation arrives with open's flags), otherwise a copy of the current
+  content made in a worker thread. Staging is per inode, shared by all its handles.
+- Each write goes to the staging file. While writes arrive
   in order from offset 0, they also feed a running BLAKE3 hasher, so the
   common case (a file written front to back) needs no second pass; any other
   write order drops the hasher and the commit re-hashes the staging file in
@@ -15,33 +16,31 @@ The write path, as the filesystem sees it:
 - The commit happens at the flush of the last open handle of the inode (so
   that ``close()`` reports its errors), or at the last release. A flush of a
   handle that wrote nothing, or while other handles stay open, commits
-  nothing. The commit runs in a worker thread: the staged bytes become a
-  blob when the pool lacks them (``Tree.publish``), then one catalog
-  transaction (``Tree.commit_staged``). Durability is fsync's job, as on
-  ext4: close does not wait for the disk; the next checkpoint (fsync, or
-  every few seconds) flushes the blobs, then the catalog.
+  nothing. The commit is the store's one commit path (``Writes.commit``),
+  run in a worker thread unless it is short. Durability is fsync's job, as
+  on ext4: close does not wait for the disk.
 - Readers of an inode with a staging file read the staging file: what was
-  written is visible at once. Readers of committed content read the blob.
+  written is visible at once. Readers of committed content read it through
+  the blob store's reader.
 - A time set by utimens after the last write (tar, cp -a, rsync) is the
   mtime the commit keeps; otherwise the time of the last write.
 
-This module is the filesystem layer's state; it calls the store only through
-``Tree`` and runs blocking work through ``trio.to_thread``.
+This module is the filesystem layer's state; blocking work runs through ``trio.to_thread``.
 """
 
 from __future__ import annotations
 
-import os
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
-from .. import errors
-from ..catalog import Inode
-from ..pool import Staged
-from ..store.tree import Tree
+from ..pool import BlobReader, StagingFile
+from ..store import Store
+from ..store.attributes import Attributes
+from ..store.writes import Refused
 from .running_hash import RunningHash
 
 QUICK_COMMIT = 1 << 20  # files up to this size commit on the loop, without a thread hop
@@ -53,12 +52,12 @@ class OpenInode:
 
     ino: int
     handles: int = 0
-    staged: Staged | None = None
+    staged: StagingFile | None = None
     size: int = 0  # of the staged content
     hasher: RunningHash | None = None  # valid while writes came in order from offset 0
     hashed: int = 0
     mtime_ns: int | None = None
-    blob_fd: int | None = None
+    blob: BlobReader | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
 
     @property
@@ -69,13 +68,11 @@ class OpenInode:
 class OpenFiles:
     """Every open inode, and the operations on their content."""
 
-    def __init__(self, tree: Tree, on_dropped: Callable[[int, bytes, int], None]) -> None:
+    def __init__(self, store: Store, on_dropped: Callable[[int, bytes, int], None]) -> None:
         """``on_dropped(parent, name, ino)`` tells the kernel a name went without its knowing."""
-        self.tree = tree
+        self.store = store
         self.on_dropped = on_dropped
         self.inodes: dict[int, OpenInode] = {}
-        self.expected: dict[int, bytes] = {}  # ino -> hash its next commit must have
-        self.fresh: dict[int, tuple[int, bytes]] = {}  # created here, never committed: ino -> its entry
 
     def get(self, ino: int) -> OpenInode | None:
         return self.inodes.get(ino)
@@ -84,8 +81,15 @@ class OpenFiles:
         state = self.inodes.get(ino)
         if state is None:
             state = self.inodes[ino] = OpenInode(ino)
-            self.tree.opened(ino)
+            self.store.opens.opened(ino)
         state.handles += 1
+        return state
+
+    def created(self, ino: int, staged: StagingFile) -> OpenInode:
+        """The first handle of a file just created, with the staging file it was created with."""
+        state = self.open(ino)
+        state.staged, state.size, state.hashed = staged, 0, 0
+        state.hasher = self._running_hash(staged)
         return state
 
     async def close(self, state: OpenInode) -> None:
@@ -100,28 +104,27 @@ class OpenFiles:
             if state.handles == 0:
                 self._close_blob(state)
                 del self.inodes[state.ino]
-                if self.tree.is_orphan(state.ino):  # deleting it may unlink a large blob
-                    await trio.to_thread.run_sync(self.tree.closed, state.ino)
+                if self.store.opens.is_orphan(state.ino):  # deleting it may delete a large blob
+                    await trio.to_thread.run_sync(self.store.content.closed, state.ino)
                 else:
-                    self.tree.closed(state.ino)
+                    self.store.content.closed(state.ino)
 
     # -- content ------------------------------------------------------------------
 
-    async def _ensure_staged(self, state: OpenInode, keep: int) -> Staged:
+    async def _ensure_staged(self, state: OpenInode, keep: int) -> StagingFile:
         """The inode's staging file, created with the first ``keep`` bytes of its content."""
         if state.staged is None:
-            node = self.tree.getattr(state.ino)
-            keep = min(keep, node.size)
+            keep = min(keep, self.store.namespace.getattr(state.ino).size)
             if keep:  # copying the current content can take long
-                state.staged = await trio.to_thread.run_sync(self.tree.stage, state.ino, keep)
+                state.staged = await trio.to_thread.run_sync(self.store.writes.stage, state.ino, keep)
             else:
-                state.staged = self.tree.stage(state.ino, 0)
+                state.staged = self.store.writes.stage(state.ino, 0)
             state.size = keep
             state.hasher = self._running_hash(state.staged) if keep == 0 else None
             state.hashed = 0
         return state.staged
 
-    def _running_hash(self, staged: Staged) -> RunningHash:
+    def _running_hash(self, staged: StagingFile) -> RunningHash:
         """A hash of the staged bytes whose worker thread also starts writing them back to disk.
 
         Bytes already hashed were written, so starting their writeback as the
@@ -132,7 +135,7 @@ class OpenFiles:
 
         def start_writeback(hashed: int) -> None:
             nonlocal written_back
-            self.tree.start_writeback(staged, written_back, hashed - written_back)
+            staged.start_writeback(written_back, hashed - written_back)
             written_back = hashed
 
         return RunningHash(on_progress=start_writeback)
@@ -140,7 +143,7 @@ class OpenFiles:
     async def write(self, state: OpenInode, offset: int, data: bytes) -> int:
         async with state.lock:
             staged = await self._ensure_staged(state, keep=1 << 63)
-            written = os.pwrite(staged.fd, data, offset)
+            written = staged.write(data, offset)
             if state.hasher is not None:
                 if offset == state.hashed and written == len(data):
                     await state.hasher.update(data)
@@ -154,7 +157,7 @@ class OpenFiles:
     async def truncate(self, state: OpenInode, size: int) -> None:
         async with state.lock:
             staged = await self._ensure_staged(state, keep=size)
-            os.ftruncate(staged.fd, size)
+            staged.truncate(size)
             if size == 0:
                 self._drop_hash(state)
                 state.hasher, state.hashed = self._running_hash(staged), 0
@@ -167,14 +170,12 @@ class OpenFiles:
         if state.staged is not None:
             async with state.lock:
                 if state.staged is not None:
-                    return os.pread(state.staged.fd, size, offset)
-        if state.blob_fd is None:
+                    return state.staged.read(size, offset)
+        if state.blob is None:
             # Content changes all pass through here (commit) or through
-            # ``forget_content``, so the blob stays valid until one of them.
-            state.blob_fd = self.tree.content_fd(self.tree.getattr(state.ino))
-            if state.blob_fd is None:
-                return b""
-        return os.pread(state.blob_fd, size, offset)
+            # ``forget_content``, so the reader stays valid until one of them.
+            state.blob = self.store.content.open(state.ino)
+        return state.blob.pread(size, offset)
 
     def set_mtime(self, state: OpenInode, mtime_ns: int) -> None:
         """A time set explicitly after the last write is the one the commit keeps."""
@@ -189,10 +190,10 @@ class OpenFiles:
         """
         async with state.lock:
             if state.staged is not None:
-                await trio.to_thread.run_sync(os.fsync, state.staged.fd)
-        await trio.to_thread.run_sync(self.tree.sync)
+                await trio.to_thread.run_sync(state.staged.sync)
+        await trio.to_thread.run_sync(self.store.sync)
 
-    async def commit(self, state: OpenInode) -> Inode | None:
+    async def commit(self, state: OpenInode) -> Attributes | None:
         """Publish the staged content (one transaction); errors reach the caller's close()."""
         async with state.lock:
             staged = state.staged
@@ -216,53 +217,34 @@ class OpenFiles:
         """
         return (
             state.size <= QUICK_COMMIT and state.hasher is not None and state.hashed == state.size
-            and self.tree.getattr(state.ino).size <= QUICK_COMMIT
+            and self.store.namespace.getattr(state.ino).size <= QUICK_COMMIT
         )
 
-    def _commit_blocking(self, state: OpenInode, staged: Staged) -> Inode | None:
-        node = self.tree.getattr(state.ino)
-        if node.nlink == 0:  # unlinked while open: nobody can ever read these bytes
+    def _commit_blocking(self, state: OpenInode, staged: StagingFile) -> Attributes | None:
+        writes = self.store.writes
+        if self.store.namespace.getattr(state.ino).nlink == 0:  # unlinked while open: nobody can read these bytes
             self._drop_hash(state)  # its thread may touch the staging file: stop it first
-            self.tree.discard_staged(staged)
+            writes.abandon(staged, remove_created=False)
             return None
         if state.hasher is not None and state.hashed == state.size:
             digest, size = state.hasher.digest(), state.size
         else:
             self._drop_hash(state)
-            digest, size = self.tree.hash_staged(staged)
-        expected = self.expected.pop(state.ino, None)
-        if expected is not None and digest != expected:
-            self.tree.discard_staged(staged)
-            self._drop_if_fresh(state.ino)
-            raise errors.HashMismatch(f"content hashes to {digest.hex()}, expected {expected.hex()}")
+            digest, size = staged.hash()
         try:
-            self.tree.publish(staged, digest)
-            committed = self.tree.commit_staged(state.ino, staged, digest, size, state.mtime_ns)
-        except BaseException:
-            self.tree.discard_staged(staged)
-            self.tree.forget_published(digest)
+            return writes.commit(staged, digest, size, mtime_ns=state.mtime_ns)
+        except Refused as refused:  # a file created only to receive refused content disappears with it
+            if refused.dropped is not None:
+                self.on_dropped(refused.dropped.parent, refused.dropped.name, refused.dropped.ino)
             raise
-        self.fresh.pop(state.ino, None)
-        return committed
 
-    def _drop_if_fresh(self, ino: int) -> None:
-        """A file created only to receive refused content disappears with it."""
-        entry = self.fresh.pop(ino, None)
-        if entry is not None:
-            try:
-                self.tree.unlink_inode(entry[0], entry[1], ino)
-            except errors.StoreError:
-                return  # renamed or removed meanwhile: nothing to undo
-            self.on_dropped(entry[0], entry[1], ino)
-
-    def attributes(self, node: Inode) -> Inode:
-        """``node`` as readers must see it: the size and mtime of uncommitted writes."""
-        state = self.inodes.get(node.ino)
-        if state is not None and state.staged is not None:
-            node.size = state.size
-            if state.mtime_ns is not None:
-                node.mtime_ns = state.mtime_ns
-        return node
+    def attributes(self, attributes: Attributes) -> Attributes:
+        """``attributes`` as readers must see them: the size and mtime of uncommitted writes."""
+        state = self.inodes.get(attributes.ino)
+        if state is None or state.staged is None:
+            return attributes
+        mtime_ns = attributes.mtime_ns if state.mtime_ns is None else state.mtime_ns
+        return dataclasses.replace(attributes, size=state.size, mtime_ns=mtime_ns)
 
     @staticmethod
     def _drop_hash(state: OpenInode) -> None:
@@ -278,6 +260,6 @@ class OpenFiles:
 
     @staticmethod
     def _close_blob(state: OpenInode) -> None:
-        if state.blob_fd is not None:
-            os.close(state.blob_fd)
-        state.blob_fd = None
+        if state.blob is not None:
+            state.blob.close()
+        state.blob = None

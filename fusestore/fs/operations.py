@@ -28,8 +28,9 @@ import pyfuse3
 import trio
 
 from .. import errors
-from ..catalog import ROOT_INO, Inode
+from ..catalog import ROOT_INO
 from ..store import Store
+from ..store.attributes import Attributes
 from ..store.owners import Owner
 from .kernel import BLOCK_SIZE, CACHE_SECONDS, NAME_MAX, PID_XATTR, uses_direct_io
 from .openfiles import OpenFiles, OpenInode
@@ -38,9 +39,6 @@ from .requests_dir import REQUESTS_DIR, REQUESTS_INO, ControlError, ControlFile,
 log = logging.getLogger(__name__)
 
 READDIR_BATCH = 1000
-RESERVED_XATTRS = b"user.fusestore."
-HASH_XATTR = RESERVED_XATTRS + b"blake3"  # read-only: the committed content's BLAKE3
-EXPECT_XATTR = RESERVED_XATTRS + b"expect"  # the hash the next commit must have
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -79,10 +77,10 @@ class DirHandle:
     """A directory being listed: virtual entries first, then catalog entries a batch at a time."""
 
     ino: int
-    virtual: list[tuple[bytes, Inode]] = field(default_factory=list)
+    virtual: list[tuple[bytes, Attributes]] = field(default_factory=list)
     catalog: bool = True
     base: int = 0  # catalog offset of batch[0]
-    batch: list[tuple[bytes, Inode]] = field(default_factory=list)
+    batch: list[tuple[bytes, Attributes]] = field(default_factory=list)
 
 
 class Operations(pyfuse3.Operations):
@@ -93,9 +91,9 @@ class Operations(pyfuse3.Operations):
     def __init__(self, store: Store, *, max_requests_per_user: int = 100) -> None:
         super().__init__()
         self.store = store
-        self.tree = store.tree
+        self.tree = store.namespace
         self.files = OpenFiles(
-            self.tree,
+            store,
             on_dropped=lambda parent, name, inode: pyfuse3.invalidate_entry_async(
                 parent, name, deleted=inode, ignore_enoent=True),
         )
@@ -105,7 +103,7 @@ class Operations(pyfuse3.Operations):
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
         now = time.time_ns()
-        self.requests_dir = Inode(REQUESTS_INO, stat.S_IFDIR | 0o1777, 0, 0, nlink=2,
+        self.requests_dir = Attributes(REQUESTS_INO, stat.S_IFDIR | 0o1777, 0, 0, nlink=2, size=0,
                                   atime_ns=now, mtime_ns=now, ctime_ns=now)
 
     def _new_fh(self) -> int:
@@ -113,7 +111,7 @@ class Operations(pyfuse3.Operations):
         self._next_fh += 1
         return fh
 
-    def entry(self, node: Inode) -> pyfuse3.EntryAttributes:
+    def entry(self, node: Attributes) -> pyfuse3.EntryAttributes:
         node = self.files.attributes(node)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
@@ -149,7 +147,7 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         return self.entry(self._virtual_or_catalog(inode))
 
-    def _virtual_or_catalog(self, inode: int) -> Inode:
+    def _virtual_or_catalog(self, inode: int) -> Attributes:
         if inode == REQUESTS_INO:
             return self.requests_dir
         if inode > REQUESTS_INO:
@@ -162,8 +160,8 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return control
 
-    def _control_inode(self, control: ControlFile) -> Inode:
-        return Inode(control.ino, stat.S_IFREG | 0o600, control.uid, control.gid, nlink=1,
+    def _control_inode(self, control: ControlFile) -> Attributes:
+        return Attributes(control.ino, stat.S_IFREG | 0o600, control.uid, control.gid, nlink=1,
                      size=len(self.requests.render(control)), atime_ns=control.created_ns,
                      mtime_ns=control.created_ns, ctime_ns=control.created_ns)
 
@@ -268,10 +266,10 @@ class Operations(pyfuse3.Operations):
             control = self.requests.create(ctx.uid, ctx.gid, name)
             return self._open_control(control), self.entry(self._control_inode(control))
         self._refuse_virtual(parent_inode)
-        node = self.tree.mknod(parent_inode, name, stat.S_IFREG | (mode & 0o7777), 0, self._owner(ctx))
-        self.files.fresh[node.ino] = (parent_inode, name)
-        info = self._open_handle(node.ino, flags)
-        return info, self.entry(node)
+        node, staged = self.tree.create(parent_inode, name, mode, self._owner(ctx))
+        fh = self._new_fh()
+        self.handles[fh] = Handle(self.files.created(node.ino, staged))
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=uses_direct_io(flags)), self.entry(node)
 
     # -- removal and renaming -----------------------------------------------------------
 
@@ -304,64 +302,26 @@ class Operations(pyfuse3.Operations):
     @_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._refuse_virtual(inode)
-        if name == EXPECT_XATTR:
-            self._expect(inode, value)
-        elif name.startswith(RESERVED_XATTRS):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        else:
-            self.tree.setxattr(inode, name, value)
-
-    def _expect(self, inode: int, value: bytes) -> None:
-        """``user.fusestore.expect``: the next commit of this file must hash to ``value``."""
-        if not stat.S_ISREG(self.tree.getattr(inode).mode):
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        try:
-            digest = bytes.fromhex(value.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            digest = b""
-        if len(digest) != 32:
-            log.warning("expect on inode %d: %r is not a BLAKE3 hash (64 hex digits)", inode, value[:80])
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        self.files.expected[inode] = digest
+        self.store.xattrs.set(inode, name, value)
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if inode >= REQUESTS_INO:
             raise pyfuse3.FUSEError(errno.ENODATA)
-        if name == PID_XATTR and inode == ROOT_INO:
+        if name == PID_XATTR and inode == pyfuse3.ROOT_INODE:
             return str(os.getpid()).encode()
-        if name == HASH_XATTR:
-            return self._content_hash(inode)
-        if name == EXPECT_XATTR and inode in self.files.expected:
-            return self.files.expected[inode].hex().encode()
-        if name.startswith(RESERVED_XATTRS):
-            raise pyfuse3.FUSEError(errno.ENODATA)
-        return self.tree.getxattr(inode, name)
-
-    def _content_hash(self, inode: int) -> bytes:
-        """The committed content's BLAKE3 hex; ENODATA while writes are not committed."""
-        node = self.tree.getattr(inode)
-        state = self.files.get(inode)
-        if node.content is None or (state is not None and state.dirty):
-            raise pyfuse3.FUSEError(errno.ENODATA)
-        return node.content.hex().encode()
+        return self.store.xattrs.get(inode, name)
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         if inode >= REQUESTS_INO:
             return []
-        return self.tree.listxattr(inode)
+        return self.store.xattrs.names(inode)
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self._refuse_virtual(inode)
-        if name == EXPECT_XATTR:
-            if self.files.expected.pop(inode, None) is None:
-                raise pyfuse3.FUSEError(errno.ENODATA)
-        elif name.startswith(RESERVED_XATTRS):
-            raise pyfuse3.FUSEError(errno.EPERM)
-        else:
-            self.tree.removexattr(inode, name)
+        self.store.xattrs.remove(inode, name)
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -506,7 +466,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        await trio.to_thread.run_sync(self.tree.sync)
+        await trio.to_thread.run_sync(self.store.sync)
 
     # -- the filesystem as a whole ---------------------------------------------------------------
 

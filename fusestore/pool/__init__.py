@@ -1,5 +1,13 @@
-"""The pool layer: bytes and digests, and nothing about what they mean (see ``pool.local``)."""
+"""The pool layer: the local staging area and the blob store behind a narrow protocol.
 
-from .local import LocalPool, ShortRead, Staged
+Bytes and digests only: the pool knows nothing of refcounts or names; the
+store decides when a blob is stored or deleted.
+"""
 
-__all__ = ["LocalPool", "ShortRead", "Staged"]
+from .blobstore import BlobMissing, BlobReader, BlobStore, Promises
+from .failing import FailingBlobStore
+from .local import LocalBlobStore
+from .staging import ShortRead, StagingArea, StagingFile
+
+__all__ = ["BlobMissing", "BlobReader", "BlobStore", "FailingBlobStore", "LocalBlobStore", "Promises",
+           "ShortRead", "StagingArea", "StagingFile"]

@@ -53,7 +53,7 @@ def find_problems(store: Store) -> list[str]:
         if digest not in resources or not resources[digest].complete:
             problems.append(f"blob {digest.hex()} is listed as unsynced but no complete resource names it")
     wanted = {d for d, res in resources.items() if res.complete and d != EMPTY_DIGEST}
-    present = set(store.pool.blobs())
+    present = set(store.blobs.digests())
     for digest in wanted - present:
         problems.append(f"blob {digest.hex()} is missing from the pool")
     for digest in present - wanted:

@@ -10,32 +10,16 @@ Paths live in the same inode/dirent tree the filesystem shows::
     /.users/<user>/<path>     put_for_user
     /.global/<path>           put_global
 
-How a put works (the write path of DESIGN.md, without FUSE):
-
-1. *Begin* (one transaction): create missing parent directories; when the
-   path is missing, create its inode with no content yet (a reader gets
-   UploadPending until the upload commits); record the staging file in the
-   catalog so that a crash leaves nothing unaccounted for. A checked put
-   with a known length also reserves its expected hash (``Txn.put``), so
-   that the content shows as pending to everyone else.
-2. *Stream* the reader into the staging file while hashing (no lock held,
-   memory bounded by one chunk).
-3. *Publish*, when the catalog lacks the content: the staging file becomes
-   the blob (``LocalPool.publish``), before any lock is taken; it is
-   durable at the next checkpoint (``sync``), which flushes the pool before
-   the catalog.
-4. *Commit* (one transaction): take one more reference (a new resource is
-   marked complete, after checking under the writer lock that no concurrent
-   release deleted the blob meanwhile), point the inode at the new content
-   and release the old content's reference; a blob whose last reference
-   went is deleted right after the commit, still under the writer lock.
-   The staging name goes after the commit.
-5. On any failure, *abort* (one transaction) undoes step 1: an inode it
-   created goes, a reservation is released, the staging file is deleted.
+A put is the write path of ``writes`` without FUSE: its staging record is
+made in the transaction that creates the path's missing directories and
+file (a reader of a new file gets UploadPending until it commits), and a
+checked put with a known length reserves its expected hash there too, so
+that the content shows as pending to everyone else.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import stat
@@ -43,30 +27,26 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from .. import errors
-from ..catalog import Catalog, Inode, Resource, StagingRecord, Txn
-from ..digests import EMPTY_DIGEST, fd_reader, hash_ranges
-from ..pool import LocalPool, ShortRead, Staged
+from ..catalog import Catalog, Inode, Resource, Txn
+from ..digests import IO_BUFFER
+from ..pool import BlobMissing, BlobReader, BlobStore, LocalBlobStore, ShortRead, StagingArea, StagingFile
 from . import names
 from .access import RequestResponse, RequestTable, choose_ranges
+from .checkpoints import Checkpoints
+from .content import Content
 from .locking import StoreLock
+from .namespace import GLOBAL_DIR, USERS_DIR, Namespace
+from .openinodes import OpenInodes
 from .owners import Owner, permits, process_owner
-from .tree import GLOBAL_DIR, USERS_DIR, Tree
+from .writes import Writes
+from .xattrs import Xattrs
 
 FILE_MODE = 0o644
 DIR_MODE = 0o755
-
-
-@dataclass
-class Upload:
-    """An upload begun in the catalog and not yet committed or aborted."""
-
-    record: StagingRecord
-    staged: Staged
 
 
 def parse_hash(hash_hex: str) -> bytes:
@@ -90,6 +70,7 @@ class Store:
         challenge_ranges: int,
         max_open_requests: int,
         randbelow: Callable[[int], int],
+        blobs: BlobStore | None,
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -100,16 +81,23 @@ class Store:
         except BaseException:
             self._lock.release()
             raise
-        self.pool = LocalPool(self.path)
-        self.tree = Tree(self.catalog, self.pool)
+        self.staging = StagingArea(self.path / "staging")
+        self.blobs = blobs if blobs is not None else LocalBlobStore(self.path / "pool")
+        self.opens = OpenInodes()
+        self.content = Content(self.catalog, self.blobs, self.opens)
+        self.writes = Writes(self.catalog, self.staging, self.content)
+        self.namespace = Namespace(self.catalog, self.content, self.writes)
+        self.xattrs = Xattrs(self.catalog, self.writes)
+        self.checkpoints = Checkpoints(self.catalog, self.staging, self.content, self.writes)
         self.challenge_ranges = challenge_ranges
         self.randbelow = randbelow
         self.requests = RequestTable(clock, request_ttl, max_open_requests)
-        self._uploads: Counter[int] = Counter()  # ino -> uploads in flight in this process
+        self._uploads: Counter[int] = Counter()  # ino -> puts in flight in this process
         self._uploads_lock = threading.Lock()
+        self._upload_inodes: dict[str, int] = {}  # staging name -> ino of each put in flight
         if new:
-            self.tree.initialise()
-        self._recover()
+            self.namespace.initialise()
+        self.checkpoints.recover()
 
     @classmethod
     def open(
@@ -121,11 +109,16 @@ class Store:
         challenge_ranges: int = 32,
         max_open_requests: int = 10000,
         randbelow: Callable[[int], int] = secrets.randbelow,
+        blobs: BlobStore | None = None,
     ) -> "Store":
-        """Open the store at ``path``, creating it when missing."""
+        """Open the store at ``path``, creating it when missing.
+
+        ``blobs`` is where blob bytes live; by default the local pool in the
+        store directory (``<path>/pool``). The staging area stays local.
+        """
         return cls(
             Path(path), clock=clock, request_ttl=request_ttl, challenge_ranges=challenge_ranges,
-            max_open_requests=max_open_requests, randbelow=randbelow,
+            max_open_requests=max_open_requests, randbelow=randbelow, blobs=blobs,
         )
 
     def __enter__(self) -> "Store":
@@ -144,62 +137,7 @@ class Store:
 
     def sync(self) -> None:
         """Make every committed change durable: a checkpoint (blobs first, then the catalog)."""
-        self.tree.sync()
-
-    # -- set-up and recovery --------------------------------------------------
-
-    def _recover(self) -> None:
-        """Finish what a previous process left: before anything else is served.
-
-        - blobs published after the last checkpoint are checked; a file
-          whose content a power loss took becomes empty (``Tree.check_unsynced``);
-        - staging files of open files (recorded with ``keep``) are committed:
-          what was written, and fsynced, must not be lost;
-        - unfinished puts are undone: a put that did not return never
-          promised anything;
-        - inodes unlinked while open are deleted: no handle survives a restart;
-        - staging files that no record names are deleted;
-        - blobs a crash left without a reference are deleted: those freed
-          since the last checkpoint, and those an unfinished commit published.
-        """
-        self.tree.check_unsynced()
-        with self.catalog.read() as tx:
-            records = list(tx.staging_records())
-        kept = {record.name for record in records if record.keep}
-        published = {digest for name in self.pool.staging_names()
-                     if name not in kept and (digest := self.pool.published_digest(name)) is not None}
-        for record in records:
-            if record.keep:
-                self._commit_recovered(record)
-        with self.catalog.write() as tx:
-            for record in tx.staging_records():
-                if not record.keep:
-                    self._undo_upload(tx, record, remove_created=True)
-            for ino in tx.orphans():
-                node = tx.inode(ino)
-                if node is None:
-                    tx.remove_orphan(ino)
-                else:
-                    self.tree.delete(tx, node)
-        with self.catalog.read() as tx:
-            recorded = {r.name for r in tx.staging_records()}
-        for name in self.pool.staging_names():
-            if name not in recorded:
-                self.pool.discard_name(name)
-        self.tree.delete_unreferenced(published)
-
-    def _commit_recovered(self, record: StagingRecord) -> None:
-        staged = self.pool.reopen_staging(record.name)
-        if staged is None:
-            self.tree.discard_staged_name(record.name)
-            return
-        digest, size = self.pool.hash_staging(staged)
-        try:
-            self.tree.publish(staged, digest)
-            self.tree.commit_staged(record.ino, staged, digest, size, mtime_ns=None)
-        except errors.NotFound:  # its inode went before the crash: nothing to keep
-            self.tree.discard_staged(staged)
-            self.tree.forget_published(digest)
+        self.checkpoints.checkpoint()
 
     # -- the managed storage: environments, users, global ---------------------
 
@@ -264,13 +202,10 @@ class Store:
             self._check_destination(tx, destination, owner)
             resource = tx.get(digest)
             ranges = choose_ranges(resource.length, self.challenge_ranges, self.randbelow)
-            answer = EMPTY_DIGEST  # the BLAKE3 of no bytes: empty content has no ranges
-            if ranges:
-                with self.pool.open(digest) as blob:
-                    try:
-                        answer = hash_ranges(fd_reader(blob.fileno()), ranges)
-                    except EOFError:
-                        raise errors.ResourceDeleted(f"blob {digest.hex()} is shorter than its catalog entry") from None
+            try:
+                answer = self.content.read_ranges(digest, ranges)  # of no ranges: the BLAKE3 of no bytes
+            except (EOFError, BlobMissing):
+                raise errors.ResourceDeleted(f"the blob of {digest.hex()} is shorter than its catalog entry") from None
         return self.requests.add(tuple(destination), digest, answer, ranges, owner)
 
     def proof_of_access_response(self, request_id: str, answer_hex: str) -> None:
@@ -286,7 +221,7 @@ class Store:
             parent, name = self._make_parents(tx, destination, owner)
             node = self._file_at(tx, parent, name, owner)
             tx.put(request.digest, resource.length)
-            self.tree.set_content(tx, node, request.digest, resource.length)
+            self.content.set_content(tx, node, request.digest, resource.length)
 
     def locate_for_environment(self, env_uuid: str, path: str) -> tuple[int, bytes, int]:
         """(parent inode, name, inode) of an existing path: what a cache invalidation needs."""
@@ -301,7 +236,7 @@ class Store:
     # -- paths -> inodes --------------------------------------------------------
 
     def _resolve(self, tx: Txn, parts: list[bytes]) -> Inode:
-        node, depth = self.tree.walk(tx, parts)
+        node, depth = self.namespace.walk(tx, parts)
         if depth < len(parts):
             raise errors.NotFound(f"no such file: {b'/'.join(parts).decode(errors='replace')}")
         return node
@@ -313,11 +248,11 @@ class Store:
         search on every directory above, write on the file it replaces, or
         write and search on the deepest existing directory it is created in.
         """
-        directory, depth = self.tree.walk(tx, parts[:-1])
+        directory, depth = self.namespace.walk(tx, parts[:-1])
         if not stat.S_ISDIR(directory.mode):
             raise errors.NotADirectory(f"{parts[depth - 1]!r} is a file, not a directory")
         existing = tx.lookup(directory.ino, parts[-1]) if depth == len(parts) - 1 else None
-        target = self.tree.inode(tx, existing) if existing is not None else None
+        target = self.namespace.inode(tx, existing) if existing is not None else None
         if target is not None and stat.S_ISDIR(target.mode):
             raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
         if owner is None:
@@ -326,25 +261,25 @@ class Store:
             target, mask = directory, os.W_OK | os.X_OK
         else:
             mask = os.W_OK
-        searchable = all(permits(d, owner, os.X_OK) for d in self.tree.ancestors(tx, directory))
+        searchable = all(permits(d, owner, os.X_OK) for d in self.namespace.ancestors(tx, directory))
         if not (searchable and permits(target, owner, mask)):
             raise errors.AccessDenied(f"uid {owner.uid} may not write {b'/'.join(parts).decode(errors='replace')}")
 
     def _make_parents(self, tx: Txn, parts: list[bytes], owner: Owner) -> tuple[Inode, bytes]:
         """The directory that holds ``parts[-1]``, creating missing ones (owned by ``owner``) on the way."""
-        node, depth = self.tree.walk(tx, parts[:-1])
+        node, depth = self.namespace.walk(tx, parts[:-1])
         if not stat.S_ISDIR(node.mode):
             raise errors.NotADirectory(f"{parts[depth - 1]!r} is a file, not a directory")
         for part in parts[depth:-1]:
-            node = self.tree.make_dir(tx, node, part, DIR_MODE, owner)
+            node = self.namespace.make_dir(tx, node, part, DIR_MODE, owner)
         return node, parts[-1]
 
     def _file_at(self, tx: Txn, parent: Inode, name: bytes, owner: Owner) -> Inode:
         """The regular file ``name`` in ``parent``; created (owned by ``owner``) without content when missing."""
         child = tx.lookup(parent.ino, name)
         if child is None:
-            return self.tree.new_file(tx, parent, name, FILE_MODE, owner, empty=False)
-        node = self.tree.inode(tx, child)
+            return self.namespace.new_file(tx, parent, name, FILE_MODE, owner, empty=False)
+        node = self.namespace.inode(tx, child)
         if stat.S_ISDIR(node.mode):
             raise errors.IsADirectory(f"{name!r} is a directory")
         if not stat.S_ISREG(node.mode):
@@ -356,93 +291,52 @@ class Store:
     def _put(self, parts: list[bytes], reader: BinaryIO, length: int, check: bytes | None) -> str:
         if length < -1:
             raise errors.LengthMismatch(f"length must be -1 (unknown) or >= 0, not {length}")
-        upload = self._begin_upload(parts, check, length)
+        staged = self._begin_upload(parts, check, length)
         try:
-            digest, size = self._stream(upload, reader, length)
-            if check is not None and digest != check:
-                raise errors.HashMismatch(f"content hashes to {digest.hex()}, expected {check.hex()}")
-        except BaseException:
-            self._abort_upload(upload)
-            raise
-        try:
-            self.tree.publish(upload.staged, digest)
-            self._commit_upload(upload, digest, size)
-        except BaseException:
-            self._abort_upload(upload)
-            self.tree.forget_published(digest)
-            raise
+            try:
+                digest, size = staged.fill(reader, length)
+            except BaseException as exc:
+                self.writes.abandon(staged, remove_created=self._alone(staged))
+                if isinstance(exc, ShortRead):
+                    raise errors.LengthMismatch(str(exc)) from None
+                raise
+            if self.writes.commit(staged, digest, size, remove_created=self._alone(staged)) is None:
+                raise errors.NotFound("the file was removed while it was being written")
+        finally:
+            self._forget_upload(staged)
         return digest.hex()
 
-    def _begin_upload(self, parts: list[bytes], check: bytes | None, length: int) -> Upload:
-        staged = self.pool.create_staging()
+    def _begin_upload(self, parts: list[bytes], check: bytes | None, length: int) -> StagingFile:
+        staged = self.staging.create()
         try:
             with self.catalog.write() as tx:
                 parent, name = self._make_parents(tx, parts, process_owner())
                 existed = tx.lookup(parent.ino, name) is not None
                 node = self._file_at(tx, parent, name, process_owner())
-                record = StagingRecord(staged.name, node.ino, expected=check)
-                if not existed:
-                    record.parent, record.entry = parent.ino, name
+                reserved = check is not None and length >= 0
                 if check is not None and length >= 0:
                     tx.put(check, length)
-                    record.reserved = True
-                tx.add_staging(record)
+                self.writes.record(tx, staged, node, keep=False, expected=check, reserved=reserved,
+                                   created=None if existed else (parent.ino, name))
         except BaseException:
-            self.pool.discard(staged)
+            self.staging.discard(staged)
             raise
         with self._uploads_lock:
             self._uploads[node.ino] += 1
-        return Upload(record, staged)
+        self._upload_inodes[staged.name] = node.ino
+        return staged
 
-    def _stream(self, upload: Upload, reader: BinaryIO, length: int) -> tuple[bytes, int]:
-        """Copy the reader into the upload's staging file: (digest, size)."""
-        staged = upload.staged
-        try:
-            return self.pool.fill(staged, reader, length)
-        except ShortRead as exc:
-            raise errors.LengthMismatch(str(exc)) from None
-
-    def _commit_upload(self, upload: Upload, digest: bytes, size: int) -> None:
-        with self.catalog.write() as tx:
-            node = tx.inode(upload.record.ino)
-            if node is None:
-                raise errors.NotFound("the file was removed while it was being written")
-            self.tree.reference(tx, digest, size, upload.staged, reserved=upload.record.reserved)
-            tx.remove_staging(upload.staged.name)
-            self.tree.set_content(tx, node, digest, size)
-        self._forget_upload(upload)
-
-    def _abort_upload(self, upload: Upload) -> None:
-        with self.catalog.write() as tx:
-            with self._uploads_lock:
-                alone = self._uploads[upload.record.ino] == 1
-            self._undo_upload(tx, upload.record, remove_created=alone)
-        self.pool.discard(upload.staged)
-        self._forget_upload(upload)
-
-    def _forget_upload(self, upload: Upload) -> None:
+    def _alone(self, staged: StagingFile) -> bool:
+        """Whether no other put of this process writes the same file (a file it created may then go)."""
         with self._uploads_lock:
-            self._uploads[upload.record.ino] -= 1
-            if self._uploads[upload.record.ino] <= 0:
-                del self._uploads[upload.record.ino]
+            return self._uploads[self._upload_inodes[staged.name]] == 1
 
-    def _undo_upload(self, tx: Txn, record: StagingRecord, *, remove_created: bool) -> None:
-        """Release what ``_begin_upload`` took: the record, a reservation, a file it created.
-
-        The created file goes only while it still has no content and no other
-        upload of this process is writing it.
-        """
-        tx.remove_staging(record.name)
-        tx.after_commit(lambda: self.pool.discard_name(record.name))
-        if record.reserved and record.expected is not None:
-            self.tree.release(tx, record.expected)
-        node = tx.inode(record.ino)
-        if (
-            remove_created and record.parent and node is not None and node.content is None
-            and tx.lookup(record.parent, record.entry) == record.ino
-        ):
-            tx.remove_entry(record.parent, record.entry)
-            tx.delete_inode(node.ino)
+    def _forget_upload(self, staged: StagingFile) -> None:
+        ino = self._upload_inodes.pop(staged.name)
+        with self._uploads_lock:
+            self._uploads[ino] -= 1
+            if self._uploads[ino] <= 0:
+                del self._uploads[ino]
 
     def _get(self, parts: list[bytes]) -> tuple[BinaryIO, int]:
         with self.catalog.read() as tx:
@@ -453,17 +347,17 @@ class Store:
                 raise errors.UploadPending(f"{parts[-1]!r} is still being uploaded")
             resource = tx.get(node.content)
             try:
-                reader = self.pool.open(resource.digest)
-            except FileNotFoundError:
+                blob = self.content.reader(node)
+            except BlobMissing:
                 raise errors.NotFound(f"{parts[-1]!r} was removed meanwhile") from None
-        return reader, resource.length
+        return io.BufferedReader(BlobFile(blob), IO_BUFFER), resource.length
 
     def _remove(self, parts: list[bytes]) -> None:
         with self.catalog.read() as tx:
             parent = self._resolve(tx, parts[:-1])
         if not stat.S_ISDIR(parent.mode):
             raise errors.NotADirectory(f"{parts[-2]!r} is not a directory")
-        self.tree.unlink(parent.ino, parts[-1])
+        self.namespace.unlink(parent.ino, parts[-1])
 
     # -- inspection (fsck, stats, tests) ------------------------------------------
 
@@ -474,3 +368,37 @@ class Store:
     def resources(self) -> list[Resource]:
         with self.catalog.read() as tx:
             return list(tx.resources())
+
+
+class BlobFile(io.RawIOBase):
+    """A committed content as a file object, read front to back (what ``get_*`` returns)."""
+
+    def __init__(self, blob: BlobReader) -> None:
+        super().__init__()
+        self._blob = blob
+        self._offset = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: "bytearray | memoryview") -> int:  # type: ignore[override]
+        data = self._blob.pread(len(buffer), self._offset)
+        buffer[:len(data)] = data
+        self._offset += len(data)
+        return len(data)
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._offset, os.SEEK_END: self._blob.size}[whence]
+        self._offset = base + offset
+        return self._offset
+
+    def tell(self) -> int:
+        return self._offset
+
+    def close(self) -> None:
+        if not self.closed:
+            self._blob.close()
+        super().close()

@@ -1,0 +1,135 @@
+"""The staging area: the local write buffer, whatever the blob store behind it.
+
+Every byte a store receives is first written to a staging file (a put
+streams into one; an open file's writes go to its inode's staging file), and
+only a complete staging file is ever stored as a blob. The staging area is
+always a local directory, ``<store>/staging``, one file per staging name (32
+hex digits); it stays local when blobs live elsewhere. Its descriptors never
+leave this package: callers read, write and hash through ``StagingFile``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import BinaryIO
+
+import blake3
+
+from .. import linux
+from ..digests import IO_BUFFER, hash_fd
+
+
+class ShortRead(Exception):
+    """The reader ended before the announced length."""
+
+
+class StagingFile:
+    """One staging file, open for reading and writing."""
+
+    def __init__(self, area: "StagingArea", name: str, fd: int) -> None:
+        self.area = area
+        self.name = name
+        self.path = area.path_of(name)
+        self._fd = fd
+
+    def fileno(self) -> int:
+        """The descriptor, for the blob stores of this package only."""
+        return self._fd
+
+    def write(self, data: bytes, offset: int) -> int:
+        return os.pwrite(self._fd, data, offset)
+
+    def read(self, size: int, offset: int) -> bytes:
+        return os.pread(self._fd, size, offset)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+
+    def sync(self) -> None:
+        """Make the bytes written so far durable (fsync)."""
+        os.fsync(self._fd)
+
+    def start_writeback(self, offset: int, length: int) -> None:
+        """Start writing a range to disk without waiting, so that a later sync finds little to do."""
+        linux.start_writeback(self._fd, offset, length)
+
+    def hash(self) -> tuple[bytes, int]:
+        """BLAKE3 and size of the whole file (for files not written in order)."""
+        return hash_fd(self._fd)
+
+    def fill(self, reader: BinaryIO, length: int) -> tuple[bytes, int]:
+        """Copy ``reader`` into this (empty) file, hashing as it goes: (digest, size).
+
+        ``length == -1`` reads to EOF; otherwise exactly ``length`` bytes are
+        taken and a reader that ends early raises ShortRead. Memory use is one
+        buffer, whatever the size.
+        """
+        hasher = blake3.blake3()
+        total = 0
+        while length < 0 or total < length:
+            want = IO_BUFFER if length < 0 else min(IO_BUFFER, length - total)
+            data = reader.read(want)
+            if not data:
+                if length >= 0:
+                    raise ShortRead(f"reader ended after {total} of {length} bytes")
+                break
+            hasher.update(data)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            total += len(data)
+        return hasher.digest(), total
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class StagingArea:
+    """Staging files under one local directory."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = os.fspath(root)
+        os.makedirs(self.root, exist_ok=True)
+
+    def path_of(self, name: str) -> str:
+        return f"{self.root}/{name}"  # a plain string: pathlib costs more than the syscalls here
+
+    def create(self) -> StagingFile:
+        """A new, empty staging file with a unique name."""
+        while True:
+            name = secrets.token_hex(16)
+            try:
+                fd = os.open(self.path_of(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue
+            return StagingFile(self, name, fd)
+
+    def reopen(self, name: str) -> StagingFile | None:
+        """A staging file a crashed process left, or None when it is gone."""
+        try:
+            fd = os.open(self.path_of(name), os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        return StagingFile(self, name, fd)
+
+    def discard(self, staged: StagingFile) -> None:
+        staged.close()
+        self.discard_name(staged.name)
+
+    def discard_name(self, name: str) -> None:
+        """Remove a staging file by name, with the spare names a blob store may have made beside it."""
+        for path in (self.path_of(name), self.path_of(name + SPARE_SUFFIX)):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+
+    def names(self) -> list[str]:
+        """The staging names present (spare names excluded)."""
+        return sorted(name for name in os.listdir(self.root) if not name.endswith(SPARE_SUFFIX))
+
+
+SPARE_SUFFIX = ".blob"  # a second name a local blob store gives a staging file for an instant (see local.py)

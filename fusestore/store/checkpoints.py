@@ -1,0 +1,141 @@
+"""Checkpoints and recovery: what makes committed changes durable, and what a crash leaves to finish.
+
+A commit waits for no disk (group commit, as a journaling filesystem does).
+A *checkpoint* makes everything committed so far durable: one barrier of
+the blob store covers every blob stored since the last one, and only then
+is the catalog synced, so the catalog never durably names a blob whose
+bytes may not be there. The transaction that completes a resource lists its
+blob as *unsynced* under the number of the checkpoint that will cover it;
+that number moves on under the writer lock before the barrier, so a blob
+listed under it was stored before the barrier began, and the checkpoint
+forgets exactly those.
+
+*Recovery* runs when a store is opened, before anything is served:
+
+- blobs listed as unsynced are checked (a power loss may have taken their
+  bytes while the catalog's transaction reached the disk); a file that
+  points at a lost one becomes empty, with an error in the log;
+- staging files of open files are committed: what was written, and
+  fsynced, is not lost (one refused by its expected hash goes, with a file
+  it created);
+- unfinished puts are undone: a put that did not return promised nothing;
+  the blob it may have stored is deleted unless something references it;
+- inodes unlinked while open are deleted: no handle survives a restart;
+- staging files no record names are deleted, and blobs freed just before
+  the crash are deleted unless referenced again.
+"""
+
+from __future__ import annotations
+
+import logging
+import stat
+
+from .. import errors
+from ..catalog import PENDING, Catalog, Txn
+from ..digests import EMPTY_DIGEST
+from ..pool import StagingArea, StagingFile
+from .content import Content
+from .writes import Writes
+
+UNSYNCED_ALL = (1 << 64) - 1  # a checkpoint number past every other
+
+log = logging.getLogger(__name__)
+
+
+class Checkpoints:
+    def __init__(self, catalog: Catalog, staging: StagingArea, content: Content, writes: Writes) -> None:
+        self.catalog = catalog
+        self.staging = staging
+        self.content = content
+        self.writes = writes
+
+    def checkpoint(self) -> None:
+        """Make every committed change durable: blobs first, then the catalog."""
+        with self.catalog.write() as tx:
+            covering = self.content.covering_checkpoint
+            self.content.covering_checkpoint += 1
+            pending = tx.has_unsynced()
+            tx.forget_freed(keep=self.content.deleting())
+        if pending:
+            self.content.blobs.barrier()
+            with self.catalog.write() as tx:
+                tx.remove_unsynced_up_to(covering)
+        self.catalog.sync()
+
+    # -- recovery -------------------------------------------------------------------
+
+    def recover(self) -> None:
+        self._check_unsynced()
+        with self.catalog.read() as tx:
+            records = list(tx.staging_records())
+        candidates: set[bytes] = set()
+        for record in records:
+            staged = self.staging.reopen(record.name)
+            if record.keep and staged is not None:
+                self._commit_recovered(staged)
+                continue
+            if staged is not None:  # an unfinished put: it may have stored its blob already
+                candidates.add(staged.hash()[0])
+                staged.close()
+            with self.catalog.write() as tx:
+                self.writes.undo_recorded(tx, record, remove_created=not record.keep)
+        with self.catalog.write() as tx:
+            for ino in tx.orphans():
+                node = tx.inode(ino)
+                if node is None:
+                    tx.remove_orphan(ino)
+                else:
+                    self.content.delete(tx, node)
+            candidates |= set(tx.freed())
+            tx.forget_freed(keep=set())
+        with self.catalog.read() as tx:
+            recorded = {record.name for record in tx.staging_records()}
+        for name in self.staging.names():
+            if name not in recorded:
+                self.staging.discard_name(name)
+        for digest in candidates:
+            self.content.delete_unless_referenced(digest)
+
+    def _commit_recovered(self, staged: StagingFile) -> None:
+        digest, size = staged.hash()
+        try:
+            self.writes.commit(staged, digest, size)
+        except errors.HashMismatch as exc:
+            log.warning("recovery: the bytes of staging file %s were not the expected content (%s); discarded",
+                        staged.name, exc)
+
+    def _check_unsynced(self) -> list[int]:
+        """Check the blobs no checkpoint covered; the inodes whose content did not survive become empty.
+
+        After a crash of the process alone every blob checks out; a barrier
+        then makes them durable, and the list starts empty (its checkpoint
+        numbers were the crashed process's).
+        """
+        with self.catalog.read() as tx:
+            unsynced = tx.unsynced()
+            damaged = [res for digest in unsynced
+                       if (res := tx.resource(digest)) is not None and not self.content.verify(digest, res.length)]
+        lost: list[int] = []
+        if not unsynced:
+            return lost
+        self.content.blobs.barrier()
+        with self.catalog.write() as tx:
+            tx.remove_unsynced_up_to(UNSYNCED_ALL)
+            for resource in damaged:
+                lost += self._empty_files_of(tx, resource.digest)
+                remaining = tx.resource(resource.digest)
+                if remaining is not None:  # reserved by an unfinished upload, which recovery undoes
+                    remaining.state = PENDING
+                    tx.save_resource(remaining)
+        for resource in damaged:
+            self.content.blobs.delete(resource.digest)
+        return lost
+
+    def _empty_files_of(self, tx: Txn, digest: bytes) -> list[int]:
+        lost = [node for node in tx.inodes() if stat.S_ISREG(node.mode) and node.content == digest]
+        for node in lost:
+            log.error("the content of inode %d (%d bytes, BLAKE3 %s) was lost in a crash before it "
+                      "reached the disk; the file is now empty", node.ino, node.size, digest.hex())
+            self.content.reference_empty(tx)
+            self.content.set_content(tx, node, EMPTY_DIGEST, 0)
+        return [node.ino for node in lost]

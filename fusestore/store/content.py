@@ -1,0 +1,210 @@
+"""Content references: every refcount change, and when a blob is stored or deleted.
+
+A resource (one distinct content) is referenced once by every inode that
+points at it and once by every checked upload that reserved it; the
+catalog changes a refcount only inside the transaction that adds or drops
+the reference. When the last reference goes, the resource's row goes in
+the same transaction and its digest is listed as *freed* (so that recovery
+deletes the blob if a crash comes first); the blob itself is deleted right
+after the commit, outside the catalog's writer lock.
+
+Publishing and deleting one digest can race: a writer stores a blob the
+catalog does not reference yet while the last reference to the same content
+goes. Both sides take the digest's stripe lock, and the catalog decides: a
+writer holds it from storing the blob until its transaction has made the
+resource complete, and a deleter, holding it, deletes only when the catalog
+shows no complete resource of that digest. So a blob is never deleted under
+a committed reference, and no file system check decides anything.
+
+Empty content is a resource without a blob (``EmptyReader`` reads it).
+"""
+
+from __future__ import annotations
+
+import stat
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from .. import errors
+from ..catalog import COMPLETE, Catalog, Inode, Txn
+from ..digests import EMPTY_DIGEST, hash_ranges
+from ..pool import BlobReader, BlobStore, StagingFile
+from .openinodes import OpenInodes
+
+STRIPES = 64
+
+
+class EmptyReader:
+    """The reader of empty content, which has no blob."""
+
+    size = 0
+
+    def pread(self, length: int, offset: int) -> bytes:
+        return b""
+
+    def copy_to(self, target: StagingFile, length: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Content:
+    """References to contents over one catalog and blob store."""
+
+    def __init__(self, catalog: Catalog, blobs: BlobStore, opens: OpenInodes,
+                 now_ns: Callable[[], int] = time.time_ns) -> None:
+        self.catalog = catalog
+        self.blobs = blobs
+        self.opens = opens
+        self.now_ns = now_ns
+        self._stripes = [threading.Lock() for _ in range(STRIPES)]
+        self._deleting: Counter[bytes] = Counter()  # freed digests whose blob deletion has not finished
+        self._deleting_lock = threading.Lock()
+        self.covering_checkpoint = 0  # the number of the checkpoint that will cover blobs published now
+
+    def stripe(self, digest: bytes) -> threading.Lock:
+        """The lock a writer and a deleter of ``digest`` both hold (see the module docstring)."""
+        return self._stripes[digest[0] % STRIPES]
+
+    # -- references (inside a caller's transaction) ------------------------------
+
+    @staticmethod
+    def reference_empty(tx: Txn) -> None:
+        """One more reference to the empty content, which is complete without any blob."""
+        resource = tx.put(EMPTY_DIGEST, 0)
+        if not resource.complete:
+            resource.state = COMPLETE
+            tx.save_resource(resource)
+
+    def complete(self, tx: Txn, digest: bytes) -> None:
+        """Mark a resource complete: its blob was stored (by a writer holding its stripe)."""
+        resource = tx.resource(digest)
+        assert resource is not None, f"no resource {digest.hex()} to complete"
+        resource.state = COMPLETE
+        tx.save_resource(resource)
+        if not self.blobs.promises.durable_on_put:
+            tx.add_unsynced(digest, self.covering_checkpoint)
+
+    def set_content(self, tx: Txn, node: Inode, digest: bytes, length: int, mtime_ns: int | None = None) -> None:
+        """Point ``node`` at ``digest`` (already referenced) and release its old content."""
+        old = node.content
+        now = self.now_ns()
+        node.content = digest
+        node.size = length
+        node.mtime_ns = now if mtime_ns is None else mtime_ns
+        node.ctime_ns = now
+        tx.save_inode(node)
+        if old is not None:
+            self.release(tx, old)
+
+    def release(self, tx: Txn, digest: bytes) -> None:
+        """Drop one reference; when it was the last, the blob is deleted once the transaction commits."""
+        if not tx.remove(digest) or digest == EMPTY_DIGEST:
+            return
+        tx.add_freed(digest)
+        self._mark_deleting(digest, +1)
+        tx.after_abort(lambda: self._mark_deleting(digest, -1))
+        tx.after_commit(lambda: self._delete_blob(digest))
+
+    def drop_link(self, tx: Txn, node: Inode, now: int) -> None:
+        """One name of ``node`` went: delete it with its last name, unless it is still open."""
+        node.nlink -= 1
+        node.ctime_ns = now
+        if node.nlink > 0 or self.opens.is_open(node.ino):
+            if node.nlink <= 0:
+                tx.add_orphan(node.ino)
+                self.opens.orphaned(node.ino)
+            tx.save_inode(node)
+            return
+        self.delete(tx, node)
+
+    def delete(self, tx: Txn, node: Inode) -> None:
+        tx.delete_inode(node.ino)
+        tx.remove_orphan(node.ino)
+        if node.content is not None:
+            self.release(tx, node.content)
+
+    def closed(self, ino: int) -> None:
+        """The last close of an unlinked inode deletes it."""
+        if not self.opens.closed(ino):
+            return
+        with self.catalog.write() as tx:
+            node = tx.inode(ino)
+            if node is not None and node.nlink <= 0 and not self.opens.is_open(ino):
+                self.delete(tx, node)
+
+    # -- blobs ------------------------------------------------------------------------
+
+    def _mark_deleting(self, digest: bytes, step: int) -> None:
+        with self._deleting_lock:
+            self._deleting[digest] += step
+            if self._deleting[digest] <= 0:
+                del self._deleting[digest]
+
+    def deleting(self) -> set[bytes]:
+        """Freed digests whose blob may still be there: a checkpoint keeps them listed as freed."""
+        with self._deleting_lock:
+            return set(self._deleting)
+
+    def _delete_blob(self, digest: bytes) -> None:
+        try:
+            self.delete_unless_referenced(digest)
+        finally:
+            self._mark_deleting(digest, -1)
+
+    def delete_unless_referenced(self, digest: bytes) -> None:
+        """Delete the blob of ``digest`` unless the catalog holds it as complete content."""
+        if digest == EMPTY_DIGEST:
+            return
+        with self.stripe(digest):
+            with self.catalog.read() as tx:
+                resource = tx.resource(digest)
+            if resource is None or not resource.complete:
+                self.blobs.delete(digest)
+
+    def open(self, ino: int) -> BlobReader:
+        """A reader of the committed content of inode ``ino``."""
+        with self.catalog.read() as tx:
+            node = tx.inode(ino)
+        if node is None:
+            raise errors.NotFound(f"no inode {ino}")
+        return self.reader(node)
+
+    def reader(self, node: Inode) -> BlobReader:
+        """A reader of the node's committed content (BlobMissing when its blob is gone)."""
+        if node.content is None or node.content == EMPTY_DIGEST or not stat.S_ISREG(node.mode):
+            return EmptyReader()
+        return self.blobs.open(node.content)
+
+    def read_ranges(self, digest: bytes, ranges: list[tuple[int, int]]) -> bytes:
+        """The BLAKE3 of ranges of a stored content, in order (a proof-of-access answer)."""
+        if digest == EMPTY_DIGEST or not ranges:
+            return hash_ranges(lambda size, offset: b"", ranges)
+        reader = self.blobs.open(digest)
+        try:
+            return hash_ranges(reader.pread, ranges)
+        finally:
+            reader.close()
+
+    def verify(self, digest: bytes, length: int) -> bool:
+        """Whether the blob is there and holds exactly the ``length`` bytes that hash to ``digest``."""
+        if digest == EMPTY_DIGEST:
+            return length == 0
+        try:
+            reader = self.blobs.open(digest)
+        except FileNotFoundError:
+            return False
+        try:
+            return reader.size == length and hash_ranges(reader.pread, _whole(length)) == digest
+        except EOFError:
+            return False
+        finally:
+            reader.close()
+
+
+def _whole(length: int, step: int = 1 << 20) -> list[tuple[int, int]]:
+    """``length`` bytes as consecutive ranges (hashing them in order hashes the whole)."""
+    return [(offset, min(step, length - offset)) for offset in range(0, length, step)]

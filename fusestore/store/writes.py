@@ -1,0 +1,285 @@
+"""The one commit path: staged bytes become a file's content.
+
+Every content change (a put by path, the last close of a file written
+through the mount, recovery of what a crash left) goes the same way:
+
+1. *Stage*: a staging file is created and recorded in the catalog, in the
+   transaction that makes the change's other preparations (a new file's
+   inode, a checked upload's reservation). The record names the inode, the
+   expected hash if any, and the directory entry the change created, so
+   that a crash leaves nothing unaccounted for and a refusal can be undone.
+2. *Fill*: the bytes go to the staging file, hashed as they come (no lock).
+3. *Commit* (``Writes.commit``): a content the catalog holds complete
+   already is referenced in one transaction, and nothing is stored.
+   Otherwise the staging file is stored as the blob, under the digest's
+   stripe lock and outside the catalog's writer lock, then one transaction
+   takes the reference, marks the resource complete (listing its blob as
+   not yet durable), points the inode at it, releases the old content and
+   removes the staging record. The staging file goes after the commit.
+4. *Refuse or fail*: content that does not hash to the expected hash is
+   never stored; on that and on any failure one transaction undoes step 1
+   (the record, a reservation, the entry a new file got), and a blob stored
+   for nothing is deleted unless the catalog references it meanwhile.
+
+Durability is the checkpoints' job (``checkpoints``): a commit waits for no disk.
+"""
+
+from __future__ import annotations
+
+import stat
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .. import errors
+from ..catalog import COMPLETE, Catalog, Inode, StagingRecord, Txn
+from ..digests import EMPTY_DIGEST
+from ..pool import StagingArea, StagingFile
+from .attributes import Attributes
+from .content import Content
+from .reserved import EXPECT_XATTR
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A directory entry a refused change removed: the kernel's cached entry must go too."""
+
+    parent: int
+    name: bytes
+    ino: int
+
+
+class Refused(errors.HashMismatch):
+    """The content does not hash to the expected hash; ``dropped`` is the new file that went with it."""
+
+    def __init__(self, message: str, dropped: Dropped | None) -> None:
+        super().__init__(message)
+        self.dropped = dropped
+
+
+class _NeedsBlob(Exception):
+    """The transaction found the content incomplete: its blob must be stored first."""
+
+
+class Writes:
+    """Staging files of the changes in flight, and their commit."""
+
+    def __init__(self, catalog: Catalog, staging: StagingArea, content: Content,
+                 now_ns: Callable[[], int] = time.time_ns) -> None:
+        self.catalog = catalog
+        self.staging = staging
+        self.content = content
+        self.now_ns = now_ns
+        self._of_inode: dict[int, str] = {}  # ino -> staging name of an open file's change
+        self._lock = threading.Lock()
+
+    # -- stage --------------------------------------------------------------------
+
+    def record(self, tx: Txn, staged: StagingFile, node: Inode, *, keep: bool, expected: bytes | None = None,
+               created: tuple[int, bytes] | None = None, reserved: bool = False) -> StagingRecord:
+        """Record a staging file for ``node`` inside the caller's transaction.
+
+        ``keep``: an open file's bytes, which recovery commits (an unfinished
+        put is undone instead). A pending expected hash set on the inode
+        (``expect``) moves into the record.
+        """
+        pending = tx.xattr(node.ino, EXPECT_XATTR)
+        if pending is not None:
+            tx.remove_xattr(node.ino, EXPECT_XATTR)
+            expected = expected or bytes(pending)
+        record = StagingRecord(staged.name, node.ino, reserved=reserved, expected=expected, keep=keep)
+        if created is not None:
+            record.parent, record.entry = created
+        tx.add_staging(record)
+        if keep:
+            tx.after_commit(lambda: self._remember(node.ino, staged.name))
+        return record
+
+    def stage(self, ino: int, copy_length: int) -> StagingFile:
+        """A staging file for an open file, starting with the first ``copy_length`` bytes of its content.
+
+        The copy can be long: call this from a worker thread unless ``copy_length`` is 0.
+        """
+        with self.catalog.read() as tx:
+            node = tx.inode(ino)
+        if node is None:
+            raise errors.NotFound(f"no inode {ino}")
+        if not stat.S_ISREG(node.mode):
+            raise errors.InvalidArgument(f"inode {ino} is not a regular file")
+        staged = self.staging.create()
+        try:
+            copy_length = min(copy_length, node.size)
+            if copy_length:
+                reader = self.content.reader(node)
+                try:
+                    reader.copy_to(staged, copy_length)
+                finally:
+                    reader.close()
+            with self.catalog.write() as tx:
+                current = tx.inode(ino)
+                if current is None:
+                    raise errors.NotFound(f"inode {ino} was deleted")
+                self.record(tx, staged, current, keep=True)
+        except BaseException:
+            self.staging.discard(staged)
+            raise
+        return staged
+
+    def _remember(self, ino: int, name: str) -> None:
+        with self._lock:
+            self._of_inode[ino] = name
+
+    def _forget(self, ino: int, name: str) -> None:
+        with self._lock:
+            if self._of_inode.get(ino) == name:
+                del self._of_inode[ino]
+
+    def is_staged(self, ino: int) -> bool:
+        """Whether an open file's change of ``ino`` is in flight (its committed hash is then not its content)."""
+        with self._lock:
+            return ino in self._of_inode
+
+    # -- the expected hash ------------------------------------------------------------
+
+    def expect(self, ino: int, digest: bytes | None) -> None:
+        """The next commit of ``ino`` must hash to ``digest`` (None: no longer)."""
+        with self._lock:
+            name = self._of_inode.get(ino)
+        with self.catalog.write() as tx:
+            record = tx.staging_record(name) if name is not None else None
+            if record is not None:
+                if digest is None and record.expected is None:
+                    raise errors.NoAttribute("no expected hash is set")
+                record.expected = digest
+                tx.add_staging(record)
+            elif digest is not None:
+                tx.set_xattr(ino, EXPECT_XATTR, digest)
+            elif not tx.remove_xattr(ino, EXPECT_XATTR):
+                raise errors.NoAttribute("no expected hash is set")
+
+    def expected(self, ino: int) -> bytes | None:
+        with self._lock:
+            name = self._of_inode.get(ino)
+        with self.catalog.read() as tx:
+            record = tx.staging_record(name) if name is not None else None
+            if record is not None:
+                return record.expected
+            pending = tx.xattr(ino, EXPECT_XATTR)
+            return bytes(pending) if pending is not None else None
+
+    # -- commit -----------------------------------------------------------------------
+
+    def commit(self, staged: StagingFile, digest: bytes, size: int, *, mtime_ns: int | None = None,
+               remove_created: bool = True) -> Attributes | None:
+        """Make the staged bytes the content of their inode (see the module docstring).
+
+        Returns the inode's new attributes, or None when the inode was
+        unlinked meanwhile and nobody can ever read these bytes. ``mtime_ns``
+        keeps a time a tool set after its last write (tar, cp -a, rsync); None
+        means now. Raises ``Refused`` for content that is not the expected.
+        """
+        with self.catalog.read() as tx:
+            record = tx.staging_record(staged.name)
+            resource = tx.resource(digest)
+        if record is None:
+            raise errors.NotFound(f"staging file {staged.name} has no record")
+        if record.expected is not None and digest != record.expected:
+            dropped = self.abandon(staged, remove_created=remove_created)
+            raise Refused(f"content hashes to {digest.hex()}, expected {record.expected.hex()}", dropped)
+        stored = False
+        committed: tuple[Attributes | None, Txn] | None = None
+        try:
+            if digest == EMPTY_DIGEST or (resource is not None and resource.complete):
+                try:
+                    committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=False)
+                except _NeedsBlob:  # its last reference went meanwhile
+                    pass
+            if committed is None:
+                with self.content.stripe(digest):
+                    self.content.blobs.put(staged, digest)
+                    stored = True
+                    committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
+        except BaseException:
+            self.abandon(staged, remove_created=remove_created)
+            if stored:
+                self.content.delete_unless_referenced(digest)
+            raise
+        result, tx = committed
+        tx.run_callbacks(tx.callbacks)  # outside the stripe lock: they may delete another blob
+        return result
+
+    def _commit_once(self, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
+                     mtime_ns: int | None, *, stored: bool) -> tuple[Attributes | None, Txn]:
+        with self.catalog.write(defer_callbacks=True) as tx:
+            node = tx.inode(record.ino)
+            if node is None or node.nlink <= 0:  # unlinked while open: the bytes have nowhere to go
+                self._undo(tx, record, staged, remove_created=False)
+                result = None
+            else:
+                self._reference(tx, record, digest, size, stored=stored)
+                tx.remove_staging(record.name)
+                tx.after_commit(lambda: self._discard(record, staged))
+                self.content.set_content(tx, node, digest, size, mtime_ns)
+                result = Attributes.of(node)
+        return result, tx
+
+    def _reference(self, tx: Txn, record: StagingRecord, digest: bytes, size: int, *, stored: bool) -> None:
+        """One reference to ``digest`` (a reservation holds it already); complete it if its blob was stored."""
+        if record.reserved and record.expected == digest:
+            resource = tx.resource(digest)
+            assert resource is not None, "a reservation lost its resource"
+        else:
+            resource = tx.put(digest, size)
+        if resource.complete:
+            return
+        if digest == EMPTY_DIGEST:  # complete without a blob
+            resource.state = COMPLETE
+            tx.save_resource(resource)
+            return
+        if not stored:
+            raise _NeedsBlob()
+        self.content.complete(tx, digest)
+
+    # -- undo ---------------------------------------------------------------------------
+
+    def abandon(self, staged: StagingFile, *, remove_created: bool = True) -> Dropped | None:
+        """Undo a change that will not commit: the record, a reservation, a file it created, the staging file."""
+        with self.catalog.write() as tx:
+            record = tx.staging_record(staged.name)
+            if record is None:  # committed or undone already
+                tx.after_commit(lambda: self.staging.discard(staged))
+                return None
+            return self._undo(tx, record, staged, remove_created=remove_created)
+
+    def _undo(self, tx: Txn, record: StagingRecord, staged: StagingFile | None, *,
+              remove_created: bool) -> Dropped | None:
+        tx.remove_staging(record.name)
+        tx.after_commit(lambda: self._discard(record, staged))
+        if record.reserved and record.expected is not None:
+            self.content.release(tx, record.expected)
+        node = tx.inode(record.ino)
+        if not (remove_created and record.parent and node is not None
+                and (node.content is None or record.keep)
+                and tx.lookup(record.parent, record.entry) == record.ino):
+            return None
+        parent = tx.inode(record.parent)
+        assert parent is not None, "an entry without its directory"
+        now = self.now_ns()
+        tx.remove_entry(parent.ino, record.entry)
+        parent.mtime_ns = parent.ctime_ns = now
+        tx.save_inode(parent)
+        self.content.drop_link(tx, node, now)
+        return Dropped(parent.ino, record.entry, node.ino)
+
+    def _discard(self, record: StagingRecord, staged: StagingFile | None) -> None:
+        self._forget(record.ino, record.name)
+        if staged is not None:
+            self.staging.discard(staged)
+        else:
+            self.staging.discard_name(record.name)
+
+    def undo_recorded(self, tx: Txn, record: StagingRecord, *, remove_created: bool) -> None:
+        """Recovery: undo a change whose process is gone."""
+        self._undo(tx, record, None, remove_created=remove_created)
+
