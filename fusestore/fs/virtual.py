@@ -6,13 +6,14 @@ catalog inode, so that the adapter (``fs.operations``) tells virtual from
 stored with one routing call (``VirtualFiles``) instead of a comparison
 per subtree in every handler.
 
-The adapter's rules for every subtree, so that no subtree restates them:
-nothing is made, linked, moved or removed as a directory in a virtual
-subtree, nor is a virtual inode linked, moved or given extended attributes
-(mkdir, rmdir, rename, link, symlink, mknod, setxattr, removexattr: EPERM;
-mkdir over a virtual name in ``/``: EEXIST); getxattr is ENODATA and
-listxattr empty; handles bypass the page cache and attributes are never
-cached (they change without the kernel knowing and may differ per uid).
+The rules the router applies to every subtree, so that none restates them:
+virtual files are made and removed only through their subtree's ``create``
+and ``unlink``; mkdir, mknod, symlink and link into a virtual directory,
+rmdir and rename of virtual entries, link, setxattr and removexattr of
+virtual inodes are EPERM, and making a name in ``/`` that a subtree owns is
+EEXIST; getxattr is ENODATA and listxattr empty. The adapter never lets the
+kernel cache them: handles bypass the page cache and attribute timeouts are
+0 (they change without the kernel knowing, and may differ per uid).
 
 A subtree produces plain ``Attributes`` and raises ``VirtualError``; it
 decides nothing the store owns (who may link where, what content is): it
