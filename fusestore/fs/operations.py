@@ -1,9 +1,11 @@
 """The FUSE adapter: pyfuse3 requests in, store calls out, errnos back.
 
 Decisions live in the store (``namespace.Tree``) and in ``openfiles``; this
-class translates. Every handler runs inside ``_errors``, which turns the
-store's typed errors and OSErrors into the errno the caller sees, and logs
-anything unexpected instead of letting it end the main loop.
+class translates. Virtual files (``/.requests``) are routed by inode or by
+name through ``virtual.VirtualFiles``, in one call per handler; everything
+else goes to the store. Every handler runs inside ``_errors``, which turns
+the store's typed errors and OSErrors into the errno the caller sees, and
+logs anything unexpected instead of letting it end the main loop.
 
 Kernel caching: attributes and entries are cached for ``CACHE_SECONDS``
 and file pages are kept across opens (``keep_cache``), since blobs never
@@ -19,7 +21,6 @@ import functools
 import logging
 import os
 import stat
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, TypeVar
@@ -28,13 +29,13 @@ import pyfuse3
 import trio
 
 from .. import errors
-from ..catalog import ROOT_INO
 from ..store import Store
 from ..store.attributes import Attributes
 from ..store.owners import Owner
 from .kernel import BLOCK_SIZE, CACHE_SECONDS, NAME_MAX, PID_XATTR, uses_direct_io
 from .openfiles import OpenFiles, OpenInode
-from .requests_dir import REQUESTS_DIR, REQUESTS_INO, ControlError, ControlFile, Requests
+from .requests_dir import Requests, RequestsDir
+from .virtual import AttributeChange, VirtualError, VirtualFiles, VirtualHandle
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def _errors(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
             return await handler(*args, **kwargs)
         except pyfuse3.FUSEError:
             raise
-        except ControlError as exc:
+        except VirtualError as exc:
             raise pyfuse3.FUSEError(exc.errno) from None
         except errors.StoreError as exc:
             log.debug("%s: %s", handler.__name__, exc)
@@ -97,27 +98,32 @@ class Operations(pyfuse3.Operations):
             on_dropped=lambda parent, name, inode: pyfuse3.invalidate_entry_async(
                 parent, name, deleted=inode, ignore_enoent=True),
         )
-        self.requests = Requests(store, max_per_user=max_requests_per_user, on_linked=self._linked)
+        self.virtual = VirtualFiles(
+            RequestsDir(Requests(store, max_per_user=max_requests_per_user, on_linked=self._linked)))
         self.handles: dict[int, Handle] = {}
-        self.control_handles: dict[int, ControlFile] = {}
+        self.virtual_handles: dict[int, VirtualHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
-        now = time.time_ns()
-        self.requests_dir = Attributes(REQUESTS_INO, stat.S_IFDIR | 0o1777, 0, 0, nlink=2, size=0,
-                                  atime_ns=now, mtime_ns=now, ctime_ns=now)
 
     def _new_fh(self) -> int:
         fh = self._next_fh
         self._next_fh += 1
         return fh
 
+    @staticmethod
+    def _owner(ctx: pyfuse3.RequestContext) -> Owner:
+        return Owner(ctx.uid, ctx.gid)
+
+    def stored(self, node: Attributes) -> pyfuse3.EntryAttributes:
+        """A catalog inode, with the size and mtime of writes not yet committed."""
+        return self.entry(self.files.attributes(node))
+
     def entry(self, node: Attributes) -> pyfuse3.EntryAttributes:
-        node = self.files.attributes(node)
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
-        # Control files change without the kernel knowing and differ per uid: never cache them.
-        timeout = 0 if node.ino >= REQUESTS_INO else CACHE_SECONDS
+        # Virtual files change without the kernel knowing and differ per uid: never cache them.
+        timeout = 0 if self.virtual.is_virtual(node.ino) else CACHE_SECONDS
         attr.entry_timeout = timeout
         attr.attr_timeout = timeout
         attr.st_mode = node.mode
@@ -137,64 +143,42 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        if parent_inode == ROOT_INO and name == REQUESTS_DIR:
-            return self.entry(self.requests_dir)
-        if parent_inode == REQUESTS_INO:
-            return self.entry(self._control_inode(self.requests.lookup(ctx.uid, name)))
-        return self.entry(self.tree.lookup(parent_inode, name))
+        virtual = self.virtual.by_entry(parent_inode, name)
+        if virtual is not None:
+            return self.entry(virtual.lookup(parent_inode, name, self._owner(ctx)))
+        return self.stored(self.tree.lookup(parent_inode, name))
 
     @_errors
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        return self.entry(self._virtual_or_catalog(inode))
-
-    def _virtual_or_catalog(self, inode: int) -> Attributes:
-        if inode == REQUESTS_INO:
-            return self.requests_dir
-        if inode > REQUESTS_INO:
-            return self._control_inode(self._control(inode))
-        return self.tree.getattr(inode)
-
-    def _control(self, inode: int) -> ControlFile:
-        control = self.requests.by_ino.get(inode)
-        if control is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        return control
-
-    def _control_inode(self, control: ControlFile) -> Attributes:
-        return Attributes(control.ino, stat.S_IFREG | 0o600, control.uid, control.gid, nlink=1,
-                     size=len(self.requests.render(control)), atime_ns=control.created_ns,
-                     mtime_ns=control.created_ns, ctime_ns=control.created_ns)
-
-    @staticmethod
-    def _refuse_virtual(*inodes: int) -> None:
-        """Nothing but control files is made, linked or moved in /.requests."""
-        if any(inode >= REQUESTS_INO for inode in inodes):
-            raise pyfuse3.FUSEError(errno.EPERM)
+        virtual = self.virtual.by_inode(inode)
+        if virtual is not None:
+            return self.entry(virtual.getattr(inode, self._owner(ctx)))
+        return self.stored(self.tree.getattr(inode))
 
     @_errors
     async def setattr(
         self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
         fh: int | None, ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
-        if inode > REQUESTS_INO:  # a control file: truncation is how shells open it; the rest is fixed
-            if fields.update_mode or fields.update_uid or fields.update_gid:
-                raise pyfuse3.FUSEError(errno.EPERM)
-            return self.entry(self._control_inode(self._control(inode)))
-        self._refuse_virtual(inode)
-        if fields.update_size:
-            await self._truncate(inode, attr.st_size)  # O_TRUNC arrives here too: no "wrote" mark
-        node = self.tree.setattr(
-            inode,
+        change = AttributeChange(
+            size=attr.st_size if fields.update_size else None,
             mode=attr.st_mode if fields.update_mode else None,
             uid=attr.st_uid if fields.update_uid else None,
             gid=attr.st_gid if fields.update_gid else None,
             atime_ns=attr.st_atime_ns if fields.update_atime else None,
             mtime_ns=attr.st_mtime_ns if fields.update_mtime else None,
         )
+        virtual = self.virtual.by_inode(inode)
+        if virtual is not None:
+            return self.entry(virtual.setattr(inode, change, self._owner(ctx)))
+        if change.size is not None:
+            await self._truncate(inode, change.size)  # O_TRUNC arrives here too: no "wrote" mark
+        node = self.tree.setattr(inode, mode=change.mode, uid=change.uid, gid=change.gid,
+                                 atime_ns=change.atime_ns, mtime_ns=change.mtime_ns)
         state = self.files.get(inode)
-        if state is not None and fields.update_mtime:
-            self.files.set_mtime(state, attr.st_mtime_ns)
-        return self.entry(node)
+        if state is not None and change.mtime_ns is not None:
+            self.files.set_mtime(state, change.mtime_ns)
+        return self.stored(node)
 
     async def _truncate(self, inode: int, size: int) -> None:
         """ftruncate/truncate/O_TRUNC: on the open inode, or as a commit of its own."""
@@ -212,27 +196,23 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        if self.virtual.is_virtual(inode):
+            raise pyfuse3.FUSEError(errno.EINVAL)  # no virtual symlinks
         return self.tree.readlink(inode)
 
     # -- creation ---------------------------------------------------------------------
 
-    @staticmethod
-    def _owner(ctx: pyfuse3.RequestContext) -> Owner:
-        return Owner(ctx.uid, ctx.gid)
-
     def _log_refusal(self, parent: int, name: bytes, exc: errors.StoreError) -> None:
-        if parent == ROOT_INO:
+        if parent == pyfuse3.ROOT_INODE:
             log.warning("refused %r in /: %s", name, exc)
 
     @_errors
     async def mkdir(
         self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        if parent_inode == ROOT_INO and name == REQUESTS_DIR:
-            raise pyfuse3.FUSEError(errno.EEXIST)
-        self._refuse_virtual(parent_inode)
+        self.virtual.refuse_new(parent_inode, name)
         try:
-            return self.entry(self.tree.mkdir(parent_inode, name, mode, self._owner(ctx)))
+            return self.stored(self.tree.mkdir(parent_inode, name, mode, self._owner(ctx)))
         except errors.StoreError as exc:
             self._log_refusal(parent_inode, name, exc)
             raise
@@ -241,50 +221,50 @@ class Operations(pyfuse3.Operations):
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._refuse_virtual(parent_inode)
-        return self.entry(self.tree.mknod(parent_inode, name, mode, rdev, self._owner(ctx)))
+        self.virtual.refuse_new(parent_inode, name)
+        return self.stored(self.tree.mknod(parent_inode, name, mode, rdev, self._owner(ctx)))
 
     @_errors
     async def symlink(
         self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._refuse_virtual(parent_inode)
-        return self.entry(self.tree.symlink(parent_inode, name, target, self._owner(ctx)))
+        self.virtual.refuse_new(parent_inode, name)
+        return self.stored(self.tree.symlink(parent_inode, name, target, self._owner(ctx)))
 
     @_errors
     async def link(
         self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        self._refuse_virtual(inode, new_parent_inode)
-        return self.entry(self.tree.link(inode, new_parent_inode, new_name))
+        self.virtual.refuse(inode)
+        self.virtual.refuse_new(new_parent_inode, new_name)
+        return self.stored(self.tree.link(inode, new_parent_inode, new_name))
 
     @_errors
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        if parent_inode == REQUESTS_INO:
-            control = self.requests.create(ctx.uid, ctx.gid, name)
-            return self._open_control(control), self.entry(self._control_inode(control))
-        self._refuse_virtual(parent_inode)
+        virtual = self.virtual.by_entry(parent_inode, name)
+        if virtual is not None:
+            handle, attributes = virtual.create(parent_inode, name, self._owner(ctx))
+            return self._open_virtual(handle), self.entry(attributes)
         node, staged = self.tree.create(parent_inode, name, mode, self._owner(ctx))
         fh = self._new_fh()
         self.handles[fh] = Handle(self.files.created(node.ino, staged))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=uses_direct_io(flags)), self.entry(node)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=uses_direct_io(flags)), self.stored(node)
 
     # -- removal and renaming -----------------------------------------------------------
 
     @_errors
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if parent_inode == REQUESTS_INO:
-            self.requests.remove(ctx.uid, name)
+        virtual = self.virtual.by_entry(parent_inode, name)
+        if virtual is not None:
+            virtual.unlink(parent_inode, name, self._owner(ctx))
             return
         await trio.to_thread.run_sync(self.tree.unlink, parent_inode, name)
 
     @_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if parent_inode == ROOT_INO and name == REQUESTS_DIR:
-            raise pyfuse3.FUSEError(errno.EPERM)
-        self._refuse_virtual(parent_inode)
+        self.virtual.refuse_entries((parent_inode, name))
         self.tree.rmdir(parent_inode, name)
 
     @_errors
@@ -292,7 +272,7 @@ class Operations(pyfuse3.Operations):
         self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
         flags: int, ctx: pyfuse3.RequestContext,
     ) -> None:
-        self._refuse_virtual(parent_inode_old, parent_inode_new)
+        self.virtual.refuse_entries((parent_inode_old, name_old), (parent_inode_new, name_new))
         await trio.to_thread.run_sync(
             self.tree.rename, parent_inode_old, name_old, parent_inode_new, name_new, flags
         )
@@ -301,12 +281,12 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._refuse_virtual(inode)
+        self.virtual.refuse(inode)
         self.store.xattrs.set(inode, name, value)
 
     @_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if inode >= REQUESTS_INO:
+        if self.virtual.is_virtual(inode):
             raise pyfuse3.FUSEError(errno.ENODATA)
         if name == PID_XATTR and inode == pyfuse3.ROOT_INODE:
             return str(os.getpid()).encode()
@@ -314,13 +294,13 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if inode >= REQUESTS_INO:
+        if self.virtual.is_virtual(inode):
             return []
         return self.store.xattrs.names(inode)
 
     @_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        self._refuse_virtual(inode)
+        self.virtual.refuse(inode)
         self.store.xattrs.remove(inode, name)
 
     # -- files ----------------------------------------------------------------------------------
@@ -331,20 +311,16 @@ class Operations(pyfuse3.Operations):
         self.handles[fh] = Handle(self.files.open(inode))
         return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=uses_direct_io(flags))
 
-    def _open_control(self, control: ControlFile) -> pyfuse3.FileInfo:
+    def _open_virtual(self, handle: VirtualHandle) -> pyfuse3.FileInfo:
         fh = self._new_fh()
-        control.handles += 1
-        self.control_handles[fh] = control
+        self.virtual_handles[fh] = handle
         return pyfuse3.FileInfo(fh=fh, direct_io=True)  # every read is fresh
 
     @_errors
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        if inode > REQUESTS_INO:
-            control = self._control(inode)
-            if control.uid != ctx.uid:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            return self._open_control(control)
-        self._refuse_virtual(inode)
+        virtual = self.virtual.by_inode(inode)
+        if virtual is not None:
+            return self._open_virtual(virtual.open(inode, flags, self._owner(ctx)))
         node = self.tree.getattr(inode)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
@@ -362,15 +338,15 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        if fh in self.control_handles:
-            return self.requests.render(self.control_handles[fh])[off:off + size]
+        if fh in self.virtual_handles:
+            return self.virtual_handles[fh].read(off, size)
         return await self.files.read(self.handles[fh].state, off, size)
 
     @_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        if fh in self.control_handles:
-            # Quick (at most 64 KiB of a blob is read): kept on the loop, where the registry lives.
-            return self.requests.write(self.control_handles[fh], buf)
+        if fh in self.virtual_handles:
+            # Quick (a control file reads at most 64 KiB of a blob): kept on the loop, where the registry lives.
+            return self.virtual_handles[fh].write(off, buf)
         handle = self.handles[fh]
         handle.wrote = True
         return await self.files.write(handle.state, off, buf)
@@ -384,7 +360,8 @@ class Operations(pyfuse3.Operations):
         a byte, and that flush must not commit (nor consume what belongs to
         the real commit). Whatever is still dirty is committed at release.
         """
-        if fh in self.control_handles:
+        if fh in self.virtual_handles:
+            self.virtual_handles[fh].flush()
             return
         handle = self.handles[fh]
         if handle.wrote and handle.state.dirty and handle.state.handles == 1:
@@ -393,30 +370,30 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def release(self, fh: int) -> None:
-        if fh in self.control_handles:
-            self.requests.closed(self.control_handles.pop(fh))
+        if fh in self.virtual_handles:
+            self.virtual_handles.pop(fh).release()
             return
         handle = self.handles.pop(fh)
         await self.files.close(handle.state)
 
     @_errors
     async def fsync(self, fh: int, datasync: bool) -> None:
-        if fh in self.control_handles:
-            return
+        if fh in self.virtual_handles:
+            return  # nothing of a virtual file is stored
         await self.files.fsync(self.handles[fh].state)
 
     # -- directories ------------------------------------------------------------------------
 
     @_errors
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if inode == REQUESTS_INO:  # each uid lists its own requests only
-            controls = self.requests.listing(ctx.uid)
-            listing = DirHandle(inode, [(c.name, self._control_inode(c)) for c in controls], catalog=False)
+        virtual = self.virtual.by_inode(inode)
+        if virtual is not None:
+            listing = DirHandle(inode, virtual.listing(inode, self._owner(ctx)), catalog=False)
         else:
-            if not stat.S_ISDIR(self._virtual_or_catalog(inode).mode):
+            if not stat.S_ISDIR(self.tree.getattr(inode).mode):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            virtual = [(REQUESTS_DIR, self.requests_dir)] if inode == ROOT_INO else []
-            listing = DirHandle(inode, virtual)
+            root = inode == pyfuse3.ROOT_INODE
+            listing = DirHandle(inode, self.virtual.root_entries(self._owner(ctx)) if root else [])
         fh = self._new_fh()
         self.dirs[fh] = listing
         return fh
@@ -439,8 +416,8 @@ class Operations(pyfuse3.Operations):
                 if not self._load_batch(listing, offset - first):
                     return
                 index = 0
-            name, node = listing.batch[index]
-            if not pyfuse3.readdir_reply(token, name, self.entry(node), offset + 1):
+            name, stored = listing.batch[index]
+            if not pyfuse3.readdir_reply(token, name, self.stored(stored), offset + 1):
                 return
             offset += 1
 

@@ -21,35 +21,33 @@ in the daemon's memory (requests are short-lived; a restart forgets them,
 never stored data); each uid sees only its own names, so request names
 leak nothing between tenants.
 
-This module holds the protocol and the per-uid registry; ``fs`` routes the
-virtual inodes here and turns ``ControlError`` into errnos.
+``Requests`` holds the protocol and the per-uid registry; ``RequestsDir``
+is the directory as the adapter sees it, a ``virtual.VirtualTree``.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pyfuse3
+
 from .. import errors
 from ..client import wire
 from ..store import RequestResponse, Store
+from ..store.attributes import Attributes
 from ..store.owners import Owner
+from .virtual import AttributeChange, VirtualError, VirtualTree, inode_range
 
 log = logging.getLogger(__name__)
 
 REQUESTS_DIR = wire.REQUESTS_DIR.encode()
-REQUESTS_INO = 1 << 62  # virtual inodes live far above any catalog inode number
-
-
-class ControlError(Exception):
-    """A refused control-file operation, with its errno and a readable reason."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.errno = code
+REQUESTS_INODES = inode_range(0)
+REQUESTS_INO = REQUESTS_INODES.start  # the directory; its control files get the numbers after it
 
 
 @dataclass
@@ -82,7 +80,7 @@ def check_name(name: bytes) -> None:
     try:
         wire.check_name(name)
     except wire.WireError as exc:
-        raise ControlError(errno.EINVAL, str(exc)) from None
+        raise VirtualError(errno.EINVAL, str(exc)) from None
 
 
 class Requests:
@@ -105,7 +103,7 @@ class Requests:
         self._purge()
         control = self.by_name.get((uid, name))
         if control is None:
-            raise ControlError(errno.ENOENT, f"no request {name!r}")
+            raise VirtualError(errno.ENOENT, f"no request {name!r}")
         return control
 
     def listing(self, uid: int) -> list[ControlFile]:
@@ -116,10 +114,12 @@ class Requests:
         check_name(name)
         self._purge()
         if (uid, name) in self.by_name:
-            raise ControlError(errno.EEXIST, f"request {name!r} exists")
+            raise VirtualError(errno.EEXIST, f"request {name!r} exists")
         # Files that were never asked, or ended recently, are bounded too (memory is the daemon's).
         if sum(1 for owner, _ in self.by_name if owner == uid) >= 4 * self.max_per_user + 64:
-            raise ControlError(errno.EBUSY, f"uid {uid} has too many request files; remove some")
+            raise VirtualError(errno.EBUSY, f"uid {uid} has too many request files; remove some")
+        if self._next_ino not in REQUESTS_INODES:
+            raise VirtualError(errno.ENOSPC, "no control-file inode numbers left; remount")
         control = ControlFile(self._next_ino, uid, gid, name, time.time_ns(), self.clock())
         self._next_ino += 1
         self.by_ino[control.ino] = control
@@ -185,11 +185,11 @@ class Requests:
         if control.status == "new":
             self._ask(control, line)
         elif wire.is_ask(line):
-            raise ControlError(errno.EEXIST, f"request {control.name!r} exists; remove it or use another name")
+            raise VirtualError(errno.EEXIST, f"request {control.name!r} exists; remove it or use another name")
         elif control.status == "challenged":
             self._answer(control, line)
         else:
-            raise ControlError(errno.ETIMEDOUT, f"request {control.name!r} was answered already ({control.status})")
+            raise VirtualError(errno.ETIMEDOUT, f"request {control.name!r} was answered already ({control.status})")
 
     def _ask(self, control: ControlFile, line: str) -> None:
         try:
@@ -215,7 +215,7 @@ class Requests:
         try:
             answer_hex = wire.parse_answer(line)
         except wire.WireError as exc:
-            raise ControlError(errno.EINVAL, str(exc)) from None
+            raise VirtualError(errno.EINVAL, str(exc)) from None
         assert control.response is not None
         outcome = {errors.ResponseMismatch: "mismatch", errors.RequestExpired: "expired",
                    errors.ResourceDeleted: "deleted"}
@@ -224,11 +224,11 @@ class Requests:
         except tuple(outcome) as exc:
             self._finish(control, outcome[type(exc)])
             log.warning("request %s (uid %d): %s", control.name.decode(), control.uid, control.status)
-            raise ControlError(exc.errno, str(exc)) from None
+            raise VirtualError(exc.errno, str(exc)) from None
         except errors.StoreError as exc:  # the destination became impossible meanwhile
             self._finish(control, "failed", str(exc))
             log.warning("request %s (uid %d): %s", control.name.decode(), control.uid, exc)
-            raise ControlError(exc.errno, str(exc)) from None
+            raise VirtualError(exc.errno, str(exc)) from None
         self._finish(control, "accepted")
         log.info("request %s (uid %d): accepted", control.name.decode(), control.uid)
         assert control.target is not None
@@ -244,7 +244,95 @@ class Requests:
         if control.status == "new":
             self._finish(control, "failed", reason)
         log.warning("request %s (uid %d): %s", control.name.decode(), control.uid, reason)
-        raise ControlError(code, reason)
+        raise VirtualError(code, reason)
 
     def render(self, control: ControlFile) -> bytes:
         return control.render(self.clock())
+
+
+class ControlHandle:
+    """An open control file: reads show its status, writes feed its lines."""
+
+    def __init__(self, requests: Requests, control: ControlFile) -> None:
+        self.requests = requests
+        self.control = control
+        control.handles += 1
+
+    def read(self, offset: int, size: int) -> bytes:
+        return self.requests.render(self.control)[offset:offset + size]
+
+    def write(self, offset: int, data: bytes) -> int:
+        return self.requests.write(self.control, data)  # lines are appended, wherever the caller seeks
+
+    def flush(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.requests.closed(self.control)
+
+
+class RequestsDir(VirtualTree):
+    """``/.requests`` (mode 1777, root's) and its control files, each seen by its own uid only."""
+
+    names = (REQUESTS_DIR,)
+    inodes = REQUESTS_INODES
+
+    def __init__(self, requests: Requests) -> None:
+        self.requests = requests
+        now = time.time_ns()
+        self.directory = Attributes(REQUESTS_INO, stat.S_IFDIR | 0o1777, 0, 0, nlink=2, size=0,
+                                    atime_ns=now, mtime_ns=now, ctime_ns=now)
+
+    def attributes(self, control: ControlFile) -> Attributes:
+        return Attributes(control.ino, stat.S_IFREG | 0o600, control.uid, control.gid, nlink=1,
+                          size=len(self.requests.render(control)), atime_ns=control.created_ns,
+                          mtime_ns=control.created_ns, ctime_ns=control.created_ns)
+
+    def _control(self, ino: int) -> ControlFile:
+        control = self.requests.by_ino.get(ino)
+        if control is None:
+            raise VirtualError(errno.ENOENT, f"no control file with inode {ino}")
+        return control
+
+    def lookup(self, parent: int, name: bytes, caller: Owner) -> Attributes:
+        if parent == REQUESTS_INO:
+            return self.attributes(self.requests.lookup(caller.uid, name))
+        if parent == pyfuse3.ROOT_INODE and name == REQUESTS_DIR:
+            return self.directory
+        raise VirtualError(errno.ENOTDIR if parent in self.requests.by_ino else errno.ENOENT)
+
+    def getattr(self, ino: int, caller: Owner) -> Attributes:
+        if ino == REQUESTS_INO:
+            return self.directory
+        return self.attributes(self._control(ino))
+
+    def listing(self, ino: int, caller: Owner) -> list[tuple[bytes, Attributes]]:
+        if ino != REQUESTS_INO:
+            self._control(ino)
+            raise VirtualError(errno.ENOTDIR)
+        return [(control.name, self.attributes(control)) for control in self.requests.listing(caller.uid)]
+
+    def open(self, ino: int, flags: int, caller: Owner) -> ControlHandle:
+        if ino == REQUESTS_INO:
+            raise VirtualError(errno.EPERM)
+        control = self._control(ino)
+        if control.uid != caller.uid:
+            raise VirtualError(errno.ENOENT, "another uid's request")
+        return ControlHandle(self.requests, control)
+
+    def create(self, parent: int, name: bytes, caller: Owner) -> tuple[ControlHandle, Attributes]:
+        if parent != REQUESTS_INO:
+            raise VirtualError(errno.EPERM)
+        control = self.requests.create(caller.uid, caller.gid, name)
+        return ControlHandle(self.requests, control), self.attributes(control)
+
+    def unlink(self, parent: int, name: bytes, caller: Owner) -> None:
+        if parent != REQUESTS_INO:
+            raise VirtualError(errno.EPERM)
+        self.requests.remove(caller.uid, name)
+
+    def setattr(self, ino: int, change: AttributeChange, caller: Owner) -> Attributes:
+        """Truncation is how shells open a control file, and times are let be; the rest is fixed."""
+        if ino == REQUESTS_INO or change.mode is not None or change.uid is not None or change.gid is not None:
+            raise VirtualError(errno.EPERM)
+        return self.attributes(self._control(ino))
