@@ -8,7 +8,8 @@ of one inspection reads the same catalog transaction.
 
 ``Inspection.over(catalog, path)`` is the same look through a catalog this
 process has open already (a ``Store``): LMDB must not open one environment
-twice in a process, since closing the second copy drops the first's locks.
+twice in a process, since closing the second copy drops the first's locks
+(py-lmdb refuses it), so one process holds one inspection of a store at a time.
 
 Paths are given from the mount root (``/<env-uuid>/dir/file``) as str,
 with non-UTF-8 bytes kept by surrogateescape.
