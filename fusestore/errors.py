@@ -130,3 +130,15 @@ class UnknownFormat(StoreError):
     """The store was written by a format this version does not know."""
 
     errno = _errno.EPROTO
+
+
+class NoStore(NotFound):
+    """No store at that path (no catalog): ENOENT, as for a missing file; read-only opens never create one."""
+
+    errno = _errno.ENOENT
+
+
+class ReadOnly(StoreError):
+    """A write to a catalog opened read-only (an inspection): EROFS, as a filesystem mounted read-only answers."""
+
+    errno = _errno.EROFS

@@ -62,28 +62,55 @@ RESERVE_MIN = 1 << 20
 
 
 class Catalog:
-    """The LMDB environment and its named databases."""
+    """The LMDB environment and its named databases.
 
-    def __init__(self, path: Path, *, map_size: int = MAP_SIZE) -> None:
+    ``readonly=True`` is for inspections (fsck, stats): the directory is never
+    created, no disk space is reserved and nothing is written, not even
+    LMDB's lock file unless ``reader_lock`` asks for it. Without the lock
+    file LMDB does no locking, so the caller must make sure no writer runs
+    (``InspectionLock``); with ``reader_lock=True`` this reader takes a slot
+    in ``lock.mdb`` (which needs write access to that file), so that a live
+    writer keeps the pages of this reader's snapshot.
+    """
+
+    def __init__(
+        self, path: Path, *, map_size: int = MAP_SIZE, readonly: bool = False, reader_lock: bool = False
+    ) -> None:
         self.path = path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(
-            str(path), map_size=map_size, max_dbs=16, max_readers=1024,
-            sync=False, metasync=False, readahead=False, lock=True,
-        )
-        self.env.reader_check()  # drop reader slots of dead processes
+        self.readonly = readonly
+        if readonly:
+            self.env = _open_readonly(path, map_size, reader_lock)
+        else:
+            path.mkdir(parents=True, exist_ok=True)
+            self.env = lmdb.open(
+                str(path), map_size=map_size, max_dbs=16, max_readers=1024,
+                sync=False, metasync=False, readahead=False, lock=True,
+            )
+            self.env.reader_check()  # drop reader slots of dead processes
         self._write_lock = threading.Lock()
-        self.meta = self.env.open_db(b"meta")
-        self.resources = self.env.open_db(b"resources")
-        self.inodes = self.env.open_db(b"inodes")
-        self.dirents = self.env.open_db(b"dirents")
-        self.xattrs = self.env.open_db(b"xattrs")
-        self.staging = self.env.open_db(b"staging")
-        self.orphans = self.env.open_db(b"orphans")
-        self.unsynced = self.env.open_db(b"unsynced")
-        self.freed = self.env.open_db(b"freed")
-        self._can_reserve = True
+        self.meta = self._open_db(b"meta")
+        self.resources = self._open_db(b"resources")
+        self.inodes = self._open_db(b"inodes")
+        self.dirents = self._open_db(b"dirents")
+        self.xattrs = self._open_db(b"xattrs")
+        self.staging = self._open_db(b"staging")
+        self.orphans = self._open_db(b"orphans")
+        self.unsynced = self._open_db(b"unsynced")
+        self.freed = self._open_db(b"freed")
+        self._can_reserve = not readonly
         self.reserve_space()
+
+    def _open_db(self, name: bytes) -> "lmdb._Database":
+        """A named database; a read-only catalog that lacks one was not written by this format."""
+        if not self.readonly:
+            return self.env.open_db(name)
+        try:
+            return self.env.open_db(name, create=False)
+        except lmdb.NotFoundError:
+            self.env.close()
+            raise errors.UnknownFormat(
+                f"catalog at {self.path} has no {name.decode()!r} database: not written by this fusestore format"
+            ) from None
 
     def check_format(self, path: Path) -> bool:
         """True for a new (empty) catalog; raise UnknownFormat for a foreign one."""
@@ -116,6 +143,8 @@ class Catalog:
         (``tx.run_callbacks(tx.callbacks)``) once it has released its own locks.
         Callbacks registered with ``after_abort`` run when it does not commit.
         """
+        if self.readonly:
+            raise errors.ReadOnly(f"catalog at {self.path} is open read-only")
         with self._write_lock:
             tx = Txn(self, self.env.begin(write=True))
             try:
@@ -160,12 +189,29 @@ class Catalog:
             os.close(fd)
 
     def sync(self) -> None:
+        if self.readonly:
+            return
         self.reserve_space()
         self.env.sync(True)
 
     def close(self) -> None:
-        self.env.sync(True)
+        if not self.readonly:
+            self.env.sync(True)
         self.env.close()
+
+
+def _open_readonly(path: Path, map_size: int, reader_lock: bool) -> lmdb.Environment:
+    """The environment of an existing catalog, opened without writing anything (see ``Catalog``)."""
+    if not (path / "data.mdb").is_file():
+        raise errors.NoStore(f"no catalog at {path}: not a fusestore store")
+    try:
+        return lmdb.open(
+            str(path), map_size=map_size, max_dbs=16, max_readers=1024,
+            readonly=True, lock=reader_lock, readahead=False, create=False,
+        )
+    except (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError) as exc:
+        message = f"catalog at {path} is not an LMDB environment this fusestore reads: {exc}"
+        raise errors.UnknownFormat(message) from None
 
 
 @dataclass
@@ -205,6 +251,12 @@ class Txn:
         ino = U64.unpack(raw)[0] if raw else ROOT_INO + 1
         self.meta_put(b"next_ino", u64(ino + 1))
         return ino
+
+    def meta_items(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every meta key and value (inspection)."""
+        with self.raw.cursor(db=self.catalog.meta) as cur:
+            for key, value in cast("Iterator[tuple[bytes, bytes]]", cur):
+                yield bytes(key), bytes(value)
 
     # -- resources (the seed's ResourceCatalog) -----------------------------
 
@@ -320,6 +372,12 @@ class Txn:
     def has_entries(self, parent: int) -> bool:
         return next(self.entries(parent), None) is not None
 
+    def all_entries(self) -> Iterator[tuple[int, bytes, int]]:
+        """Every directory entry as (parent, name, child), in parent then name order (inspection)."""
+        with self.raw.cursor(db=self.catalog.dirents) as cur:
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
+                yield U64.unpack_from(key)[0], bytes(key[8:]), U64.unpack(raw)[0]
+
     # -- extended attributes ------------------------------------------------
 
     def xattr(self, ino: int, name: bytes) -> bytes | None:
@@ -340,6 +398,12 @@ class Txn:
                 if not key.startswith(prefix):
                     return
                 yield bytes(key[8:]), bytes(value)
+
+    def all_xattrs(self) -> Iterator[tuple[int, bytes, bytes]]:
+        """Every extended attribute as (ino, name, value) (inspection)."""
+        with self.raw.cursor(db=self.catalog.xattrs) as cur:
+            for key, value in cast("Iterator[tuple[bytes, bytes]]", cur):
+                yield U64.unpack_from(key)[0], bytes(key[8:]), bytes(value)
 
     # -- orphans: unlinked while open ------------------------------------------
 
@@ -371,6 +435,12 @@ class Txn:
     def unsynced(self) -> list[bytes]:
         with self.raw.cursor(db=self.catalog.unsynced) as cur:
             return [bytes(key) for key in cur.iternext(values=False)]
+
+    def unsynced_items(self) -> Iterator[tuple[bytes, int]]:
+        """Every unsynced blob as (digest, number of the checkpoint that will cover it) (inspection)."""
+        with self.raw.cursor(db=self.catalog.unsynced) as cur:
+            for key, value in cast("Iterator[tuple[bytes, bytes]]", cur):
+                yield bytes(key), U64.unpack(value)[0]
 
     # -- blobs freed since the last checkpoint ------------------------------------
 

@@ -1,61 +1,424 @@
-"""Consistency checks of a store: the invariants DESIGN.md promises.
+"""Consistency checks of a store: the invariants DESIGN.md promises, one named check each.
 
-Today this reports problems (tests run it after every step); the
-``fusestore fsck --repair`` command will build on the same checks.
+A check is a function of an ``Inspection`` that yields one readable line per
+broken instance of its invariant, naming the inode's path or the digest. The
+checks in ``CHECKS`` hold at every moment nothing is in flight: on a closed
+store, and on an open one between operations (tests run them after every
+step). ``DEEP_CHECKS`` read every blob. The ``fusestore fsck --repair``
+command will build on the same checks.
 """
 
 from __future__ import annotations
 
+import os
 import stat
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ..digests import EMPTY_DIGEST
-from .store import Store
+from ..catalog import COMPLETE, PENDING, ROOT_INO
+from ..catalog.records import LAYOUT_WHOLE_BLOB, U64
+from ..digests import EMPTY_DIGEST, hash_fd
+from . import names
+from .inspect import Inspection, decode_name
+from .namespace import GLOBAL_DIR, USERS_DIR
+
+if TYPE_CHECKING:
+    from .store import Store
+
+Check = Callable[[Inspection], Iterator[str]]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One broken invariant: the check that found it and a line naming what is wrong."""
+
+    check: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.check}: {self.message}"
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _used_by(ins: Inspection, digest: bytes) -> str:
+    paths = ins.paths_using(digest)
+    if not paths:
+        return ""
+    more = f", and {len(paths) - 3} more" if len(paths) > 3 else ""
+    return f" (used by {', '.join(paths[:3])}{more})"
+
+
+def _entry_path(ins: Inspection, parent: int, name: bytes) -> str:
+    above = ins.path_of(parent)
+    where = above.rstrip("/") if above is not None else f"<inode {parent}>"
+    return f"{where}/{decode_name(name)}"
+
+
+def _references(ins: Inspection) -> Counter[bytes]:
+    """References each digest should have: inodes whose content it is, and uploads that reserved it."""
+    references: Counter[bytes] = Counter()
+    for node in ins.inode_map().values():
+        if stat.S_ISREG(node.mode) and node.content is not None:
+            references[node.content] += 1
+    for record in ins.staging_records():
+        if record.reserved and record.expected is not None:
+            references[record.expected] += 1
+    return references
+
+
+def _wanted_blobs(ins: Inspection) -> set[bytes]:
+    return {res.digest for res in ins.resources() if res.complete and res.digest != EMPTY_DIGEST}
+
+
+# -- the namespace -----------------------------------------------------------------------------
+
+
+def root_and_namespaces_exist(ins: Inspection) -> Iterator[str]:
+    """The root is a directory that is its own parent, holding the ``.global`` and ``.users`` directories."""
+    root = ins.inode(ROOT_INO)
+    if root is None or not stat.S_ISDIR(root.mode):
+        yield f"the root (inode {ROOT_INO}) is missing or not a directory"
+        return
+    if root.parent != ROOT_INO:
+        yield f"the root's parent is inode {root.parent}, not itself"
+    for name in (GLOBAL_DIR, USERS_DIR):
+        child = ins.tx.lookup(ROOT_INO, name)
+        node = ins.inode(child) if child is not None else None
+        if node is None or not stat.S_ISDIR(node.mode):
+            yield f"/{name.decode()} is missing or not a directory"
+
+
+def entry_names_are_valid(ins: Inspection) -> Iterator[str]:
+    """Every name is a path component; ``/`` holds only environments and the two namespaces, ``/.users`` users."""
+    users = ins.tx.lookup(ROOT_INO, USERS_DIR)
+    for parent, name, _ in ins.entries():
+        path = _entry_path(ins, parent, name)
+        try:
+            names.component(name)
+            if parent == users:
+                names.user(decode_name(name))
+        except ValueError as exc:
+            yield f"{path!r} is not a valid name: {exc}"
+            continue
+        if parent == ROOT_INO and name not in (GLOBAL_DIR, USERS_DIR) and not names.is_environment(name):
+            yield f"{path!r} in / is not an environment (a canonical lowercase UUID)"
+
+
+def entries_point_at_inodes(ins: Inspection) -> Iterator[str]:
+    """Every directory entry names an existing inode."""
+    inodes = ins.inode_map()
+    for parent, name, child in ins.entries():
+        if child not in inodes:
+            yield f"entry {_entry_path(ins, parent, name)} points at missing inode {child}"
+
+
+def entries_are_in_directories(ins: Inspection) -> Iterator[str]:
+    """Every directory entry belongs to an existing directory."""
+    for parent, name, _ in ins.entries():
+        node = ins.inode(parent)
+        if node is None or not stat.S_ISDIR(node.mode):
+            yield f"entry {decode_name(name)!r} is in inode {parent}, which is not an existing directory"
+
+
+def nlink_matches_entries(ins: Inspection) -> Iterator[str]:
+    """A file's link count is the number of entries naming it; a directory's is 2 plus its subdirectories."""
+    inodes = ins.inode_map()
+    links: Counter[int] = Counter()
+    subdirectories: Counter[int] = Counter()
+    for parent, _, child in ins.entries():
+        links[child] += 1
+        node = inodes.get(child)
+        if node is not None and stat.S_ISDIR(node.mode):
+            subdirectories[parent] += 1
+    for node in inodes.values():
+        expected = 2 + subdirectories[node.ino] if stat.S_ISDIR(node.mode) else links[node.ino]
+        if node.nlink != expected:
+            yield f"{ins.describe(node.ino)} has nlink {node.nlink}, expected {expected}"
+
+
+def directories_have_parents(ins: Inspection) -> Iterator[str]:
+    """Every directory but the root has exactly one entry, in the directory its ``parent`` field names."""
+    for node in ins.inode_map().values():
+        if not stat.S_ISDIR(node.mode) or node.ino == ROOT_INO:
+            continue
+        entries = ins.names_of(node.ino)
+        if len(entries) != 1:
+            yield f"directory {ins.describe(node.ino)} is named by {len(entries)} entries, not 1"
+        elif entries[0][0] != node.parent:
+            yield (f"directory {ins.describe(node.ino)} has parent field {node.parent} "
+                   f"but its entry is in inode {entries[0][0]}")
+
+
+def directories_reach_the_root(ins: Inspection) -> Iterator[str]:
+    """Following ``parent`` fields from any directory reaches the root (no cycle, no dangling parent)."""
+    inodes = ins.inode_map()
+    reaches = {ROOT_INO}
+    for node in inodes.values():
+        if not stat.S_ISDIR(node.mode):
+            continue
+        chain: list[int] = []
+        current: int | None = node.ino
+        while current is not None and current not in reaches:
+            if current in chain:
+                yield f"directory {ins.describe(node.ino)} is in a cycle of parent fields"
+                break
+            chain.append(current)
+            above = inodes.get(current)
+            current = above.parent if above is not None and stat.S_ISDIR(above.mode) else None
+        else:
+            if current is None:
+                yield f"directory {ins.describe(node.ino)} has a parent chain that ends before the root"
+            else:
+                reaches.update(chain)
+
+
+def spaces_follow_the_tree(ins: Inspection) -> Iterator[str]:
+    """Each inode's space is its namespace root: entries of ``/`` and ``/.users`` are their own (``.users`` none)."""
+    inodes = ins.inode_map()
+    for parent, name, child in ins.entries():
+        above, node = inodes.get(parent), inodes.get(child)
+        if above is None or node is None:
+            continue  # reported by the checks of entries
+        if parent == ROOT_INO:
+            expected = 0 if name == USERS_DIR else child
+        else:
+            expected = child if above.space == 0 else above.space
+        if node.space != expected:
+            yield f"{_entry_path(ins, parent, name)} (inode {child}) has space {node.space}, expected {expected}"
+
+
+def xattrs_belong_to_inodes(ins: Inspection) -> Iterator[str]:
+    """Every extended attribute belongs to an existing inode (deleting an inode deletes its attributes)."""
+    inodes = ins.inode_map()
+    for ino, name, _ in ins.xattrs():
+        if ino not in inodes:
+            yield f"attribute {decode_name(name)!r} belongs to missing inode {ino}"
+
+
+def next_ino_is_past_every_inode(ins: Inspection) -> Iterator[str]:
+    """The next inode number is above every inode's, so that no new inode takes an existing number."""
+    raw = ins.meta().get(b"next_ino")
+    following = U64.unpack(raw)[0] if raw is not None else ROOT_INO + 1
+    highest = max(ins.inode_map(), default=ROOT_INO)
+    if following <= highest:
+        yield f"next inode number {following} is not above the highest inode {highest}"
+
+
+# -- inodes unlinked while open ---------------------------------------------------------------------
+
+
+def orphans_have_nlink_zero(ins: Inspection) -> Iterator[str]:
+    """Every orphan record names an existing inode with no name left."""
+    for ino in ins.orphans():
+        node = ins.inode(ino)
+        if node is None:
+            yield f"orphan record names missing inode {ino}"
+        elif node.nlink != 0:
+            yield f"{ins.describe(ino)} is recorded as an orphan but has nlink {node.nlink}"
+
+
+def unlinked_inodes_are_orphans(ins: Inspection) -> Iterator[str]:
+    """An inode with no name left is recorded as an orphan, so that its last close or recovery deletes it."""
+    orphans = set(ins.orphans())
+    for node in ins.inode_map().values():
+        if node.nlink == 0 and node.ino not in orphans:
+            yield f"inode {node.ino} has nlink 0 but no orphan record"
+
+
+# -- contents and resources ---------------------------------------------------------------------------
+
+
+def resources_are_well_formed(ins: Inspection) -> Iterator[str]:
+    """Resources have a 32-byte digest, a refcount of at least 1, a known state and layout; empty content is empty."""
+    for res in ins.resources():
+        name = f"resource {res.digest.hex()}"
+        if len(res.digest) != 32:
+            yield f"{name} has a digest of {len(res.digest)} bytes"
+        if res.refcount < 1:
+            yield f"{name} has refcount {res.refcount}: a resource goes with its last reference"
+        if res.state not in (PENDING, COMPLETE):
+            yield f"{name} has unknown state {res.state}"
+        if res.layout != LAYOUT_WHOLE_BLOB:
+            yield f"{name} has unknown layout {res.layout}"
+        if res.digest == EMPTY_DIGEST and res.length != 0:
+            yield f"{name} (the empty content) has length {res.length}"
+
+
+def refcounts_match_references(ins: Inspection) -> Iterator[str]:
+    """Each resource's refcount equals the files whose content it is plus the uploads that reserved it."""
+    references = _references(ins)
+    for res in ins.resources():
+        if res.refcount != references[res.digest]:
+            yield (f"resource {res.digest.hex()} has refcount {res.refcount}, "
+                   f"referenced {references[res.digest]} times{_used_by(ins, res.digest)}")
+
+
+def referenced_contents_have_resources(ins: Inspection) -> Iterator[str]:
+    """Every content a file points at, or an upload reserved, has a resource."""
+    for digest in _references(ins):
+        if ins.resource(digest) is None:
+            yield f"content {digest.hex()} is referenced but has no resource{_used_by(ins, digest)}"
+
+
+def file_contents_are_complete(ins: Inspection) -> Iterator[str]:
+    """A file points only at complete content: a commit marks the resource complete before it points at it."""
+    for node in ins.inode_map().values():
+        if stat.S_ISREG(node.mode) and node.content is not None:
+            res = ins.resource(node.content)
+            if res is not None and not res.complete:
+                yield f"{ins.describe(node.ino)} has content {node.content.hex()}, which is still pending"
+
+
+def sizes_match_contents(ins: Inspection) -> Iterator[str]:
+    """A file's size is its content's length; a symlink's is its target's."""
+    for node in ins.inode_map().values():
+        if stat.S_ISREG(node.mode) and node.content is not None:
+            res = ins.resource(node.content)
+            if res is not None and node.size != res.length:
+                yield f"{ins.describe(node.ino)} has size {node.size}, its content {res.length} bytes"
+        elif stat.S_ISLNK(node.mode) and node.size != len(node.target):
+            yield f"symlink {ins.describe(node.ino)} has size {node.size}, its target {len(node.target)} bytes"
+
+
+def pending_files_have_uploads(ins: Inspection) -> Iterator[str]:
+    """A file without committed content is being uploaded: a staging record names it (recovery ends it)."""
+    uploading = {record.ino for record in ins.staging_records()}
+    for node in ins.inode_map().values():
+        if stat.S_ISREG(node.mode) and node.content is None and node.ino not in uploading:
+            yield f"{ins.describe(node.ino)} has no content and no upload that will give it one"
+
+
+def unsynced_blobs_are_complete(ins: Inspection) -> Iterator[str]:
+    """Every blob listed as not yet synced belongs to a complete resource (releasing the last reference unlists it)."""
+    for digest, _ in ins.unsynced():
+        res = ins.resource(digest)
+        if res is None or not res.complete:
+            yield f"blob {digest.hex()} is listed as unsynced but no complete resource names it"
+
+
+# -- the pool -----------------------------------------------------------------------------------------------
+
+
+def complete_resources_have_blobs(ins: Inspection) -> Iterator[str]:
+    """Every complete resource but the empty content has its blob in the pool."""
+    present = {blob.digest for blob in ins.blobs()}
+    for digest in sorted(_wanted_blobs(ins) - present):
+        yield f"blob {digest.hex()} is missing from the pool{_used_by(ins, digest)}"
+
+
+def no_stray_blobs(ins: Inspection) -> Iterator[str]:
+    """The pool holds no blob that no complete resource names (a release deletes the blob with the resource)."""
+    wanted = _wanted_blobs(ins)
+    for blob in ins.blobs():
+        if blob.digest not in wanted:
+            yield f"blob {blob.digest.hex()} is in the pool but not referenced"
+
+
+def blob_sizes_match_lengths(ins: Inspection) -> Iterator[str]:
+    """Each blob of a complete resource is as long as the resource says (a cut-off write shows here)."""
+    for blob in ins.blobs():
+        res = ins.resource(blob.digest)
+        if res is not None and res.complete and blob.size != res.length:
+            used = _used_by(ins, blob.digest)
+            yield f"blob {blob.digest.hex()} has {blob.size} bytes, its resource {res.length}{used}"
+
+
+def pool_holds_only_blobs(ins: Inspection) -> Iterator[str]:
+    """The pool holds nothing but blob files at ``pool/ab/cd/<64 hex>`` (and their directories)."""
+    for path in ins.pool_debris():
+        yield f"{path} is in the pool but is not a blob where one belongs"
+
+
+# -- staging ----------------------------------------------------------------------------------------------
+
+
+def staging_records_have_inodes(ins: Inspection) -> Iterator[str]:
+    """Every staging record names an existing inode (deleting a file that is written keeps it as an orphan)."""
+    inodes = ins.inode_map()
+    for record in ins.staging_records():
+        if record.ino not in inodes:
+            yield f"staging record {record.name} names missing inode {record.ino}"
+
+
+def reservations_name_a_digest(ins: Inspection) -> Iterator[str]:
+    """A staging record that reserved content says which (a 32-byte expected digest)."""
+    for record in ins.staging_records():
+        if record.reserved and (record.expected is None or len(record.expected) != 32):
+            yield f"staging record {record.name} of {ins.describe(record.ino)} reserved no valid digest"
+
+
+def staging_records_have_files(ins: Inspection) -> Iterator[str]:
+    """Every staging record has its staging file (the file is made before the record and goes after it)."""
+    files = set(ins.staging_files())
+    for record in ins.staging_records():
+        if record.name not in files:
+            yield f"staging record {record.name} of {ins.describe(record.ino)} has no staging file"
+
+
+def staging_files_have_records(ins: Inspection) -> Iterator[str]:
+    """Every staging file (and spare ``.blob`` name) belongs to a staging record."""
+    recorded = {record.name for record in ins.staging_records()}
+    for name in ins.staging_files():
+        if name.removesuffix(".blob") not in recorded:
+            yield f"staging file {name} has no staging record"
+
+
+CHECKS: list[Check] = [
+    root_and_namespaces_exist,
+    entry_names_are_valid,
+    entries_point_at_inodes,
+    entries_are_in_directories,
+    nlink_matches_entries,
+    directories_have_parents,
+    directories_reach_the_root,
+    spaces_follow_the_tree,
+    xattrs_belong_to_inodes,
+    next_ino_is_past_every_inode,
+    orphans_have_nlink_zero,
+    unlinked_inodes_are_orphans,
+    resources_are_well_formed,
+    refcounts_match_references,
+    referenced_contents_have_resources,
+    file_contents_are_complete,
+    sizes_match_contents,
+    pending_files_have_uploads,
+    unsynced_blobs_are_complete,
+    complete_resources_have_blobs,
+    no_stray_blobs,
+    blob_sizes_match_lengths,
+    pool_holds_only_blobs,
+    staging_records_have_inodes,
+    reservations_name_a_digest,
+    staging_records_have_files,
+    staging_files_have_records,
+]
+
+
+def blobs_hash_to_their_names(ins: Inspection) -> Iterator[str]:
+    """Every blob's bytes hash to its name (reads the whole pool: not in ``CHECKS``)."""
+    for blob in ins.blobs():
+        fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            digest, _ = hash_fd(fd)
+        finally:
+            os.close(fd)
+        if digest != blob.digest:
+            yield f"blob {blob.digest.hex()} holds bytes that hash to {digest.hex()}{_used_by(ins, blob.digest)}"
+
+
+DEEP_CHECKS: list[Check] = [blobs_hash_to_their_names]
+
+
+def run_checks(ins: Inspection, checks: Iterable[Check] = CHECKS) -> list[Problem]:
+    """Every problem the checks find, in the order of the checks."""
+    return [Problem(check.__name__, message) for check in checks for message in check(ins)]
 
 
 def find_problems(store: Store) -> list[str]:
-    """Every broken invariant, as a readable line; an empty list means consistent.
-
-    - each resource's refcount equals the inodes that reference it plus the
-      uploads that reserved it;
-    - every complete non-empty resource has its blob, and the pool holds no
-      other blob;
-    - every directory entry points at an existing inode;
-    - every blob listed as not yet synced belongs to a complete resource.
-    """
-    problems = []
-    with store.catalog.read() as tx:
-        references: Counter[bytes] = Counter()
-        inodes = set()
-        for node in tx.inodes():
-            inodes.add(node.ino)
-            if stat.S_ISREG(node.mode) and node.content is not None:
-                references[node.content] += 1
-        for record in tx.staging_records():
-            if record.reserved and record.expected is not None:
-                references[record.expected] += 1
-        resources = {res.digest: res for res in tx.resources()}
-        unsynced = tx.unsynced()
-        with tx.raw.cursor(db=tx.catalog.dirents) as cur:
-            for key, value in cur:
-                if int.from_bytes(value, "big") not in inodes:
-                    missing = int.from_bytes(value, "big")
-                    problems.append(f"entry {bytes(key[8:])!r} points at missing inode {missing}")
-    for digest, res in resources.items():
-        if res.refcount != references[digest]:
-            problems.append(
-                f"resource {digest.hex()} has refcount {res.refcount}, referenced {references[digest]} times"
-            )
-    for digest in references:
-        if digest not in resources:
-            problems.append(f"content {digest.hex()} is referenced but has no resource")
-    for digest in unsynced:
-        if digest not in resources or not resources[digest].complete:
-            problems.append(f"blob {digest.hex()} is listed as unsynced but no complete resource names it")
-    wanted = {d for d, res in resources.items() if res.complete and d != EMPTY_DIGEST}
-    present = set(store.blobs.digests())
-    for digest in wanted - present:
-        problems.append(f"blob {digest.hex()} is missing from the pool")
-    for digest in present - wanted:
-        problems.append(f"blob {digest.hex()} is in the pool but not referenced")
-    return problems
+    """Every broken invariant of a store open in this process, as a readable line; empty means consistent."""
+    with Inspection.over(store.catalog, store.path) as ins:
+        return [str(problem) for problem in run_checks(ins)]

@@ -311,13 +311,15 @@ class Store:
         try:
             with self.catalog.write() as tx:
                 parent, name = self._make_parents(tx, parts, process_owner())
-                existed = tx.lookup(parent.ino, name) is not None
                 node = self._file_at(tx, parent, name, process_owner())
+                # A file with no content yet was made by a put still in flight: whichever of
+                # them ends last without committing removes it.
+                created = (parent.ino, name) if node.content is None else None
                 reserved = check is not None and length >= 0
                 if check is not None and length >= 0:
                     tx.put(check, length)
                 self.writes.record(tx, staged, node, keep=False, expected=check, reserved=reserved,
-                                   created=None if existed else (parent.ino, name))
+                                   created=created)
         except BaseException:
             self.staging.discard(staged)
             raise

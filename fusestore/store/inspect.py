@@ -1,0 +1,260 @@
+"""A read-only look at a store: what fsck and stats read, without changing a byte.
+
+``Inspection.open(path)`` takes the store's lock shared (``InspectionLock``),
+opens the catalog read-only and reads the pool and staging directories by
+listing them: it creates no file, writes none and runs no recovery, so it
+can look at a store a crash left behind exactly as it was left. Every scan
+of one inspection reads the same catalog transaction.
+
+``Inspection.over(catalog, path)`` is the same look through a catalog this
+process has open already (a ``Store``): LMDB must not open one environment
+twice in a process, since closing the second copy drops the first's locks
+(py-lmdb refuses it), so one process holds one inspection of a store at a time.
+
+Paths are given from the mount root (``/<env-uuid>/dir/file``) as str,
+with non-UTF-8 bytes kept by surrogateescape.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from .. import errors
+from ..catalog import ROOT_INO, Catalog, Inode, Resource, StagingRecord, Txn
+from .locking import InspectionLock
+
+HEX = frozenset("0123456789abcdef")
+
+
+class Entry(NamedTuple):
+    """One directory entry: ``name`` in directory ``parent`` names inode ``child``."""
+
+    parent: int
+    name: bytes
+    child: int
+
+
+class Xattr(NamedTuple):
+    ino: int
+    name: bytes
+    value: bytes
+
+
+class Unsynced(NamedTuple):
+    """A blob published since the last checkpoint, and the checkpoint that will cover it."""
+
+    digest: bytes
+    checkpoint: int
+
+
+@dataclass(frozen=True)
+class BlobFile:
+    """A file in the pool named as a blob (``pool/ab/cd/<64 hex>``)."""
+
+    digest: bytes
+    path: str
+    size: int
+
+
+def decode_name(name: bytes) -> str:
+    """A name as str; bytes that are not UTF-8 survive as surrogates (``os.fsencode`` gives them back)."""
+    return name.decode("utf-8", "surrogateescape")
+
+
+class Inspection:
+    """One consistent, read-only view of a store's catalog, pool and staging directory."""
+
+    def __init__(self, path: Path, tx: Txn, *, live: bool) -> None:
+        self.path = Path(path)
+        self.tx = tx
+        self.live = live  # another process owns the store: the directories may have moved on
+        self._inodes: dict[int, Inode] | None = None
+        self._names: dict[int, list[tuple[int, bytes]]] | None = None
+        self._users: dict[bytes, list[int]] | None = None
+        self._pool: tuple[list[BlobFile], list[str]] | None = None
+
+    @classmethod
+    @contextmanager
+    def open(cls, store_path: str | os.PathLike[str], *, allow_live: bool = False) -> Iterator["Inspection"]:
+        """Look at the store at ``store_path`` without changing it.
+
+        NoStore when there is no store there, UnknownFormat for a catalog of
+        another format, StoreLocked while a process owns the store (unless
+        ``allow_live``: see ``InspectionLock`` for what a live look means).
+        """
+        path = Path(store_path)
+        if not path.is_dir():
+            raise errors.NoStore(f"no store at {path}: not a directory")
+        with ExitStack() as stack:
+            lock = InspectionLock(path, allow_live=allow_live)
+            stack.callback(lock.release)
+            if lock.live and lock.owner_pid == os.getpid():
+                raise errors.StoreLocked(
+                    f"store {path} is open in this process: inspect it with Inspection.over(store.catalog, ...)"
+                )
+            catalog = Catalog(path / "catalog", readonly=True, reader_lock=lock.live)
+            stack.callback(catalog.close)
+            if catalog.check_format(path):
+                raise errors.NoStore(f"no store at {path}: its catalog was never initialised")
+            tx = stack.enter_context(catalog.read())
+            yield cls(path, tx, live=lock.live)
+
+    @classmethod
+    @contextmanager
+    def over(cls, catalog: Catalog, store_path: str | os.PathLike[str]) -> Iterator["Inspection"]:
+        """Look through a catalog this process has open (the store's own), in one read transaction."""
+        with catalog.read() as tx:
+            yield cls(Path(store_path), tx, live=True)
+
+    # -- the catalog's tables ---------------------------------------------------------
+
+    def resources(self) -> Iterator[Resource]:
+        return self.tx.resources()
+
+    def resource(self, digest: bytes) -> Resource | None:
+        return self.tx.resource(digest)
+
+    def inodes(self) -> Iterator[Inode]:
+        return self.tx.inodes()
+
+    def inode(self, ino: int) -> Inode | None:
+        return self._inodes.get(ino) if self._inodes is not None else self.tx.inode(ino)
+
+    def inode_map(self) -> dict[int, Inode]:
+        """Every inode by number (read once, kept: most checks need several passes)."""
+        if self._inodes is None:
+            self._inodes = {node.ino: node for node in self.tx.inodes()}
+        return self._inodes
+
+    def entries(self) -> Iterator[Entry]:
+        return (Entry(*entry) for entry in self.tx.all_entries())
+
+    def xattrs(self) -> Iterator[Xattr]:
+        return (Xattr(*item) for item in self.tx.all_xattrs())
+
+    def staging_records(self) -> Iterator[StagingRecord]:
+        return self.tx.staging_records()
+
+    def orphans(self) -> list[int]:
+        return self.tx.orphans()
+
+    def unsynced(self) -> Iterator[Unsynced]:
+        return (Unsynced(*item) for item in self.tx.unsynced_items())
+
+    def freed(self) -> list[bytes]:
+        return self.tx.freed()
+
+    def meta(self) -> dict[bytes, bytes]:
+        return dict(self.tx.meta_items())
+
+    # -- the directories --------------------------------------------------------------
+
+    def blobs(self) -> list[BlobFile]:
+        """Every file of the pool named as a blob, in digest order."""
+        return self._scan_pool()[0]
+
+    def pool_debris(self) -> list[str]:
+        """Paths under the pool that are not blobs where they belong (anything a blob's name does not explain)."""
+        return self._scan_pool()[1]
+
+    def staging_files(self) -> list[str]:
+        """Names in the staging directory (none when it is missing)."""
+        try:
+            return sorted(os.listdir(self.path / "staging"))
+        except FileNotFoundError:
+            return []
+
+    def _scan_pool(self) -> tuple[list[BlobFile], list[str]]:
+        if self._pool is None:
+            blobs: list[BlobFile] = []
+            debris: list[str] = []
+            self._walk_pool(str(self.path / "pool"), 0, "", blobs, debris)
+            self._pool = (sorted(blobs, key=lambda b: b.digest), sorted(debris))
+        return self._pool
+
+    def _walk_pool(self, directory: str, depth: int, prefix: str, blobs: list[BlobFile], debris: list[str]) -> None:
+        """Blobs sit at depth 2 under directories named by their first two and next two hex digits."""
+        try:
+            found = list(os.scandir(directory))
+        except FileNotFoundError:
+            return
+        for item in found:
+            name = item.name
+            is_dir = item.is_dir(follow_symlinks=False)
+            if depth < 2 and is_dir and len(name) == 2 and set(name) <= HEX:
+                self._walk_pool(item.path, depth + 1, prefix + name, blobs, debris)
+            elif (depth == 2 and item.is_file(follow_symlinks=False) and len(name) == 64
+                  and set(name) <= HEX and name.startswith(prefix)):
+                blobs.append(BlobFile(bytes.fromhex(name), item.path, item.stat(follow_symlinks=False).st_size))
+            else:
+                debris.append(item.path)
+
+    # -- reverse lookups ----------------------------------------------------------------
+
+    def names_of(self, ino: int) -> list[tuple[int, bytes]]:
+        """(parent, name) of every entry naming ``ino``: one per hard link (from one dirents scan, kept)."""
+        if self._names is None:
+            names: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+            for parent, name, child in self.tx.all_entries():
+                names[child].append((parent, name))
+            self._names = dict(names)
+        return self._names.get(ino, [])
+
+    def path_of(self, ino: int) -> str | None:
+        """The first path of ``ino`` from the mount root, in sort order; None when no name leads to the root."""
+        if ino == ROOT_INO:
+            return "/"
+        paths = self.paths_of(ino)
+        return paths[0] if paths else None
+
+    def paths_of(self, ino: int) -> list[str]:
+        """Every path of ``ino`` (one per hard link), sorted; empty for an unlinked inode."""
+        if ino == ROOT_INO:
+            return ["/"]
+        paths = []
+        for parent, name in self.names_of(ino):
+            above = self._directory_path(parent)
+            if above is not None:
+                paths.append(above.rstrip("/") + "/" + decode_name(name))
+        return sorted(paths)
+
+    def _directory_path(self, ino: int) -> str | None:
+        """A directory's path: the walk up its one name per level, stopping at a cycle a damaged tree may have."""
+        parts: list[bytes] = []
+        seen = {ino}
+        while ino != ROOT_INO:
+            names = self.names_of(ino)
+            if not names:
+                return None
+            ino, name = names[0]
+            if ino in seen:
+                return None
+            seen.add(ino)
+            parts.append(name)
+        return "/" + "/".join(decode_name(part) for part in reversed(parts))
+
+    def inodes_using(self, digest: bytes) -> list[int]:
+        """The regular files whose committed content is ``digest``."""
+        if self._users is None:
+            users: dict[bytes, list[int]] = defaultdict(list)
+            for node in self.inode_map().values():
+                if stat.S_ISREG(node.mode) and node.content is not None:
+                    users[node.content].append(node.ino)
+            self._users = dict(users)
+        return self._users.get(digest, [])
+
+    def paths_using(self, digest: bytes) -> list[str]:
+        """The path of every hard link of every file whose content is ``digest``, sorted."""
+        return sorted(path for ino in self.inodes_using(digest) for path in self.paths_of(ino))
+
+    def describe(self, ino: int) -> str:
+        """An inode for a message: its path, or its number when no path leads to it."""
+        path = self.path_of(ino)
+        return f"{path} (inode {ino})" if path is not None else f"inode {ino} (no path)"
