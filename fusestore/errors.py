@@ -2,7 +2,10 @@
 
 One base class so callers can catch everything the store raises on purpose;
 the filesystem layer turns any of them into ``pyfuse3.FUSEError(err.errno)``
-without a lookup table of its own.
+without a lookup table of its own. An ``OSError`` from the pool or the disk
+(a blob store that cannot write, a staging file on a failing disk) is not
+wrapped: the filesystem returns its own errno (EIO when it has none) and
+logs it, since the kernel's errno says more than any translation would.
 """
 
 from __future__ import annotations
@@ -21,13 +24,22 @@ class NotFound(StoreError):
 
 
 class UploadPending(StoreError):
-    """The content exists in the catalog but its bytes are still being uploaded."""
+    """The content exists in the catalog but its bytes are still being uploaded.
+
+    EAGAIN: the same call succeeds once the upload commits, which is what
+    "try again" tells a client.
+    """
 
     errno = _errno.EAGAIN
 
 
 class RequestExpired(StoreError):
-    """Unknown, expired or already answered proof-of-access request."""
+    """Unknown, expired or already answered proof-of-access request.
+
+    ETIMEDOUT for all three: each request takes one answer within its
+    lifetime, so a second answer came too late just as an expired one did,
+    and an unknown id tells a guesser nothing more than an expired one.
+    """
 
     errno = _errno.ETIMEDOUT
 
@@ -43,7 +55,11 @@ class AccessDenied(StoreError):
 
 
 class ResourceDeleted(StoreError):
-    """The content of a request went away between the request and its answer."""
+    """The content of a request went away between the request and its answer.
+
+    ESTALE: the request referred to something that existed when it was
+    made, as a stale NFS handle does; the client must upload instead.
+    """
 
     errno = _errno.ESTALE
 
@@ -67,6 +83,8 @@ class NameTooLong(InvalidName):
 
 
 class TooManyRequests(StoreError):
+    """Too many proof-of-access requests are open: EBUSY, as for any resource in use; retry later."""
+
     errno = _errno.EBUSY
 
 
@@ -121,13 +139,17 @@ class NoSpace(StoreError):
 
 
 class StoreLocked(StoreError):
-    """Another live process holds the store."""
+    """Another live process holds the store (EBUSY, as mount(8) says of a device in use)."""
 
     errno = _errno.EBUSY
 
 
 class UnknownFormat(StoreError):
-    """The store was written by a format this version does not know."""
+    """The store was written by a format this version does not know.
+
+    EPROTO: the bytes are fine, only their protocol (the format version) is
+    not this program's; EIO would suggest damage.
+    """
 
     errno = _errno.EPROTO
 

@@ -4,30 +4,11 @@ One write transaction is one consistent change. Nothing here knows about
 paths, namespaces or FUSE: the catalog stores records and keeps their
 encodings; the store decides what a change means.
 
-Named databases (keys are bytes, integers big-endian so that ranges sort):
-
-``meta``       b"format" -> ascii version; b"next_ino" -> u64
-``resources``  digest(32) -> length u64, refcount u64, state u8, layout u8
-``inodes``     ino u64 -> mode u32, uid u32, gid u32, nlink u32, size u64, atime/mtime/ctime
-               i64 ns, rdev u64, parent u64, space u64, then the content digest (32 bytes,
-               regular files; absent while a put has not committed) or the symlink target
-``orphans``    ino u64 -> b"" for inodes unlinked while open (deleted at last close or recovery)
-``dirents``    parent ino u64 + name -> child ino u64 (readdir is one range scan)
-``xattrs``     ino u64 + name -> value
-``staging``    staging file name (ascii) -> ino u64, flags u8, parent u64, digest length u8,
-               expected digest (0 or 32 bytes), name of the entry the upload created
-``freed``      digest(32) -> b"" for blobs whose last reference went since the last checkpoint
-               (recovery deletes those a crash left behind)
-``unsynced``   digest(32) -> u64 number of the checkpoint that will cover the blob, for blobs
-               published since the last checkpoint, whose bytes may not be on the disk yet
-
-Durability is a group commit: neither a commit nor a blob is fsynced one by
-one (LMDB ``sync=False``). A checkpoint (``Tree.sync``: on fsync, on close and
-periodically) flushes the pool, empties ``unsynced`` and then syncs LMDB. A
-transaction that makes a blob's resource complete records the blob in
-``unsynced`` in the same transaction, so whichever transactions reach the disk
-before a power loss, every reference to a blob that may not have reached it
-is listed there, and recovery checks those blobs before serving anything.
+The named databases, their keys and values, byte by byte, are in
+``docs/FORMAT.md``; ``records`` encodes them. Commits are not synced one by
+one (``sync=False``): a checkpoint (``store.checkpoints``) syncs the
+environment, which keeps LMDB's integrity (``metasync=False`` may lose only
+the last transactions, never corrupt).
 """
 
 from __future__ import annotations

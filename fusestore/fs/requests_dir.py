@@ -316,7 +316,7 @@ class RequestsDir(VirtualTree):
         if ino == REQUESTS_INO:
             raise VirtualError(errno.EPERM)
         control = self._control(ino)
-        if control.uid != caller.uid:
+        if control.uid != caller.uid:  # ENOENT, not EACCES: another uid's request names must not show as existing
             raise VirtualError(errno.ENOENT, "another uid's request")
         return ControlHandle(self.requests, control)
 
