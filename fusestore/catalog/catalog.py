@@ -311,6 +311,13 @@ class Txn:
         raw = self._get(u64(ino), self.catalog.inodes)
         return Inode.decode(ino, raw) if raw is not None else None
 
+    def existing_inode(self, ino: int) -> Inode:
+        """The inode ``ino``, or NotFound."""
+        node = self.inode(ino)
+        if node is None:
+            raise errors.NotFound(f"no inode {ino}")
+        return node
+
     def save_inode(self, node: Inode) -> None:
         self.raw.put(u64(node.ino), node.encode(), db=self.catalog.inodes)
 

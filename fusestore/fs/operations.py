@@ -142,14 +142,16 @@ class Operations(pyfuse3.Operations):
     # -- lookups and attributes -------------------------------------------------
 
     @_errors
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
         virtual = self.virtual.by_entry(parent_inode, name)
         if virtual is not None:
             return self.entry(virtual.lookup(parent_inode, name, self._owner(ctx)))
         return self.stored(self.tree.lookup(parent_inode, name))
 
     @_errors
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         virtual = self.virtual.by_inode(inode)
         if virtual is not None:
             return self.entry(virtual.getattr(inode, self._owner(ctx)))
@@ -157,8 +159,8 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def setattr(
-        self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
-        fh: int | None, ctx: pyfuse3.RequestContext,
+        self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+        fh: pyfuse3.FileHandleT | None, ctx: pyfuse3.RequestContext,
     ) -> pyfuse3.EntryAttributes:
         change = AttributeChange(
             size=attr.st_size if fields.update_size else None,
@@ -180,7 +182,7 @@ class Operations(pyfuse3.Operations):
             self.files.set_mtime(state, change.mtime_ns)
         return self.stored(node)
 
-    async def _truncate(self, inode: int, size: int) -> None:
+    async def _truncate(self, inode: pyfuse3.InodeT, size: int) -> None:
         """ftruncate/truncate/O_TRUNC: on the open inode, or as a commit of its own."""
         mode = self.tree.getattr(inode).mode
         if not stat.S_ISREG(mode):
@@ -195,7 +197,7 @@ class Operations(pyfuse3.Operations):
                 state.handles -= 1
 
     @_errors
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
         if self.virtual.is_virtual(inode):
             raise pyfuse3.FUSEError(errno.EINVAL)  # no virtual symlinks
         return self.tree.readlink(inode)
@@ -208,7 +210,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def mkdir(
-        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self.virtual.refuse_new(parent_inode, name)
         try:
@@ -219,21 +221,21 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def mknod(
-        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self.virtual.refuse_new(parent_inode, name)
         return self.stored(self.tree.mknod(parent_inode, name, mode, rdev, self._owner(ctx)))
 
     @_errors
     async def symlink(
-        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+        self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self.virtual.refuse_new(parent_inode, name)
         return self.stored(self.tree.symlink(parent_inode, name, target, self._owner(ctx)))
 
     @_errors
     async def link(
-        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+        self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT, new_name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
         self.virtual.refuse(inode)
         self.virtual.refuse_new(new_parent_inode, new_name)
@@ -241,7 +243,7 @@ class Operations(pyfuse3.Operations):
 
     @_errors
     async def create(
-        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+        self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         virtual = self.virtual.by_entry(parent_inode, name)
         if virtual is not None:
@@ -255,7 +257,7 @@ class Operations(pyfuse3.Operations):
     # -- removal and renaming -----------------------------------------------------------
 
     @_errors
-    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         virtual = self.virtual.by_entry(parent_inode, name)
         if virtual is not None:
             virtual.unlink(parent_inode, name, self._owner(ctx))
@@ -263,13 +265,13 @@ class Operations(pyfuse3.Operations):
         await trio.to_thread.run_sync(self.tree.unlink, parent_inode, name)
 
     @_errors
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.virtual.refuse_entries((parent_inode, name))
         self.tree.rmdir(parent_inode, name)
 
     @_errors
     async def rename(
-        self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+        self, parent_inode_old: pyfuse3.InodeT, name_old: bytes, parent_inode_new: pyfuse3.InodeT, name_new: bytes,
         flags: int, ctx: pyfuse3.RequestContext,
     ) -> None:
         self.virtual.refuse_entries((parent_inode_old, name_old), (parent_inode_new, name_new))
@@ -280,12 +282,12 @@ class Operations(pyfuse3.Operations):
     # -- extended attributes --------------------------------------------------------------
 
     @_errors
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def setxattr(self, inode: pyfuse3.InodeT, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.virtual.refuse(inode)
         self.store.xattrs.set(inode, name, value)
 
     @_errors
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+    async def getxattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         if self.virtual.is_virtual(inode):
             raise pyfuse3.FUSEError(errno.ENODATA)
         if name == PID_XATTR and inode == pyfuse3.ROOT_INODE:
@@ -293,19 +295,19 @@ class Operations(pyfuse3.Operations):
         return self.store.xattrs.get(inode, name)
 
     @_errors
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+    async def listxattr(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> list[bytes]:
         if self.virtual.is_virtual(inode):
             return []
         return self.store.xattrs.names(inode)
 
     @_errors
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+    async def removexattr(self, inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         self.virtual.refuse(inode)
         self.store.xattrs.remove(inode, name)
 
     # -- files ----------------------------------------------------------------------------------
 
-    def _open_handle(self, inode: int, flags: int) -> pyfuse3.FileInfo:
+    def _open_handle(self, inode: pyfuse3.InodeT, flags: int) -> pyfuse3.FileInfo:
         """A handle; the kernel keeps its page cache across opens, since content changes only through us."""
         fh = self._new_fh()
         self.handles[fh] = Handle(self.files.open(inode))
@@ -317,7 +319,7 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=fh, direct_io=True)  # every read is fresh
 
     @_errors
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+    async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         virtual = self.virtual.by_inode(inode)
         if virtual is not None:
             return self._open_virtual(virtual.open(inode, flags, self._owner(ctx)))
@@ -337,13 +339,13 @@ class Operations(pyfuse3.Operations):
         return info
 
     @_errors
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         if fh in self.virtual_handles:
             return self.virtual_handles[fh].read(off, size)
         return await self.files.read(self.handles[fh].state, off, size)
 
     @_errors
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         if fh in self.virtual_handles:
             # Quick (a control file reads at most 64 KiB of a blob): kept on the loop, where the registry lives.
             return self.virtual_handles[fh].write(off, buf)
@@ -352,7 +354,7 @@ class Operations(pyfuse3.Operations):
         return await self.files.write(handle.state, off, buf)
 
     @_errors
-    async def flush(self, fh: int) -> None:
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         """Commit at the flush of the last handle, so that close() reports the commit's errors.
 
         Only a handle that wrote commits here: the shell's ``cmd > f`` opens
@@ -369,7 +371,7 @@ class Operations(pyfuse3.Operations):
             await self.files.commit(handle.state)
 
     @_errors
-    async def release(self, fh: int) -> None:
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
         if fh in self.virtual_handles:
             self.virtual_handles.pop(fh).release()
             return
@@ -377,7 +379,7 @@ class Operations(pyfuse3.Operations):
         await self.files.close(handle.state)
 
     @_errors
-    async def fsync(self, fh: int, datasync: bool) -> None:
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         if fh in self.virtual_handles:
             return  # nothing of a virtual file is stored
         await self.files.fsync(self.handles[fh].state)
@@ -385,7 +387,7 @@ class Operations(pyfuse3.Operations):
     # -- directories ------------------------------------------------------------------------
 
     @_errors
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         virtual = self.virtual.by_inode(inode)
         if virtual is not None:
             listing = DirHandle(inode, virtual.listing(inode, self._owner(ctx)), catalog=False)
@@ -399,7 +401,7 @@ class Operations(pyfuse3.Operations):
         return fh
 
     @_errors
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         listing = self.dirs[fh]
         offset = start_id
         while offset < len(listing.virtual):
@@ -438,11 +440,11 @@ class Operations(pyfuse3.Operations):
         return bool(listing.batch)
 
     @_errors
-    async def releasedir(self, fh: int) -> None:
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         del self.dirs[fh]
 
     @_errors
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         await trio.to_thread.run_sync(self.store.sync)
 
     # -- the filesystem as a whole ---------------------------------------------------------------

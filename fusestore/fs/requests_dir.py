@@ -33,6 +33,7 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import pyfuse3
 
@@ -239,7 +240,7 @@ class Requests:
         control.reason = reason
         control.finished_at = self.clock()
 
-    def _refuse(self, control: ControlFile, code: int, reason: str) -> None:
+    def _refuse(self, control: ControlFile, code: int, reason: str) -> NoReturn:
         """A failed ask: the file shows why until it is closed, then disappears."""
         if control.status == "new":
             self._finish(control, "failed", reason)

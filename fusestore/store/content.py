@@ -27,7 +27,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from .. import errors
 from ..catalog import COMPLETE, Catalog, Inode, Txn
 from ..digests import EMPTY_DIGEST, hash_ranges
 from ..pool import BlobReader, BlobStore, StagingFile
@@ -168,9 +167,7 @@ class Content:
     def open(self, ino: int) -> BlobReader:
         """A reader of the committed content of inode ``ino``."""
         with self.catalog.read() as tx:
-            node = tx.inode(ino)
-        if node is None:
-            raise errors.NotFound(f"no inode {ino}")
+            node = tx.existing_inode(ino)
         return self.reader(node)
 
     def reader(self, node: Inode) -> BlobReader:

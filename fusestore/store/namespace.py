@@ -66,10 +66,7 @@ class Namespace:
 
     @staticmethod
     def inode(tx: Txn, ino: int) -> Inode:
-        node = tx.inode(ino)
-        if node is None:
-            raise errors.NotFound(f"no inode {ino}")
-        return node
+        return tx.existing_inode(ino)
 
     def directory(self, tx: Txn, ino: int) -> Inode:
         node = self.inode(tx, ino)

@@ -102,9 +102,7 @@ class Writes:
         The copy can be long: call this from a worker thread unless ``copy_length`` is 0.
         """
         with self.catalog.read() as tx:
-            node = tx.inode(ino)
-        if node is None:
-            raise errors.NotFound(f"no inode {ino}")
+            node = tx.existing_inode(ino)
         if not stat.S_ISREG(node.mode):
             raise errors.InvalidArgument(f"inode {ino} is not a regular file")
         staged = self.staging.create()

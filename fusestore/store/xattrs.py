@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from .. import errors
-from ..catalog import Catalog, Inode, Txn
+from ..catalog import Catalog
 from .reserved import EXPECT_XATTR, HASH_XATTR, RESERVED_PREFIX
 from .writes import Writes
 
@@ -55,17 +55,10 @@ class Xattrs:
         self.writes = writes
         self.now_ns = now_ns
 
-    @staticmethod
-    def _inode(tx: Txn, ino: int) -> Inode:
-        node = tx.inode(ino)
-        if node is None:
-            raise errors.NotFound(f"no inode {ino}")
-        return node
-
     def get(self, ino: int, name: bytes) -> bytes:
         _check_name(name)
         with self.catalog.read() as tx:
-            node = self._inode(tx, ino)
+            node = tx.existing_inode(ino)
             value = None if name.startswith(RESERVED_PREFIX) else tx.xattr(ino, name)
         if name == HASH_XATTR:
             if node.content is None or self.writes.is_staged(ino):
@@ -84,7 +77,7 @@ class Xattrs:
         _check_name(name)
         if name == EXPECT_XATTR:
             with self.catalog.read() as tx:
-                if not self._inode(tx, ino).is_regular:
+                if not tx.existing_inode(ino).is_regular:
                     raise errors.InvalidArgument("an expected hash is for regular files only")
             self.writes.expect(ino, parse_hash_value(value))
             return
@@ -93,14 +86,14 @@ class Xattrs:
         if len(value) > XATTR_SIZE_MAX:
             raise errors.InvalidArgument(f"extended attribute value of {len(value)} bytes")
         with self.catalog.write() as tx:
-            node = self._inode(tx, ino)
+            node = tx.existing_inode(ino)
             tx.set_xattr(ino, name, value)
             node.ctime_ns = self.now_ns()
             tx.save_inode(node)
 
     def names(self, ino: int) -> list[bytes]:
         with self.catalog.read() as tx:
-            self._inode(tx, ino)
+            tx.existing_inode(ino)
             return [name for name, _ in tx.xattr_items(ino) if not name.startswith(RESERVED_PREFIX)]
 
     def remove(self, ino: int, name: bytes) -> None:
@@ -111,7 +104,7 @@ class Xattrs:
         if name.startswith(RESERVED_PREFIX):
             raise errors.NotPermitted(f"{name.decode(errors='replace')} is the store's own")
         with self.catalog.write() as tx:
-            node = self._inode(tx, ino)
+            node = tx.existing_inode(ino)
             if not tx.remove_xattr(ino, name):
                 raise errors.NoAttribute(f"no attribute {name!r}")
             node.ctime_ns = self.now_ns()
