@@ -92,8 +92,9 @@ class Writes:
         if created is not None:
             record.parent, record.entry = created
         tx.add_staging(record)
-        if keep:
-            tx.after_commit(lambda: self._remember(node.ino, staged.name))
+        if keep:  # known before the commit, so that an ``expect`` waiting for the writer lock finds the record
+            self._remember(node.ino, staged.name)
+            tx.after_abort(lambda: self._forget(node.ino, staged.name))
         return record
 
     def stage(self, ino: int, copy_length: int) -> StagingFile:
