@@ -207,6 +207,8 @@ class Writes:
             raise
         result, tx = committed
         tx.run_callbacks(tx.callbacks)  # outside the stripe lock: they may delete another blob
+        if result is None and stored:  # unlinked meanwhile: the blob just stored is nobody's
+            self.content.delete_unless_referenced(digest)
         return result
 
     def _commit_once(self, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
