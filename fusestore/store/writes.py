@@ -197,8 +197,8 @@ class Writes:
                     pass
             if committed is None:
                 with self.content.stripe(digest):
+                    stored = True  # from here on the blob may exist, even when put raises
                     self.content.blobs.put(staged, digest)
-                    stored = True
                     committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
         except BaseException:
             self.abandon(staged, remove_created=remove_created)
