@@ -12,6 +12,7 @@ import pytest
 from fusestore import Store, errors
 from fusestore.catalog import ROOT_INO
 from fusestore.store.attributes import Attributes
+from fusestore.store.fsck import find_problems
 from fusestore.store.namespace import GLOBAL_DIR, RENAME_EXCHANGE, RENAME_NOREPLACE, USERS_DIR, Namespace
 from fusestore.store.owners import Owner
 
@@ -366,6 +367,20 @@ def test_an_inode_unlinked_while_open_lives_on_until_its_last_close(store: Store
     assert store.resource(h) is None
     assert orphans(store) == []
     assert list(store.blobs.digests()) == []
+
+
+def test_an_inode_unlinked_while_open_cannot_be_linked_again(store: Store, ns: Namespace, env: int) -> None:
+    """As linkat(2) answers for an unlinked file: otherwise recovery would delete it under its new name."""
+    put(store, "f", DATA)
+    ino = ns.lookup(env, b"f").ino
+    store.opens.opened(ino)
+    ns.unlink(env, b"f")
+    with pytest.raises(errors.NotFound) as caught:
+        ns.link(ino, env, b"g")
+    assert caught.value.errno == errno.ENOENT
+    assert names_in(ns, env) == []
+    assert orphans(store) == [ino]
+    assert find_problems(store) == []
 
 
 def test_an_orphan_stays_while_any_of_its_handles_is_open(store: Store, ns: Namespace, env: int) -> None:
