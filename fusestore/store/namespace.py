@@ -241,6 +241,8 @@ class Namespace:
             parent = self._creating(tx, parent_ino, name)
             if stat.S_ISDIR(node.mode):
                 raise errors.NotPermitted("hard links to directories are not allowed")
+            if node.nlink <= 0:  # as linkat(2): an orphan stays one, and goes at its last close
+                raise errors.NotFound(f"inode {ino} was unlinked")
             space = self.space_for_child(tx, parent, name, directory=False)
             if space != node.space:
                 raise errors.CrossNamespace("hard links cannot cross environments")

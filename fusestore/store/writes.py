@@ -196,8 +196,8 @@ class Writes:
                     pass
             if committed is None:
                 with self.content.stripe(digest):
+                    stored = True  # from here on the blob may exist, even when put raises
                     self.content.blobs.put(staged, digest)
-                    stored = True
                     committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
         except BaseException:
             self.abandon(staged, remove_created=remove_created)
@@ -206,6 +206,8 @@ class Writes:
             raise
         result, tx = committed
         tx.run_callbacks(tx.callbacks)  # outside the stripe lock: they may delete another blob
+        if result is None and stored:  # unlinked meanwhile: the blob just stored is nobody's
+            self.content.delete_unless_referenced(digest)
         return result
 
     def _commit_once(self, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
