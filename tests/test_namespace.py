@@ -296,6 +296,11 @@ def test_readdir_gives_the_attributes_of_each_entry(ns: Namespace, env: int) -> 
     assert ns.readdir(env, b"", 10) == [(b"d", d), (b"f", f)]
 
 
+def test_readdir_of_no_entries_lists_none(ns: Namespace, env: int) -> None:
+    mkfile(ns, env, b"a")
+    assert ns.readdir(env, b"", 0) == []
+
+
 def test_readdir_of_a_file_is_enotdir(ns: Namespace, env: int) -> None:
     f = mkfile(ns, env, b"f")
     with pytest.raises(errors.NotADirectory):

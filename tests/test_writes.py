@@ -314,14 +314,25 @@ def test_a_put_failing_after_storing_deletes_the_stray_blob(failing: tuple[Store
     assert find_problems(store) == []
 
 
-def test_a_failed_put_of_a_created_file_removes_the_file(failing: tuple[Store, FailingBlobStore]) -> None:
+def test_a_failed_commit_of_a_created_file_keeps_the_file_empty(failing: tuple[Store, FailingBlobStore]) -> None:
     store, blob_store = failing
     ino, staged = create(store, b"f", DATA)
     blob_store.on("put", OSError(errno.ENOSPC, "full"))
     with pytest.raises(OSError):
         commit(store, staged)
+    assert store.namespace.getattr(ino).size == 0  # as open(O_CREAT) left it, like ext4 after a failed close
+    assert blobs(store) == []
+    assert store.staging.names() == []
+    assert find_problems(store) == []
+
+
+def test_a_failed_put_by_path_removes_the_file_it_created(failing: tuple[Store, FailingBlobStore]) -> None:
+    store, blob_store = failing
+    blob_store.on("put", OSError(errno.ENOSPC, "full"))
+    with pytest.raises(OSError):
+        put(store, "new", DATA)
     with pytest.raises(errors.NotFound):
-        store.namespace.getattr(ino)
+        store.get_for_environment(ENV, "new")
     assert blobs(store) == []
     assert store.staging.names() == []
     assert find_problems(store) == []

@@ -152,9 +152,11 @@ class Namespace:
 
     def readdir(self, ino: int, after: bytes, limit: int) -> list[tuple[bytes, Attributes]]:
         """Up to ``limit`` entries of ``ino`` after the name ``after``, in name order."""
-        result = []
+        result: list[tuple[bytes, Attributes]] = []
         with self.catalog.read() as tx:
             self.directory(tx, ino)
+            if limit <= 0:
+                return result
             for name, child in tx.entries(ino, after):
                 result.append((name, Attributes.of(self.inode(tx, child))))
                 if len(result) >= limit:

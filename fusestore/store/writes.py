@@ -18,8 +18,9 @@ through the mount, recovery of what a crash left) goes the same way:
    removes the staging record. The staging file goes after the commit.
 4. *Refuse or fail*: content that does not hash to the expected hash is
    never stored; on that and on any failure one transaction undoes step 1
-   (the record, a reservation, the entry a new file got), and a blob stored
-   for nothing is deleted unless the catalog references it meanwhile.
+   (the record, a reservation, and the entry a new file got: on a failure,
+   only a put's), and a blob stored for nothing is deleted unless the
+   catalog references it meanwhile.
 
 Durability is the checkpoints' job (``checkpoints``): a commit waits for no disk.
 """
@@ -181,8 +182,12 @@ class Writes:
         with self.catalog.read() as tx:
             record = tx.staging_record(staged.name)
             resource = tx.resource(digest)
+            node = tx.inode(record.ino) if record is not None else None
         if record is None:
             raise errors.NotFound(f"staging file {staged.name} has no record")
+        if node is None or node.nlink <= 0:  # unlinked meanwhile: store nothing
+            self.abandon(staged, remove_created=False)
+            return None
         if record.expected is not None and digest != record.expected:
             dropped = self.abandon(staged, remove_created=remove_created)
             raise Refused(f"content hashes to {digest.hex()}, expected {record.expected.hex()}", dropped)
@@ -200,7 +205,9 @@ class Writes:
                     self.content.blobs.put(staged, digest)
                     committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
         except BaseException:
-            self.abandon(staged, remove_created=remove_created)
+            # A put that fails promised nothing, and the file it made goes; a file made through
+            # the mount stays, with its last content, as on any filesystem whose close() fails.
+            self.abandon(staged, remove_created=remove_created and not record.keep)
             if stored:
                 self.content.delete_unless_referenced(digest)
             raise
