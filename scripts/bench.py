@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fusestore import Store  # noqa: E402
+from fusestore.digests import IO_BUFFER  # noqa: E402
 
-CHUNK = 1 << 20
 ENV = str(uuid.UUID(int=1))
 
 
@@ -44,7 +44,7 @@ def make_random_file(path: Path, size: int) -> None:
     with open(path, "wb") as out:
         left = size
         while left:
-            n = min(CHUNK, left)
+            n = min(IO_BUFFER, left)
             out.write(os.urandom(n))
             left -= n
 
@@ -52,7 +52,7 @@ def make_random_file(path: Path, size: int) -> None:
 def plain_copy(src: Path, dst: Path) -> None:
     """The baseline: stream the bytes into a plain file and make them durable, as a put does."""
     with open(src, "rb") as reader, open(dst, "wb") as writer:
-        shutil.copyfileobj(reader, writer, CHUNK)
+        shutil.copyfileobj(reader, writer, IO_BUFFER)
         writer.flush()
         os.fsync(writer.fileno())
 
@@ -131,7 +131,7 @@ def write_file(path: Path, size: int, pattern: bytes, *, fsync: bool = False) ->
 
 def read_file(path: Path) -> None:
     with open(path, "rb", buffering=0) as src:
-        while src.read(CHUNK):
+        while src.read(IO_BUFFER):
             pass
 
 
@@ -248,7 +248,7 @@ def bench_fs(args: argparse.Namespace) -> None:
             directories = {"fusestore": env, "plain": plain, "passthrough": bare.mountpoint}
             backing = {**directories, "passthrough": bare.source}  # the passthrough cannot unlink
             for label, fsync in (("sequential write, to close", False), ("sequential write, with fsync", True)):
-                patterns = [os.urandom(CHUNK) for _ in range(args.rounds)]  # new content each round: no dedup hit
+                patterns = [os.urandom(IO_BUFFER) for _ in range(args.rounds)]  # new content each round: no dedup hit
 
                 def remove_unless_read_later(side: str, r: int, fsync: bool = fsync) -> None:
                     if fsync or r > 0:  # the read test reads wFalse0; the rest would only fill the disk
@@ -267,7 +267,7 @@ def bench_fs(args: argparse.Namespace) -> None:
         finally:
             bare.close()
 
-        pattern = os.urandom(CHUNK)
+        pattern = os.urandom(IO_BUFFER)
         write_file(env / "original", size, pattern)
         ours, theirs = pair(lambda r: write_file(env / f"again{r}", size, pattern),
                             lambda r: write_file(plain / f"again{r}", size, pattern), args.rounds)
@@ -281,7 +281,7 @@ def bench_fs(args: argparse.Namespace) -> None:
         ratio_line(f"ls -l of {args.files} entries", ours, theirs, "s", higher_is_better=False)
 
         if args.rss_gib:
-            write_file(env / "huge", args.rss_gib << 30, os.urandom(CHUNK))
+            write_file(env / "huge", args.rss_gib << 30, os.urandom(IO_BUFFER))
             read_file(env / "huge")
         print(f"daemon peak RSS: {peak_rss_mib(pid):.0f} MiB"
               + (f" (after writing and reading a {args.rss_gib} GiB file)" if args.rss_gib else ""))

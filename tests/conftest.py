@@ -1,8 +1,7 @@
-"""Shared fixtures: real stores in temporary directories, and a clock tests move by hand."""
+"""Shared fixtures: real stores in temporary directories, mounts, a clock tests move by hand (helpers.py)."""
 
 from __future__ import annotations
 
-import io
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -13,25 +12,10 @@ import pytest
 
 from fusestore import Store
 
+from .helpers import ENV, ManualClock
+
 if TYPE_CHECKING:
     from .mount_helpers import Mount
-
-ENV = "0f8fad5b-d9cb-469f-a165-70867728950e"
-ENV2 = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
-
-
-class ManualClock:
-    """A clock that only moves when a test says so (expiry without sleeping)."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
 
 @pytest.fixture
 def clock() -> ManualClock:
@@ -47,18 +31,6 @@ def store_path(tmp_path: Path) -> Path:
 def store(store_path: Path, clock: ManualClock) -> Iterator[Store]:
     with Store.open(store_path, clock=clock) as opened:
         yield opened
-
-
-def put(store: Store, path: str, data: bytes, env: str = ENV) -> str:
-    return store.put_for_environment(env, path, io.BytesIO(data), len(data))
-
-
-def read(store: Store, path: str, env: str = ENV) -> bytes:
-    reader, length = store.get_for_environment(env, path)
-    with reader:
-        data = reader.read()
-    assert len(data) == length
-    return data
 
 
 @pytest.fixture

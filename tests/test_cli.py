@@ -14,7 +14,7 @@ import pytest
 from fusestore.catalog import Catalog
 from fusestore.cli.mounts import process_alive
 
-from .conftest import ENV
+from .helpers import ENV
 from .mount_helpers import FUSESTORE, Mount, require_fuse
 
 

@@ -10,7 +10,7 @@ import blake3
 from fusestore import Store
 from fusestore.store.fsck import find_problems
 
-from .conftest import ENV, read
+from .helpers import ENV, read
 
 DATA = b"racing content " * 10_000
 

@@ -31,7 +31,7 @@ from fusestore.fs.virtual import (
 from fusestore.store.attributes import Attributes
 from fusestore.store.owners import Owner
 
-from .conftest import ENV, ManualClock, put, read
+from .helpers import ENV, ManualClock, put, read
 
 ROOT = pyfuse3.ROOT_INODE
 ME = Owner(0, 0)

@@ -25,7 +25,7 @@ from fusestore import Store, errors
 from fusestore.pool import FailingBlobStore, LocalBlobStore
 from fusestore.store.fsck import find_problems
 
-from .conftest import ENV, ENV2, put, read
+from .helpers import ENV, ENV2, put, read
 
 CONTENTS = 'A = b"a" * 100_000\nB = b"b" * 200_000\n'
 A = b"a" * 100_000

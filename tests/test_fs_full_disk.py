@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ENV
+from .helpers import ENV
 from .mount_helpers import Mount, require_fuse
 
 

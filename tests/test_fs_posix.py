@@ -25,7 +25,7 @@ from typing import NoReturn
 
 import pytest
 
-from .conftest import ENV, ENV2
+from .helpers import ENV, ENV2
 from .mount_helpers import LIBC, NOBODY, Mount, eventually, in_child
 
 AT_FDCWD = -100

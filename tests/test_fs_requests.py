@@ -28,7 +28,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from .conftest import ENV, ENV2
+from .helpers import ENV, ENV2
 from .mount_helpers import NOBODY, Mount, eventually, in_child, require_fuse
 
 MiB = 1 << 20

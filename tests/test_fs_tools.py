@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import ENV, ENV2
+from .helpers import ENV, ENV2
 from .mount_helpers import Mount
 
 MiB = 1 << 20

@@ -21,7 +21,7 @@ from fusestore.store.fsck import CHECKS, DEEP_CHECKS, find_problems, run_checks
 from fusestore.store.inspect import Inspection
 from fusestore.store.owners import Owner
 
-from .conftest import ENV, ENV2, put
+from .helpers import ENV, ENV2, put
 
 SHARED = b"shared bytes"
 STAGING_NAME = "0123456789abcdef0123456789abcdef"

@@ -20,7 +20,7 @@ from fusestore.store.fsck import CHECKS, DEEP_CHECKS, run_checks
 from fusestore.store.inspect import Entry, Inspection
 from fusestore.store.owners import Owner
 
-from .conftest import ENV, ENV2, put
+from .helpers import ENV, ENV2, put
 
 REPO = Path(__file__).resolve().parent.parent
 

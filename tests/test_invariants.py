@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from fusestore import Store, errors
 from fusestore.store.fsck import find_problems
 
-from .conftest import ENV, ENV2
+from .helpers import ENV, ENV2
 
 PATHS = st.sampled_from(["a", "b", "d/c", "d/e/f", "g"])
 ENVS = st.sampled_from([ENV, ENV2])

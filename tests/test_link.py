@@ -25,7 +25,7 @@ import pytest
 from fusestore.client import link as link_module
 from fusestore.client.link import link
 
-from .conftest import ENV
+from .helpers import ENV
 from .mount_helpers import FUSESTORE, NOBODY, Mount
 
 LINK_SH = Path(__file__).resolve().parents[1] / "scripts" / "link.sh"

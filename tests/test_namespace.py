@@ -16,7 +16,7 @@ from fusestore.store.fsck import find_problems
 from fusestore.store.namespace import GLOBAL_DIR, RENAME_EXCHANGE, RENAME_NOREPLACE, USERS_DIR, Namespace
 from fusestore.store.owners import Owner
 
-from .conftest import ENV, ENV2, put, read
+from .helpers import ENV, ENV2, put, read
 
 OWNER = Owner(1000, 1000)
 DATA = b"namespace test content" * 100

@@ -24,7 +24,7 @@ from fusestore.store.fsck import find_problems
 from fusestore.store.owners import Owner
 from fusestore.store.writes import Refused
 
-from .conftest import ENV, put, read
+from .helpers import ENV, put, read
 
 OWNER = Owner(1000, 1000)
 DATA = b"open file content " * 1000

@@ -11,7 +11,7 @@ import pytest
 
 from fusestore import RequestResponse, Store, errors
 
-from .conftest import ENV, ManualClock, put, read
+from .helpers import ENV, ManualClock, put, read
 
 DATA = bytes(random.Random(7).randbytes(100_000))
 

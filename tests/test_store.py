@@ -11,7 +11,7 @@ import pytest
 
 from fusestore import Store, errors
 
-from .conftest import ENV, ENV2, put, read
+from .helpers import ENV, ENV2, put, read
 
 DATA = b"the same bytes, twice" * 100
 OTHER = b"something else entirely" * 50

@@ -28,7 +28,7 @@ from fusestore.store.fsck import find_problems
 from fusestore.store.owners import Owner
 from fusestore.store.writes import Dropped, Refused
 
-from .conftest import ENV, put, read
+from .helpers import ENV, put, read
 
 OWNER = Owner(1000, 1000)
 DATA = b"committed content " * 1000

@@ -1,0 +1,35 @@
+"""Helpers the tests share: environments, a clock that moves by hand, puts and reads by path."""
+
+from __future__ import annotations
+
+import io
+
+from fusestore import Store
+
+ENV = "0f8fad5b-d9cb-469f-a165-70867728950e"
+ENV2 = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
+
+
+class ManualClock:
+    """A clock that only moves when a test says so (expiry without sleeping)."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def put(store: Store, path: str, data: bytes, env: str = ENV) -> str:
+    return store.put_for_environment(env, path, io.BytesIO(data), len(data))
+
+
+def read(store: Store, path: str, env: str = ENV) -> bytes:
+    reader, length = store.get_for_environment(env, path)
+    with reader:
+        data = reader.read()
+    assert len(data) == length
+    return data
