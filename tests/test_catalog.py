@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import blake3
+import lmdb
 import pytest
 
 from fusestore import Store, errors
@@ -91,18 +92,29 @@ def test_aborted_transaction_changes_nothing(catalog: Catalog) -> None:
 
 
 def test_store_of_unknown_format_is_refused_untouched(tmp_path: Path) -> None:
+    """Refused before anything is written: no database is made, not one byte of the catalog changes."""
     path = tmp_path / "store"
     Store.open(path).close()
-    cat = Catalog(path / "catalog")
-    with cat.write() as tx:
-        tx.meta_put(b"format", b"99")
-    cat.close()
+    env = lmdb.open(str(path / "catalog"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"format", b"99", db=env.open_db(b"meta", txn=txn))
+        txn.drop(env.open_db(b"freed", txn=txn), delete=True)
+    env.close()
+    before = (path / "catalog" / "data.mdb").read_bytes()
     with pytest.raises(errors.UnknownFormat, match="format '99'"):
         Store.open(path)
-    cat = Catalog(path / "catalog")
-    with cat.read() as tx:
-        assert tx.meta_get(b"format") == b"99"
-    cat.close()
+    with pytest.raises(errors.UnknownFormat, match="format '99'"):
+        Catalog(path / "catalog")
+    assert (path / "catalog" / "data.mdb").read_bytes() == before
+
+
+def test_a_catalog_with_data_but_no_format_is_refused(tmp_path: Path) -> None:
+    env = lmdb.open(str(tmp_path / "catalog"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(b"some", b"thing")
+    env.close()
+    with pytest.raises(errors.UnknownFormat, match="format none"):
+        Catalog(tmp_path / "catalog")
 
 
 def test_second_open_is_store_locked_naming_the_owner(tmp_path: Path) -> None:

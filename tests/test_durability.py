@@ -254,3 +254,28 @@ def test_killed_at_a_random_moment_the_store_keeps_everything_that_returned(stor
                         store.get_for_environment(env, path)
                 else:
                     assert blake3.blake3(read(store, path, env=env)).hexdigest() == digest
+
+
+def test_a_checkpoint_after_deletions_makes_them_durable_before_forgetting_them(store_path: Path) -> None:
+    blobs = FailingBlobStore(LocalBlobStore(store_path / "pool"))
+    with Store.open(store_path, blobs=blobs) as store:
+        put(store, "a", A)
+        store.sync()
+        barriers = blobs.calls["barrier"]
+        store.remove_for_environment(ENV, "a")
+        with store.catalog.read() as tx:
+            assert tx.freed() == [blake3.blake3(A).digest()]
+        store.sync()
+        assert blobs.calls["barrier"] == barriers + 1, "the deletion's unlink is covered by a barrier"
+        with store.catalog.read() as tx:
+            assert tx.freed() == []
+
+
+def test_a_spare_blob_name_a_crash_left_alone_in_staging_is_removed(store_path: Path) -> None:
+    Store.open(store_path).close()
+    spare = store_path / "staging" / ("ab" * 16 + ".blob")
+    spare.write_bytes(b"half published")
+    with Store.open(store_path) as store:
+        assert not spare.exists()
+        assert store.staging.names() == []
+        assert find_problems(store) == []

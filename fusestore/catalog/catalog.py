@@ -67,6 +67,7 @@ class Catalog:
                 str(path), map_size=map_size, max_dbs=16, max_readers=1024,
                 sync=False, metasync=False, readahead=False, lock=True,
             )
+            self._refuse_a_foreign_format()
             self.env.reader_check()  # drop reader slots of dead processes
         self._write_lock = threading.Lock()
         self.meta = self._open_db(b"meta")
@@ -80,6 +81,28 @@ class Catalog:
         self.freed = self._open_db(b"freed")
         self._can_reserve = not readonly
         self.reserve_space()
+
+    def _refuse_a_foreign_format(self) -> None:
+        """Before anything is written: an environment of another format (or none) is refused untouched."""
+        with self.env.begin() as txn:
+            empty = not txn.cursor().first()
+        if empty:
+            return  # a new catalog
+        raw = None
+        try:
+            meta = self.env.open_db(b"meta", create=False)
+        except lmdb.NotFoundError:
+            pass
+        else:
+            with self.env.begin(db=meta) as txn:
+                raw = txn.get(b"format")
+        if raw != str(FORMAT_VERSION).encode():
+            self.env.close()
+            shown = "none" if raw is None else repr(raw.decode(errors="replace"))
+            raise errors.UnknownFormat(
+                f"store at {self.path.parent} has format {shown}; this fusestore "
+                f"reads format {FORMAT_VERSION} only: use a matching fusestore version"
+            )
 
     def _open_db(self, name: bytes) -> "lmdb._Database":
         """A named database; a read-only catalog that lacks one was not written by this format."""
@@ -439,11 +462,10 @@ class Txn:
         with self.raw.cursor(db=self.catalog.freed) as cur:
             return [bytes(key) for key in cur.iternext(values=False)]
 
-    def forget_freed(self, keep: set[bytes]) -> None:
-        """Forget the freed blobs, except ``keep`` (those whose deletion has not finished)."""
-        for digest in self.freed():
-            if digest not in keep:
-                self.raw.delete(digest, db=self.catalog.freed)
+    def forget_freed(self, digests: set[bytes]) -> None:
+        """Forget these freed blobs (their deletion is durable)."""
+        for digest in digests:
+            self.raw.delete(digest, db=self.catalog.freed)
 
     # -- staging records ----------------------------------------------------
 

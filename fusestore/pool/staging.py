@@ -120,16 +120,16 @@ class StagingArea:
         self.discard_name(staged.name)
 
     def discard_name(self, name: str) -> None:
-        """Remove a staging file by name, with the spare names a blob store may have made beside it."""
-        for path in (self.path_of(name), self.path_of(name + SPARE_SUFFIX)):
+        """Remove a staging file by name, with the spare name a blob store may have made beside it (first)."""
+        for path in (self.path_of(name + SPARE_SUFFIX), self.path_of(name)):
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
 
     def names(self) -> list[str]:
-        """The staging names present (spare names excluded)."""
-        return sorted(name for name in os.listdir(self.root) if not name.endswith(SPARE_SUFFIX))
+        """The staging names present, a spare name counting as its staging file's (a crash may leave one alone)."""
+        return sorted({name.removesuffix(SPARE_SUFFIX) for name in os.listdir(self.root)})
 
 
 SPARE_SUFFIX = ".blob"  # a second name a local blob store gives a staging file for an instant (see local.py)

@@ -8,7 +8,9 @@ bytes may not be there. The transaction that completes a resource lists its
 blob as *unsynced* under the number of the checkpoint that will cover it;
 that number moves on under the writer lock before the barrier, so a blob
 listed under it was stored before the barrier began, and the checkpoint
-forgets exactly those.
+forgets exactly those. Freed blobs whose deletion had run before the
+barrier are forgotten after it, so that no power loss brings back a blob
+that nothing lists.
 
 *Recovery* runs when a store is opened, before anything is served:
 
@@ -54,12 +56,13 @@ class Checkpoints:
         with self.catalog.write() as tx:
             covering = self.content.covering_checkpoint
             self.content.covering_checkpoint += 1
-            pending = tx.has_unsynced()
-            tx.forget_freed(keep=self.content.deleting())
+            deleted = set(tx.freed()) - self.content.deleting()  # their deletions ran: the barrier covers them
+            pending = tx.has_unsynced() or bool(deleted)
         if pending:
             self.content.blobs.barrier()
             with self.catalog.write() as tx:
                 tx.remove_unsynced_up_to(covering)
+                tx.forget_freed(deleted - self.content.deleting())
         self.catalog.sync()
 
     # -- recovery -------------------------------------------------------------------
@@ -87,7 +90,7 @@ class Checkpoints:
                 else:
                     self.content.delete(tx, node)
             candidates |= set(tx.freed())
-            tx.forget_freed(keep=set())
+            tx.forget_freed(set(tx.freed()))
         with self.catalog.read() as tx:
             recorded = {record.name for record in tx.staging_records()}
         for name in self.staging.names():

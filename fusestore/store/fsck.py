@@ -1,4 +1,4 @@
-"""Consistency checks of a store: the invariants DESIGN.md promises, one named check each.
+"""Consistency checks of a store: the invariants of docs/FORMAT.md, one named check each.
 
 A check is a function of an ``Inspection`` that yields one readable line per
 broken instance of its invariant, naming the inode's path or the digest. The
