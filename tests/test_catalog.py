@@ -108,6 +108,20 @@ def test_store_of_unknown_format_is_refused_untouched(tmp_path: Path) -> None:
     assert (path / "catalog" / "data.mdb").read_bytes() == before
 
 
+def test_a_first_open_that_stopped_before_writing_the_format_opens_as_new(tmp_path: Path) -> None:
+    (tmp_path / "store" / "catalog").mkdir(parents=True)
+    env = lmdb.open(str(tmp_path / "store" / "catalog"), max_dbs=16)
+    env.open_db(b"meta")
+    env.open_db(b"inodes")
+    env.close()
+    with Store.open(tmp_path / "store") as store:
+        assert read_root(store) == (b".global", b".users")
+
+
+def read_root(store: Store) -> tuple[bytes, ...]:
+    return tuple(name for name, _ in store.namespace.readdir(1, b"", 10))
+
+
 def test_a_catalog_with_data_but_no_format_is_refused(tmp_path: Path) -> None:
     env = lmdb.open(str(tmp_path / "catalog"), max_dbs=16)
     with env.begin(write=True) as txn:

@@ -36,6 +36,7 @@ from .records import (
     u64,
 )
 
+DATABASES = (b"meta", b"resources", b"inodes", b"dirents", b"xattrs", b"staging", b"orphans", b"unsynced", b"freed")
 MAP_SIZE = 1 << 40  # address space only: the file grows with its content
 NEARLY_FULL = 16 << 20  # free bytes below which a failed commit is taken for a full disk
 RESERVE_MAX = 64 << 20  # disk space kept allocated past the catalog's end: 1% of the disk, up to this
@@ -83,11 +84,13 @@ class Catalog:
         self.reserve_space()
 
     def _refuse_a_foreign_format(self) -> None:
-        """Before anything is written: an environment of another format (or none) is refused untouched."""
-        with self.env.begin() as txn:
-            empty = not txn.cursor().first()
-        if empty:
-            return  # a new catalog
+        """Before anything is written: an environment of another format (or none) is refused untouched.
+
+        An environment that holds nothing but empty databases of ours is new
+        (a first open that stopped before it wrote the format).
+        """
+        if self._holds_nothing():
+            return
         raw = None
         try:
             meta = self.env.open_db(b"meta", create=False)
@@ -103,6 +106,18 @@ class Catalog:
                 f"store at {self.path.parent} has format {shown}; this fusestore "
                 f"reads format {FORMAT_VERSION} only: use a matching fusestore version"
             )
+
+    def _holds_nothing(self) -> bool:
+        with self.env.begin() as txn:
+            names = [bytes(key) for key in txn.cursor().iternext(values=False)]
+        if any(name not in DATABASES for name in names):
+            return False
+        for name in names:
+            database = self.env.open_db(name, create=False)
+            with self.env.begin() as txn:
+                if txn.stat(database)["entries"]:
+                    return False
+        return True
 
     def _open_db(self, name: bytes) -> "lmdb._Database":
         """A named database; a read-only catalog that lacks one was not written by this format."""
