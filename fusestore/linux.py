@@ -1,4 +1,4 @@
-"""Linux calls that Python's os module lacks, through libc: writeback hints, syncfs, space reservation.
+"""Linux calls that Python's os module lacks, through libc: writeback hints, syncfs, space reservation, statfs.
 
 Each is None (or falls back) where libc lacks it, so the store still runs,
 more slowly or with less protection, elsewhere.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import sys
 from collections.abc import Callable
 from typing import cast
 
@@ -28,6 +29,14 @@ def _libc_function(name: str, argtypes: list[type]) -> Callable[..., int] | None
 _sync_file_range = _libc_function("sync_file_range", [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint])
 _syncfs = _libc_function("syncfs", [ctypes.c_int])
 _fallocate = _libc_function("fallocate", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64])
+_statfs = _libc_function("statfs", [ctypes.c_char_p, ctypes.c_void_p])
+
+# Filesystems whose syncfs(2) flushes what was written to them (their magic numbers, from statfs(2)).
+# FUSE, NFS, CIFS and overlay filesystems are not among them: there syncfs may flush nothing.
+SYNCFS_FLUSHES = {
+    0xEF53: "ext2/3/4", 0x58465342: "xfs", 0x9123683E: "btrfs", 0xF2F52010: "f2fs", 0x2FC12FC1: "zfs",
+    0x01021994: "tmpfs",  # nothing to flush: tmpfs never survives a power loss anyway
+}
 
 
 def _check(result: int) -> None:
@@ -59,3 +68,17 @@ def reserve_beyond_end(fd: int, length: int) -> None:
     if _fallocate is None:
         raise OSError(errno.EOPNOTSUPP, "fallocate is not available")
     _check(_fallocate(fd, FALLOC_FL_KEEP_SIZE, os.fstat(fd).st_size, length))
+
+
+def filesystem_magic(path: str) -> int | None:
+    """The f_type of the filesystem holding ``path`` (statfs(2)); None where libc lacks statfs."""
+    if _statfs is None:
+        return None
+    buffer = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    _check(_statfs(os.fsencode(path), buffer))
+    return int.from_bytes(buffer.raw[:ctypes.sizeof(ctypes.c_long)], sys.byteorder, signed=True) & 0xFFFFFFFF
+
+
+def syncfs_flushes(path: str) -> bool:
+    """Whether syncfs of the filesystem holding ``path`` makes its writes durable."""
+    return filesystem_magic(path) in SYNCFS_FLUSHES

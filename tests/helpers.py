@@ -33,3 +33,8 @@ def read(store: Store, path: str, env: str = ENV) -> bytes:
         data = reader.read()
     assert len(data) == length
     return data
+
+
+def leftover_staging(store: Store) -> list[str]:
+    """Staging files that are neither in use nor waiting for a checkpoint to retire them: leaks."""
+    return sorted(set(store.staging.names()) - set(store.writes.retired()))

@@ -12,20 +12,26 @@ import io
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import blake3
 import pytest
 
 from fusestore import Store, errors
-from fusestore.pool import FailingBlobStore, LocalBlobStore
+from fusestore.pool import FailingBlobStore, LocalBlobStore, StagingFile
 from fusestore.store.fsck import find_problems
+from fusestore.store.owners import Owner
 
-from .helpers import ENV, ENV2, put, read
+from .helpers import ENV, ENV2, leftover_staging, put, read
+
+if TYPE_CHECKING:
+    from .mount_helpers import Mount
 
 CONTENTS = 'A = b"a" * 100_000\nB = b"b" * 200_000\n'
 A = b"a" * 100_000
@@ -277,5 +283,90 @@ def test_a_spare_blob_name_a_crash_left_alone_in_staging_is_removed(store_path: 
     spare.write_bytes(b"half published")
     with Store.open(store_path) as store:
         assert not spare.exists()
-        assert store.staging.names() == []
+        assert leftover_staging(store) == []
         assert find_problems(store) == []
+
+
+def test_a_file_fsynced_then_closed_survives_a_power_loss_before_the_next_checkpoint(store_path: Path) -> None:
+    """The fsync made the staging file and its record durable; the close's commit never reached the disk.
+
+    The power loss is modelled by what it leaves: the catalog as the fsync's
+    checkpoint synced it (saved then), and the staging directory as it is
+    (a committed change's staging file stays until a checkpoint covers the commit).
+    """
+    saved = store_path.parent / "catalog-at-fsync"
+    crash_after(store_path, f"""
+        import shutil
+        from fusestore.store.owners import Owner
+        env = store.namespace.mkdir(1, {ENV!r}.encode(), 0o755, Owner(0, 0))
+        node, staged = store.namespace.create(env.ino, b"f", 0o644, Owner(0, 0))
+        staged.write(B, 0)
+        staged.sync()  # what fsync(2) on the mount does: the staging file, then a checkpoint
+        store.sync()
+        shutil.copytree(sys.argv[1] + "/catalog", {str(saved)!r})
+        digest, size = staged.hash()
+        store.writes.commit(staged, digest, size)  # close(): committed, not yet synced
+    """)
+    shutil.rmtree(store_path / "catalog")
+    shutil.copytree(saved, store_path / "catalog")
+    with Store.open(store_path) as store:
+        assert read(store, "f") == B
+        assert find_problems(store) == []
+
+
+def _created_and_written(store: Store, data: bytes) -> StagingFile:
+    env = store.namespace.mkdir(1, ENV.encode(), 0o755, Owner(0, 0))
+    _, staged = store.namespace.create(env.ino, b"f", 0o644, Owner(0, 0))
+    staged.write(data, 0)
+    return staged
+
+
+def test_a_change_a_checkpoint_made_durable_keeps_its_staging_file_until_the_next(store: Store) -> None:
+    staged = _created_and_written(store, A)
+    store.sync()  # as an fsync does: the record and the staging file are durable now
+    digest, size = staged.hash()
+    store.writes.commit(staged, digest, size)
+    assert store.writes.retired() == [staged.name] == store.staging.names()
+    store.sync()
+    assert store.staging.names() == [] and store.writes.retired() == []
+    assert read(store, "f") == A
+
+
+def test_a_change_no_checkpoint_covered_drops_its_staging_file_at_its_commit(store: Store) -> None:
+    staged = _created_and_written(store, A)
+    digest, size = staged.hash()
+    store.writes.commit(staged, digest, size)
+    assert store.staging.names() == [] and store.writes.retired() == []
+
+
+def test_recovery_keeps_the_time_of_the_last_write_as_the_mtime(store_path: Path) -> None:
+    crash_after(store_path, f"""
+        from fusestore.store.owners import Owner
+        env = store.namespace.mkdir(1, {ENV!r}.encode(), 0o755, Owner(0, 0))
+        node, staged = store.namespace.create(env.ino, b"f", 0o644, Owner(0, 0))
+        staged.write(A, 0)
+        os.utime(staged.path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))  # its last write, long ago
+    """)
+    with Store.open(store_path) as store:
+        assert read(store, "f") == A
+        _, _, ino = store.locate_for_environment(ENV, "f")
+        assert store.namespace.getattr(ino).mtime_ns == 1_000_000_000_000_000_000
+
+
+def test_a_pool_where_syncfs_cannot_be_trusted_fsyncs_each_blob_at_the_barrier(store_path: Path) -> None:
+    blobs = FailingBlobStore(LocalBlobStore(store_path / "pool", trust_syncfs=False))
+    with Store.open(store_path, blobs=blobs) as store:
+        put(store, "a", A)
+        put(store, "b", B)
+        store.remove_for_environment(ENV, "b")  # deleted before the barrier: nothing to fsync
+        store.sync()
+        assert unsynced(store) == []
+        assert read(store, "a") == A
+        assert find_problems(store) == []
+
+
+def test_syncfs_is_trusted_on_this_disk_and_not_on_a_fuse_mount(tmp_path: Path, mount: "Mount") -> None:
+    assert LocalBlobStore(tmp_path / "pool").trust_syncfs, "the test machine's disk is ext4-like"
+    inside = mount.path / ENV
+    inside.mkdir()
+    assert not LocalBlobStore(inside / "pool").trust_syncfs, "syncfs(2) never reaches a FUSE daemon"

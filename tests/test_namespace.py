@@ -16,7 +16,7 @@ from fusestore.store.fsck import find_problems
 from fusestore.store.namespace import GLOBAL_DIR, RENAME_EXCHANGE, RENAME_NOREPLACE, USERS_DIR, Namespace
 from fusestore.store.owners import Owner
 
-from .helpers import ENV, ENV2, put, read
+from .helpers import ENV, ENV2, leftover_staging, put, read
 
 OWNER = Owner(1000, 1000)
 DATA = b"namespace test content" * 100
@@ -87,7 +87,7 @@ def test_files_symlinks_and_nodes_in_root_are_eperm(ns: Namespace) -> None:
 def test_a_refused_create_in_root_leaves_no_staging_file(store: Store) -> None:
     with pytest.raises(errors.NotPermitted):
         store.namespace.create(ROOT_INO, b"f", 0o644, OWNER)
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_users_directory_holds_one_directory_per_user(ns: Namespace) -> None:

@@ -24,7 +24,7 @@ from fusestore.store.fsck import find_problems
 from fusestore.store.owners import Owner
 from fusestore.store.writes import Refused
 
-from .helpers import ENV, put, read
+from .helpers import ENV, leftover_staging, put, read
 
 OWNER = Owner(1000, 1000)
 DATA = b"open file content " * 1000
@@ -77,7 +77,7 @@ def test_in_order_writes_commit_at_close_with_the_running_hash(store: Store) -> 
 
     run(main)
     assert read(store, "f") == DATA
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_out_of_order_writes_are_rehashed_at_commit(store: Store) -> None:
@@ -213,7 +213,7 @@ def test_a_handle_that_never_wrote_commits_nothing(store: Store) -> None:
     run(main)
     assert store.namespace.getattr(before.ino) == before
     assert store.resource(h).refcount == 1
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_a_time_set_after_the_last_write_is_the_committed_mtime(store: Store) -> None:
@@ -261,7 +261,7 @@ def test_with_two_handles_the_commit_happens_at_the_last_close(store: Store) -> 
 
     run(main)
     assert read(store, "f") == b"new"
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_an_explicit_commit_then_more_writes_commit_again_at_close(store: Store) -> None:
@@ -296,7 +296,7 @@ def test_a_refused_expected_hash_drops_the_created_entry(store: Store) -> None:
     with pytest.raises(errors.NotFound):
         store.namespace.lookup(f.env, b"f")
     assert list(store.blobs.digests()) == []
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_a_refused_expected_hash_keeps_an_existing_file(store: Store) -> None:
@@ -330,7 +330,7 @@ def test_a_file_unlinked_while_open_commits_nothing_and_goes_at_close(store: Sto
 
     run(main)
     assert list(store.blobs.digests()) == []
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_a_large_file_hashed_in_the_background_commits_with_the_right_hash(store: Store) -> None:
@@ -368,7 +368,7 @@ def test_a_failed_put_at_close_keeps_an_existing_files_content(store_path: Path)
 
         run(main)
         assert read(store, "f") == b"old"
-        assert store.staging.names() == []
+        assert leftover_staging(store) == []
         assert find_problems(store) == []
 
 
@@ -389,6 +389,6 @@ def test_a_failed_put_at_close_of_a_created_file_keeps_the_file_with_its_last_co
         run(main)
         kept = store.namespace.lookup(f.env, b"f")  # as on ext4: the file open(O_CREAT) made stays
         assert (kept.ino, kept.size) == (created[0], 0)
-        assert store.staging.names() == []
+        assert leftover_staging(store) == []
         assert find_problems(store) == []
         assert f.dropped == []

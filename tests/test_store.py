@@ -11,7 +11,7 @@ import pytest
 
 from fusestore import Store, errors
 
-from .helpers import ENV, ENV2, put, read
+from .helpers import ENV, ENV2, leftover_staging, put, read
 
 DATA = b"the same bytes, twice" * 100
 OTHER = b"something else entirely" * 50
@@ -79,7 +79,7 @@ def test_reader_ending_early_is_an_error_and_stores_nothing(store: Store) -> Non
     with pytest.raises(errors.NotFound):
         store.get_for_environment(ENV, "f")
     assert store.resources() == [] and blob_count(store) == 0
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_negative_length_other_than_minus_one_is_refused(store: Store) -> None:
@@ -135,7 +135,7 @@ def test_checked_put_with_wrong_hash_stores_nothing(store: Store, length: int) -
     with pytest.raises(errors.NotFound):
         store.get_for_environment(ENV, "f")
     assert store.resources() == [] and blob_count(store) == 0
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_checked_put_with_wrong_hash_keeps_old_content(store: Store) -> None:
@@ -281,7 +281,7 @@ def test_failing_reader_leaves_nothing_behind(store: Store) -> None:
         store.put_for_environment(ENV, "f", Broken(), -1)
     with pytest.raises(errors.NotFound):
         store.get_for_environment(ENV, "f")
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_errors_carry_the_errno_the_filesystem_returns() -> None:

@@ -28,7 +28,7 @@ from fusestore.store.fsck import find_problems
 from fusestore.store.owners import Owner
 from fusestore.store.writes import Dropped, Refused
 
-from .helpers import ENV, put, read
+from .helpers import ENV, leftover_staging, put, read
 
 OWNER = Owner(1000, 1000)
 DATA = b"committed content " * 1000
@@ -88,7 +88,7 @@ def test_a_created_file_is_empty_until_its_staging_file_commits(store: Store) ->
     assert read(store, "f") == DATA
     assert store.xattrs.get(ino, b"user.fusestore.blake3") == blake3.blake3(DATA).hexdigest().encode()
     assert blobs(store) == [digest_of(DATA)]
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
@@ -155,7 +155,7 @@ def test_stage_copies_at_most_the_whole_content(store: Store) -> None:
 def test_stage_of_a_directory_is_einval(store: Store) -> None:
     with pytest.raises(errors.InvalidArgument):
         store.writes.stage(env_of(store), 0)
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
 
 
 def test_abandoning_a_created_file_removes_it(store: Store) -> None:
@@ -163,7 +163,7 @@ def test_abandoning_a_created_file_removes_it(store: Store) -> None:
     assert store.writes.abandon(staged) == Dropped(env_of(store), b"f", ino)
     with pytest.raises(errors.NotFound):
         store.namespace.lookup(env_of(store), b"f")
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
@@ -193,7 +193,7 @@ def test_expected_hash_set_after_create_refuses_other_content_and_drops_the_file
     with pytest.raises(errors.NotFound):
         store.namespace.getattr(ino)
     assert blobs(store) == []
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
@@ -209,7 +209,7 @@ def test_expected_hash_set_before_staging_refuses_other_content_and_keeps_the_ol
     assert read(store, "f") == DATA
     assert store.resource(old).refcount == 1
     assert blobs(store) == [digest_of(DATA)]
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
@@ -253,7 +253,7 @@ def test_commit_after_unlink_returns_none_and_stores_nothing(store: Store) -> No
     assert commit(store, staged) is None
     assert store.resource(blake3.blake3(DATA).hexdigest()) is None
     assert blobs(store) == []
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
@@ -266,7 +266,7 @@ def test_commit_after_unlink_of_an_open_file_returns_none_and_stores_nothing(sto
     store.content.closed(ino)
     with pytest.raises(errors.NotFound):
         store.namespace.getattr(ino)
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
@@ -295,7 +295,7 @@ def test_a_failed_put_leaves_the_old_content_and_nothing_else(failing: tuple[Sto
     assert read(store, "f") == DATA
     assert store.resource(old).refcount == 1
     assert store.resource(blake3.blake3(OTHER).hexdigest()) is None
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert blobs(store) == [digest_of(DATA)]
     assert find_problems(store) == []
 
@@ -310,7 +310,7 @@ def test_a_put_failing_after_storing_deletes_the_stray_blob(failing: tuple[Store
         commit(store, staged)
     assert read(store, "f") == DATA
     assert blobs(store) == [digest_of(DATA)]
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
@@ -322,7 +322,7 @@ def test_a_failed_commit_of_a_created_file_keeps_the_file_empty(failing: tuple[S
         commit(store, staged)
     assert store.namespace.getattr(ino).size == 0  # as open(O_CREAT) left it, like ext4 after a failed close
     assert blobs(store) == []
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
@@ -334,7 +334,7 @@ def test_a_failed_put_by_path_removes_the_file_it_created(failing: tuple[Store, 
     with pytest.raises(errors.NotFound):
         store.get_for_environment(ENV, "new")
     assert blobs(store) == []
-    assert store.staging.names() == []
+    assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
@@ -420,7 +420,7 @@ def test_recovery_commits_what_a_crashed_process_wrote_to_a_created_file(store_p
     with Store.open(store_path) as store:
         assert read(store, "f") == DATA
         assert store.namespace.getattr(ino_of(store, b"f")).size == len(DATA)
-        assert store.staging.names() == []
+        assert leftover_staging(store) == []
         assert blobs(store) == [digest_of(DATA)]
         assert find_problems(store) == []
 
@@ -431,7 +431,7 @@ def test_recovery_discards_a_created_file_whose_bytes_are_not_the_expected(store
     with Store.open(store_path) as store:
         with pytest.raises(errors.NotFound):
             store.namespace.lookup(env_of(store), b"f")
-        assert store.staging.names() == []
+        assert leftover_staging(store) == []
         assert blobs(store) == []
         assert find_problems(store) == []
 

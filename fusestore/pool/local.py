@@ -8,14 +8,19 @@ renamed over it instead. So a blob name always holds exactly the bytes it
 names, once they are on the disk. Getting them there is ``barrier``'s job:
 one ``syncfs`` of the pool's filesystem covers every blob put so far, names
 and directories included (group commit: a flush per blob would cost two
-device flushes for every small file).
+device flushes for every small file). Where syncfs may flush nothing (FUSE,
+network and overlay filesystems: ``linux.syncfs_flushes``), the barrier
+fsyncs each blob put since the last one, and the directories that name
+them, from worker threads so that the filesystem can batch them.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import linux
 from .blobstore import BlobMissing, Promises
@@ -57,9 +62,13 @@ class LocalBlobStore:
 
     promises = Promises(durable_on_put=False, atomic_put=True)
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, trust_syncfs: bool | None = None) -> None:
+        """``trust_syncfs``: whether syncfs makes puts durable here (None: judge by the filesystem's type)."""
         self.root = os.fspath(root)
         os.makedirs(self.root, exist_ok=True)
+        self.trust_syncfs = linux.syncfs_flushes(self.root) if trust_syncfs is None else trust_syncfs
+        self._since_barrier: set[str] = set()  # paths put since the last barrier, when syncfs is not trusted
+        self._lock = threading.Lock()
 
     def path_of(self, digest: bytes) -> str:
         h = digest.hex()
@@ -67,6 +76,9 @@ class LocalBlobStore:
 
     def put(self, staged: StagingFile, digest: bytes) -> None:
         target = self.path_of(digest)
+        if not self.trust_syncfs:
+            with self._lock:
+                self._since_barrier.add(target)
         try:
             try:
                 os.link(staged.path, target)
@@ -102,8 +114,36 @@ class LocalBlobStore:
                     yield bytes.fromhex(name)
 
     def barrier(self) -> None:
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        if self.trust_syncfs:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                linux.syncfs(fd)
+            finally:
+                os.close(fd)
+            return
+        with self._lock:
+            paths, self._since_barrier = self._since_barrier, set()
+        directories = {os.path.dirname(path) for path in paths}
+        directories |= {os.path.dirname(directory) for directory in directories} | ({self.root} if paths else set())
         try:
-            linux.syncfs(fd)
-        finally:
-            os.close(fd)
+            with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
+                list(pool.map(_fsync_path, paths))  # the files first, then the names that reach them
+                list(pool.map(_fsync_path, directories))
+        except BaseException:
+            with self._lock:
+                self._since_barrier |= paths  # the next barrier tries them again
+            raise
+
+
+SYNC_THREADS = 8
+
+
+def _fsync_path(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:  # deleted since its put: nothing to make durable
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -47,8 +47,17 @@ class StagingFile:
         os.ftruncate(self._fd, size)
 
     def sync(self) -> None:
-        """Make the bytes written so far durable (fsync)."""
+        """Make the bytes written so far durable, and the file's name (fsync of the file and the area)."""
         os.fsync(self._fd)
+        fd = os.open(self.area.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def modified_ns(self) -> int:
+        """When the file was last written (recovery keeps it as the mtime of what it commits)."""
+        return os.fstat(self._fd).st_mtime_ns
 
     def start_writeback(self, offset: int, length: int) -> None:
         """Start writing a range to disk without waiting, so that a later sync finds little to do."""

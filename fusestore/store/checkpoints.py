@@ -52,10 +52,12 @@ class Checkpoints:
         self.writes = writes
 
     def checkpoint(self) -> None:
-        """Make every committed change durable: blobs first, then the catalog."""
+        """Make every committed change durable: blobs first, then the catalog, then retire staging files."""
+        retired = self.writes.retired()  # committed before the catalog sync below, so covered by it
         with self.catalog.write() as tx:
             covering = self.content.covering_checkpoint
             self.content.covering_checkpoint += 1
+            changes = self.writes.open_changes()
             deleted = set(tx.freed()) - self.content.deleting()  # their deletions ran: the barrier covers them
             pending = tx.has_unsynced() or bool(deleted)
         if pending:
@@ -64,6 +66,8 @@ class Checkpoints:
                 tx.remove_unsynced_up_to(covering)
                 tx.forget_freed(deleted - self.content.deleting())
         self.catalog.sync()
+        self.writes.synced(changes)
+        self.writes.delete_retired(retired)
 
     # -- recovery -------------------------------------------------------------------
 
@@ -102,7 +106,7 @@ class Checkpoints:
     def _commit_recovered(self, staged: StagingFile) -> None:
         digest, size = staged.hash()
         try:
-            self.writes.commit(staged, digest, size)
+            self.writes.commit(staged, digest, size, mtime_ns=staged.modified_ns())
         except errors.HashMismatch as exc:
             log.warning("recovery: the bytes of staging file %s were not the expected content (%s); discarded",
                         staged.name, exc)

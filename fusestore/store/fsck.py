@@ -420,5 +420,5 @@ def run_checks(ins: Inspection, checks: Iterable[Check] = CHECKS) -> list[Proble
 
 def find_problems(store: Store) -> list[str]:
     """Every broken invariant of a store open in this process, as a readable line; empty means consistent."""
-    with Inspection.over(store.catalog, store.path) as ins:
+    with Inspection.over(store.catalog, store.path, frozenset(store.writes.retired())) as ins:
         return [str(problem) for problem in run_checks(ins)]

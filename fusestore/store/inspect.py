@@ -71,10 +71,11 @@ def decode_name(name: bytes) -> str:
 class Inspection:
     """One consistent, read-only view of a store's catalog, pool and staging directory."""
 
-    def __init__(self, path: Path, tx: Txn, *, live: bool) -> None:
+    def __init__(self, path: Path, tx: Txn, *, live: bool, retired: frozenset[str] = frozenset()) -> None:
         self.path = Path(path)
         self.tx = tx
         self.live = live  # another process owns the store: the directories may have moved on
+        self.retired = retired  # staging files of committed changes the owner deletes at its next checkpoint
         self._inodes: dict[int, Inode] | None = None
         self._names: dict[int, list[tuple[int, bytes]]] | None = None
         self._users: dict[bytes, list[int]] | None = None
@@ -108,10 +109,11 @@ class Inspection:
 
     @classmethod
     @contextmanager
-    def over(cls, catalog: Catalog, store_path: str | os.PathLike[str]) -> Iterator["Inspection"]:
+    def over(cls, catalog: Catalog, store_path: str | os.PathLike[str],
+             retired: frozenset[str] = frozenset()) -> Iterator["Inspection"]:
         """Look through a catalog this process has open (the store's own), in one read transaction."""
         with catalog.read() as tx:
-            yield cls(Path(store_path), tx, live=True)
+            yield cls(Path(store_path), tx, live=True, retired=retired)
 
     # -- the catalog's tables ---------------------------------------------------------
 
@@ -165,11 +167,12 @@ class Inspection:
         return self._scan_pool()[1]
 
     def staging_files(self) -> list[str]:
-        """Names in the staging directory (none when it is missing)."""
+        """Names in the staging directory (none when it is missing), but those the owner retires."""
         try:
-            return sorted(os.listdir(self.path / "staging"))
+            names = os.listdir(self.path / "staging")
         except FileNotFoundError:
             return []
+        return sorted(name for name in names if name.removesuffix(".blob") not in self.retired)
 
     def _scan_pool(self) -> tuple[list[BlobFile], list[str]]:
         if self._pool is None:

@@ -73,6 +73,8 @@ class Writes:
         self.content = content
         self.now_ns = now_ns
         self._of_inode: dict[int, str] = {}  # ino -> staging name of an open file's change
+        self._synced: set[str] = set()  # staging names whose record a checkpoint made durable
+        self._retired: list[str] = []  # their staging files once committed: deleted after the next checkpoint
         self._lock = threading.Lock()
 
     # -- stage --------------------------------------------------------------------
@@ -134,6 +136,7 @@ class Writes:
         with self._lock:
             if self._of_inode.get(ino) == name:
                 del self._of_inode[ino]
+            self._synced.discard(name)
 
     def is_staged(self, ino: int) -> bool:
         """Whether an open file's change of ``ino`` is in flight (its committed hash is then not its content)."""
@@ -227,7 +230,7 @@ class Writes:
             else:
                 self._reference(tx, record, digest, size, stored=stored)
                 tx.remove_staging(record.name)
-                tx.after_commit(lambda: self._discard(record, staged))
+                tx.after_commit(lambda: self._retire_or_discard(record, staged))
                 self.content.set_content(tx, node, digest, size, mtime_ns)
                 result = Attributes.of(node)
         return result, tx
@@ -279,6 +282,48 @@ class Writes:
         tx.save_inode(parent)
         self.content.drop_link(tx, node, now)
         return Dropped(parent.ino, record.entry, node.ino)
+
+    def _retire_or_discard(self, record: StagingRecord, staged: StagingFile) -> None:
+        """A committed change's staging file goes, unless a checkpoint made its record durable.
+
+        Then an fsync may have made it and its record durable, and if it went
+        at once, a power loss before the next checkpoint would leave the
+        record without its bytes: it stays until that checkpoint. (In the
+        local pool it is the blob's own inode: keeping its second name costs
+        no space, until the content is deleted.)
+        """
+        with self._lock:
+            synced = record.name in self._synced
+            self._synced.discard(record.name)
+            if synced:
+                self._retired.append(record.name)
+        if synced:
+            self._forget(record.ino, record.name)
+            staged.close()
+        else:
+            self._discard(record, staged)
+
+    def open_changes(self) -> set[str]:
+        """The staging names of open files' changes: under the writer lock, exactly the committed records."""
+        with self._lock:
+            return set(self._of_inode.values())
+
+    def synced(self, names: set[str]) -> None:
+        """A checkpoint made these records durable (see ``_retire_or_discard``)."""
+        with self._lock:
+            self._synced |= names & set(self._of_inode.values())
+
+    def retired(self) -> list[str]:
+        """The staging names a checkpoint that starts now may delete once the catalog is synced."""
+        with self._lock:
+            return list(self._retired)
+
+    def delete_retired(self, names: list[str]) -> None:
+        with self._lock:
+            gone = set(names)
+            self._retired = [name for name in self._retired if name not in gone]
+        for name in names:
+            self.staging.discard_name(name)
 
     def _discard(self, record: StagingRecord, staged: StagingFile | None) -> None:
         self._forget(record.ino, record.name)
