@@ -339,7 +339,9 @@ def test_a_change_no_checkpoint_covered_drops_its_staging_file_at_its_commit(sto
     assert store.staging.names() == [] and store.writes.retired() == []
 
 
-def test_recovery_keeps_the_time_of_the_last_write_as_the_mtime(store_path: Path) -> None:
+def test_recovery_keeps_the_time_of_the_last_write_as_the_mtime_and_logs_the_path(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     crash_after(store_path, f"""
         from fusestore.store.owners import Owner
         env = store.namespace.mkdir(1, {ENV!r}.encode(), 0o755, Owner(0, 0))
@@ -347,10 +349,12 @@ def test_recovery_keeps_the_time_of_the_last_write_as_the_mtime(store_path: Path
         staged.write(A, 0)
         os.utime(staged.path, ns=(1_000_000_000_000_000_000, 1_000_000_000_000_000_000))  # its last write, long ago
     """)
-    with Store.open(store_path) as store:
+    with caplog.at_level(logging.INFO), Store.open(store_path) as store:
         assert read(store, "f") == A
         _, _, ino = store.locate_for_environment(ENV, "f")
         assert store.namespace.getattr(ino).mtime_ns == 1_000_000_000_000_000_000
+    assert f"recovery: committed what was written to /{ENV}/f (inode {ino}) before the crash (100000 bytes, " \
+        f"BLAKE3 {blake3.blake3(A).hexdigest()})" in caplog.text
 
 
 def test_a_pool_where_syncfs_cannot_be_trusted_fsyncs_each_blob_at_the_barrier(store_path: Path) -> None:

@@ -37,6 +37,7 @@ from ..catalog import PENDING, Catalog, Txn
 from ..digests import EMPTY_DIGEST
 from ..pool import StagingArea, StagingFile
 from .content import Content
+from .inspect import Inspection
 from .writes import Writes
 
 UNSYNCED_ALL = (1 << 64) - 1  # a checkpoint number past every other
@@ -72,18 +73,25 @@ class Checkpoints:
     # -- recovery -------------------------------------------------------------------
 
     def recover(self) -> None:
+        """Finish or undo what a crash left (see the module docstring), one log line per action."""
         self._check_unsynced()
         with self.catalog.read() as tx:
             records = list(tx.staging_records())
+            orphans = tx.orphans()
+        where = self._paths({record.ino for record in records} | set(orphans)) if records or orphans else {}
         candidates: set[bytes] = set()
         for record in records:
+            path = where.get(record.ino, f"inode {record.ino}")
             staged = self.staging.reopen(record.name)
             if record.keep and staged is not None:
-                self._commit_recovered(staged)
+                self._commit_recovered(staged, path)
                 continue
             if staged is not None:  # an unfinished put: it may have stored its blob already
                 candidates.add(staged.hash()[0])
                 staged.close()
+                log.info("recovery: undid the unfinished upload to %s", path)
+            else:
+                log.warning("recovery: the staging file of %s is gone; the file keeps its committed content", path)
             with self.catalog.write() as tx:
                 self.writes.undo_recorded(tx, record, remove_created=not record.keep)
         with self.catalog.write() as tx:
@@ -92,6 +100,7 @@ class Checkpoints:
                 if node is None:
                     tx.remove_orphan(ino)
                 else:
+                    log.info("recovery: deleted %s, unlinked while it was open", where.get(ino, f"inode {ino}"))
                     self.content.delete(tx, node)
             candidates |= set(tx.freed())
             tx.forget_freed(set(tx.freed()))
@@ -101,15 +110,23 @@ class Checkpoints:
             if name not in recorded:
                 self.staging.discard_name(name)
         for digest in candidates:
-            self.content.delete_unless_referenced(digest)
+            if self.content.blobs.contains(digest) and self.content.delete_unless_referenced(digest):
+                log.info("recovery: deleted blob %s, which nothing references", digest.hex())
 
-    def _commit_recovered(self, staged: StagingFile) -> None:
+    def _paths(self, inodes: set[int]) -> dict[int, str]:
+        """The path of each inode from the mount root, for the log (one scan of the directory entries)."""
+        with Inspection.over(self.catalog, self.catalog.path.parent) as inspection:
+            return {ino: inspection.describe(ino) for ino in inodes}
+
+    def _commit_recovered(self, staged: StagingFile, path: str) -> None:
         digest, size = staged.hash()
         try:
             self.writes.commit(staged, digest, size, mtime_ns=staged.modified_ns())
         except errors.HashMismatch as exc:
-            log.warning("recovery: the bytes of staging file %s were not the expected content (%s); discarded",
-                        staged.name, exc)
+            log.warning("recovery: what was written to %s was not its expected content (%s); discarded", path, exc)
+            return
+        log.info("recovery: committed what was written to %s before the crash (%d bytes, BLAKE3 %s)",
+                 path, size, digest.hex())
 
     def _check_unsynced(self) -> list[int]:
         """Check the blobs no checkpoint covered; the inodes whose content did not survive become empty.

@@ -154,15 +154,17 @@ class Content:
         finally:
             self._mark_deleting(digest, -1)
 
-    def delete_unless_referenced(self, digest: bytes) -> None:
-        """Delete the blob of ``digest`` unless the catalog holds it as complete content."""
+    def delete_unless_referenced(self, digest: bytes) -> bool:
+        """Delete the blob of ``digest`` unless the catalog holds it as complete content; True when it did."""
         if digest == EMPTY_DIGEST:
-            return
+            return False
         with self.stripe(digest):
             with self.catalog.read() as tx:
                 resource = tx.resource(digest)
-            if resource is None or not resource.complete:
-                self.blobs.delete(digest)
+            if resource is not None and resource.complete:
+                return False
+            self.blobs.delete(digest)
+            return True
 
     def open(self, ino: int) -> BlobReader:
         """A reader of the committed content of inode ``ino``."""
