@@ -1,0 +1,111 @@
+"""Store statistics: what each figure counts, on a real store."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from fusestore import Store
+from fusestore.store import stats
+from fusestore.store.inspect import Inspection
+from fusestore.store.owners import Owner
+from fusestore.store.stats import KEYS, Stats
+
+from .helpers import ENV, ENV2, put
+
+ROOT_INO = 1
+
+
+def figures(store: Store) -> Stats:
+    return stats.of_store(store, reader_uid=0)
+
+
+# -- the library -----------------------------------------------------------------------------------
+
+
+def test_an_empty_store_counts_nothing_and_its_ratio_is_one(store: Store) -> None:
+    empty = figures(store)
+    assert empty == Stats()
+    assert empty.as_dict() == {"files": 0, "directories": 0, "environments": 0, "logical_bytes": 0,
+                               "stored_bytes": 0, "blobs": 0, "dedup_ratio": 1.0, "per_environment": {}}
+    assert list(json.loads(empty.to_json())) == list(KEYS)
+
+
+def test_two_copies_store_once_and_give_a_ratio_of_two(store: Store) -> None:
+    put(store, "a", b"same bytes")
+    put(store, "b", b"same bytes", env=ENV2)
+    put(store, "c", b"")  # the empty content: a file of 0 bytes, no blob
+    got = figures(store)
+    assert (got.files, got.environments, got.logical_bytes, got.stored_bytes, got.blobs) == (3, 2, 20, 10, 1)
+    assert got.dedup_ratio == 2.0
+    assert got.per_environment == {ENV: 10, ENV2: 10}
+
+
+def test_a_file_with_several_names_counts_once(store: Store) -> None:
+    put(store, "f", b"12345")
+    parent, _, ino = store.locate_for_environment(ENV, "f")
+    store.namespace.link(ino, parent, b"g")
+    store.namespace.link(ino, parent, b"h")
+    got = figures(store)
+    assert (got.files, got.logical_bytes, got.stored_bytes, got.blobs) == (1, 5, 5, 1)
+
+
+def test_user_and_global_files_are_not_in_environments(store: Store) -> None:
+    store.put_for_user("alice", "d/private", io.BytesIO(b"only alice"), 10)
+    store.put_global("g/shared", io.BytesIO(b"everyone's"), 10)
+    assert figures(store) == Stats()
+    put(store, "copy", b"everyone's")  # a content global files also use counts once, for the environment
+    got = figures(store)
+    assert (got.files, got.directories, got.logical_bytes, got.stored_bytes, got.blobs) == (1, 0, 10, 10, 1)
+
+
+def test_an_empty_environment_is_listed_with_zero(store: Store) -> None:
+    store.namespace.mkdir(ROOT_INO, ENV2.encode(), 0o755, Owner(0, 0))
+    put(store, "f", b"abc")
+    got = figures(store)
+    assert got.environments == 2
+    assert got.per_environment == {ENV: 3, ENV2: 0}
+
+
+def test_directories_inside_environments_count_the_environment_directories_do_not(store: Store) -> None:
+    put(store, "a/b/c/file", b"x")
+    put(store, "a/other", b"y")
+    store.namespace.mkdir(ROOT_INO, ENV2.encode(), 0o755, Owner(0, 0))
+    assert figures(store).directories == 3
+
+
+def test_a_pending_upload_is_a_file_without_logical_bytes(store: Store) -> None:
+    seen: list[Stats] = []
+
+    class Watching(io.BytesIO):
+        """Takes the figures while the put is in flight (its file exists, with no content yet)."""
+
+        def read(self, size: int | None = -1) -> bytes:
+            if not seen:
+                seen.append(figures(store))
+            return super().read(size)
+
+    store.put_for_environment(ENV, "big", Watching(b"z" * 100), 100)
+    assert (seen[0].files, seen[0].logical_bytes, seen[0].stored_bytes) == (1, 0, 0)
+    assert (figures(store).files, figures(store).logical_bytes) == (1, 100)
+
+
+def test_an_inspection_of_a_closed_store_gives_the_open_stores_figures(store_path: Path) -> None:
+    with Store.open(store_path) as store:
+        put(store, "x/y", b"hello")
+        live = figures(store)
+    with Inspection.open(store_path) as inspection:
+        assert stats.compute(inspection, reader_uid=1000) == live  # every environment, whoever reads, for now
+
+
+def test_the_json_reads_back_and_nothing_else_does() -> None:
+    some = Stats(files=2, directories=1, environments=1, logical_bytes=10, stored_bytes=4, blobs=1,
+                 per_environment={ENV: 10})
+    assert Stats.from_json(some.to_json()) == some
+    assert json.loads(some.to_json())["dedup_ratio"] == 2.5
+    for bad in (b"[]", b'{"files": 1}', some.to_json().replace(b'"blobs"', b'"blob"')):
+        with pytest.raises(ValueError):
+            Stats.from_json(bad)
