@@ -1,9 +1,12 @@
-"""Store statistics: what each figure counts, on a real store."""
+"""``fusestore stats`` and ``/.stats``: what each figure counts, on a real store and through a mount."""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from fusestore.store.owners import Owner
 from fusestore.store.stats import KEYS, Stats
 
 from .helpers import ENV, ENV2, put
+from .mount_helpers import Mount
 
 ROOT_INO = 1
 
@@ -109,3 +113,55 @@ def test_the_json_reads_back_and_nothing_else_does() -> None:
     for bad in (b"[]", b'{"files": 1}', some.to_json().replace(b'"blobs"', b'"blob"')):
         with pytest.raises(ValueError):
             Stats.from_json(bad)
+
+
+# -- the mount ---------------------------------------------------------------------------------------
+
+
+def read_stats(mount: Mount) -> dict[str, object]:
+    data = (mount.path / ".stats").read_bytes()
+    assert len(data) == os.stat(mount.path / ".stats").st_size
+    result: dict[str, object] = json.loads(data)
+    return result
+
+
+def test_stats_is_a_read_only_root_file_in_the_listing_of_the_root(mount: Mount) -> None:
+    assert ".stats" in os.listdir(mount.path)
+    info = os.stat(mount.path / ".stats")
+    assert (info.st_mode, info.st_uid, info.st_gid, info.st_nlink) == (stat.S_IFREG | 0o444, 0, 0, 1)
+    assert os.geteuid() == 0, "the mount tests run as root"
+    for mode in ("w", "r+", "a"):
+        with pytest.raises(PermissionError) as refused:
+            open(mount.path / ".stats", mode)
+        assert refused.value.errno == errno.EACCES
+    for refused_call in (lambda: os.unlink(mount.path / ".stats"), lambda: os.chmod(mount.path / ".stats", 0o644),
+                         lambda: os.setxattr(mount.path / ".stats", "user.x", b"1")):
+        with pytest.raises(PermissionError) as refused_change:
+            refused_call()
+        assert refused_change.value.errno == errno.EPERM
+    with pytest.raises(FileExistsError):
+        os.mkdir(mount.path / ".stats")
+
+
+def test_stats_holds_a_fresh_snapshot_at_each_open(mount: Mount) -> None:
+    first = read_stats(mount)
+    assert list(first) == list(KEYS)
+    assert first["files"] == 0 and first["per_environment"] == {}
+    env = mount.path / ENV
+    env.mkdir()
+    (env / "sub").mkdir()
+    (env / "sub" / "a").write_bytes(b"twice" * 1000)
+    held = open(mount.path / ".stats", "rb")
+    try:
+        before = held.read()
+        (env / "b").write_bytes(b"twice" * 1000)
+        os.link(env / "b", env / "c")
+        now = read_stats(mount)
+        assert (now["files"], now["directories"], now["environments"]) == (2, 1, 1)
+        assert (now["logical_bytes"], now["stored_bytes"], now["blobs"]) == (10000, 5000, 1)
+        assert now["dedup_ratio"] == 2.0 and now["per_environment"] == {ENV: 10000}
+        held.seek(0)
+        assert held.read() == before  # an open handle keeps its snapshot
+        assert json.loads(before)["files"] == 1
+    finally:
+        held.close()
