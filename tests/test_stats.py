@@ -7,11 +7,14 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fusestore import Store
+from fusestore.cli.stats_cmd import human, table
 from fusestore.store import stats
 from fusestore.store.inspect import Inspection
 from fusestore.store.owners import Owner
@@ -21,10 +24,15 @@ from .helpers import ENV, ENV2, put
 from .mount_helpers import Mount
 
 ROOT_INO = 1
+FUSESTORE = [sys.executable, "-m", "fusestore"]
 
 
 def figures(store: Store) -> Stats:
     return stats.of_store(store, reader_uid=0)
+
+
+def fusestore(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FUSESTORE, *map(str, args)], capture_output=True, text=True, timeout=60)
 
 
 # -- the library -----------------------------------------------------------------------------------
@@ -115,7 +123,16 @@ def test_the_json_reads_back_and_nothing_else_does() -> None:
             Stats.from_json(bad)
 
 
-# -- the mount ---------------------------------------------------------------------------------------
+def test_people_get_binary_units_with_one_decimal_and_the_ratio_with_two() -> None:
+    assert [human(n) for n in (0, 1023, 1024, 1536, 5 << 20, 3 << 30)] == [
+        "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB", "3.0 GiB"]
+    text = table(Stats(files=1, environments=2, logical_bytes=3 << 20, stored_bytes=1 << 20, blobs=1,
+                       per_environment={ENV: 3 << 20, ENV2: 0}))
+    assert "3145728  (3.0 MiB)" in text and "dedup ratio" in text and " 3.00\n" in text
+    assert f"  {ENV}  3145728  (3.0 MiB)" in text and text.endswith(f"  {ENV2}        0  (0 B)\n")
+
+
+# -- the mount and the command ---------------------------------------------------------------------
 
 
 def read_stats(mount: Mount) -> dict[str, object]:
@@ -165,3 +182,40 @@ def test_stats_holds_a_fresh_snapshot_at_each_open(mount: Mount) -> None:
         assert json.loads(before)["files"] == 1
     finally:
         held.close()
+
+
+def test_the_command_reads_a_mount_and_an_unmounted_store_alike(mount: Mount) -> None:
+    env = mount.path / ENV
+    env.mkdir()
+    (env / "f").write_bytes(b"content")
+    (mount.path / ".global" / "g").write_bytes(b"not counted")
+    live = read_stats(mount)
+    assert live["files"] == 1
+
+    by_mount = fusestore("stats", mount.path, "--json")
+    assert by_mount.returncode == 0, by_mount.stderr
+    assert json.loads(by_mount.stdout) == live
+    people = fusestore("stats", mount.path)
+    assert people.returncode == 0 and "dedup ratio" in people.stdout and ENV in people.stdout
+
+    held = fusestore("stats", mount.store, "--json")
+    assert held.returncode == 2 and held.stdout == ""
+    assert held.stderr.startswith("fusestore: ") and str(mount.path) in held.stderr
+    assert len(held.stderr.splitlines()) == 1
+
+    mount.umount()
+    offline = fusestore("stats", mount.store, "--json")
+    assert offline.returncode == 0, offline.stderr
+    assert json.loads(offline.stdout) == live
+    assert fusestore("stats", mount.store).stdout == people.stdout
+
+
+def test_the_command_on_a_path_that_is_no_store_exits_2_and_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "missing"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for path in (missing, empty):
+        result = fusestore("stats", path, "--json")
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.startswith("fusestore: ") and len(result.stderr.splitlines()) == 1
+    assert not missing.exists() and list(empty.iterdir()) == []
