@@ -105,7 +105,7 @@ def read_all(path: Path) -> bytes:
 def test_root_layout_is_fixed(mount: Mount, env_dir: Path) -> None:
     root = os.stat(mount.path)
     assert root.st_mode == stat.S_IFDIR | 0o1777
-    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests", ENV}
+    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests", ".stats", ENV}
     glob = os.stat(mount.path / ".global")
     assert glob.st_mode == stat.S_IFDIR | 0o755
     assert (glob.st_uid, glob.st_gid) == (0, 0)
@@ -115,7 +115,7 @@ def test_root_layout_is_fixed(mount: Mount, env_dir: Path) -> None:
     raises_errno(errno.EPERM, os.rmdir, mount.path / ".global")
     raises_errno(errno.EPERM, os.rmdir, mount.path / ".users")
     raises_errno(errno.EPERM, os.rmdir, mount.path / ".requests")
-    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests", ENV}
+    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests", ".stats", ENV}
 
 
 def test_only_directories_can_be_created_in_root_and_in_users(mount: Mount, env_dir: Path) -> None:
@@ -129,7 +129,7 @@ def test_only_directories_can_be_created_in_root_and_in_users(mount: Mount, env_
         raises_errno(errno.EPERM, os.mknod, target, stat.S_IFCHR | 0o600, os.makedev(1, 3))
         raises_errno(errno.EPERM, os.mknod, target, stat.S_IFREG | 0o600)
         raises_errno(errno.EPERM, os.link, env_dir / "f", target)
-    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests", ENV}
+    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests", ".stats", ENV}
     assert os.listdir(users) == []
 
 
@@ -150,11 +150,11 @@ def test_mkdir_in_root_accepts_only_canonical_lowercase_uuids(mount: Mount) -> N
         with pytest.raises(OSError) as exc:
             os.mkdir(mount.path / bad)
         assert exc.value.errno == errno.EINVAL, (bad, exc.value)
-    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests"}
+    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests", ".stats"}
     os.mkdir(mount.path / ENV2, 0o755)
     st = os.stat(mount.path / ENV2)
     assert st.st_mode == stat.S_IFDIR | 0o755
-    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests", ENV2}
+    assert set(os.listdir(mount.path)) == {".global", ".users", ".requests", ".stats", ENV2}
     raises_errno(errno.EEXIST, os.mkdir, mount.path / ENV2)
 
 

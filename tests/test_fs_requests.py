@@ -646,7 +646,7 @@ def test_request_names_with_a_slash_or_dotdot_create_nothing(mount: Mount, env_d
     assert result.returncode != 0, result
     assert os.listdir(requests_dir(mount)) == []
     assert sorted(os.listdir(env_dir)) == ["src"]
-    assert sorted(os.listdir(mount.path)) == sorted([".global", ".users", ".requests", ENV])
+    assert sorted(os.listdir(mount.path)) == sorted([".global", ".users", ".requests", ".stats", ENV])
 
 
 # -- the directory, removal, limits ----------------------------------------------------------------

@@ -35,6 +35,7 @@ from ..store.owners import Owner
 from .kernel import BLOCK_SIZE, CACHE_SECONDS, NAME_MAX, PID_XATTR, uses_direct_io
 from .openfiles import OpenFiles, OpenInode
 from .requests_dir import Requests, RequestsDir
+from .stats_file import StatsFile
 from .virtual import AttributeChange, VirtualError, VirtualFiles, VirtualHandle
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ class Operations(pyfuse3.Operations):
                 parent, name, deleted=inode, ignore_enoent=True),
         )
         self.virtual = VirtualFiles(
-            RequestsDir(Requests(store, max_per_user=max_requests_per_user, on_linked=self._linked)))
+            RequestsDir(Requests(store, max_per_user=max_requests_per_user, on_linked=self._linked)), StatsFile(store))
         self.handles: dict[int, Handle] = {}
         self.virtual_handles: dict[int, VirtualHandle] = {}
         self.dirs: dict[int, DirHandle] = {}

@@ -1,0 +1,149 @@
+"""``fusestore stats``: files, bytes and deduplication of a store, or of a mount's live daemon.
+
+On a mount point it reads ``/.stats`` (the daemon's view, and no LMDB
+loaded here); on a store nobody owns, it opens a read-only ``Inspection``,
+which creates nothing. A store a live daemon owns is not read behind the
+daemon's back: the command names the mount to ask instead. Both paths print
+the same figures, computed by ``fusestore.store.stats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import re
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from ..fs.kernel import PID_XATTR
+
+if TYPE_CHECKING:
+    from ..store.stats import Stats
+
+FSTYPE = "fuse.fusestore"
+STATS_FILE = ".stats"  # fs.stats_file.STATS_NAME (that module loads pyfuse3)
+UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    stats = commands.add_parser(
+        "stats", help="files, bytes and deduplication of a store or a mount",
+        description="Print how many files, directories and environments a store holds, their logical "
+                    "bytes, the bytes stored for them, the dedup ratio and each environment's bytes. On a "
+                    "mount point: the live daemon's view (MOUNTPOINT/.stats). On an unmounted store: read "
+                    "read-only. Exit status 2 when the path is no store, or a store a mount holds.",
+    )
+    stats.add_argument("target", type=Path, metavar="STORE_OR_MOUNTPOINT")
+    stats.add_argument("--json", action="store_true", help="print one JSON object (the keys of /.stats)")
+    stats.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    target: Path = args.target
+    if str(target.resolve()) in fusestore_mounts():
+        raw = _read_mount(target)
+    else:
+        raw = _read_store(target)
+    from ..store.stats import Stats
+
+    try:
+        figures = Stats.from_json(raw)
+    except ValueError as exc:
+        _fail(1, f"{target / STATS_FILE}: {exc}")
+    sys.stdout.write(raw.decode() if args.json else table(figures))
+
+
+def fusestore_mounts() -> dict[str, int | None]:
+    """Mount point -> daemon pid (None for a dead mount) of every fusestore mount in this namespace."""
+    with open("/proc/self/mountinfo", "rb") as info:
+        lines = info.read().splitlines()
+    octal = re.compile(rb"\\([0-7]{3})")  # the kernel writes space, tab, newline, backslash as \ooo
+    found: dict[str, int | None] = {}
+    for line in lines:
+        fields = line.split()
+        if b"-" not in fields or fields[fields.index(b"-") + 1] != FSTYPE.encode():
+            continue
+        path = os.fsdecode(octal.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
+        try:
+            found[path] = int(os.getxattr(path, PID_XATTR))
+        except (OSError, ValueError):
+            found[path] = None
+    return found
+
+
+def _read_mount(mountpoint: Path) -> bytes:
+    try:
+        with open(mountpoint / STATS_FILE, "rb") as stats_file:
+            return stats_file.read()
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            _fail(1, f"{mountpoint} is a dead mount (its daemon was killed): run `fusestore umount {mountpoint}`")
+        _fail(1, f"cannot read {mountpoint / STATS_FILE}: {exc.strerror}")
+
+
+def _read_store(store: Path) -> bytes:
+    """The JSON of an unmounted store, through a read-only inspection (heavy imports: only here)."""
+    from .. import errors
+    from ..store.inspect import Inspection
+    from ..store.stats import compute
+
+    try:
+        with Inspection.open(store) as inspection:
+            return compute(inspection, reader_uid=os.getuid()).to_json()
+    except errors.StoreLocked:
+        _fail(2, _held_by(store))
+    except (errors.NoStore, errors.UnknownFormat) as exc:
+        _fail(2, str(exc))
+    except OSError as exc:
+        _fail(1, f"cannot read store {store}: {exc.strerror}")
+
+
+def _held_by(store: Path) -> str:
+    """Which mount's daemon holds ``store`` (its pid is in ``<store>/lock``), as a message."""
+    try:
+        pid = int((store / "lock").read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return f"store {store} is in use by another process; unmount it first"
+    for path, daemon in fusestore_mounts().items():
+        if daemon == pid:
+            return f"store {store} is mounted on {path} (daemon pid {pid}): run `fusestore stats {path}`"
+    return f"store {store} is in use by process {pid}, which serves no mount here; stop it first"
+
+
+def _fail(status: int, message: str) -> NoReturn:
+    print(f"fusestore: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def human(size: int) -> str:
+    """Bytes in binary units with one decimal (``1.5 MiB``); plain bytes under 1 KiB."""
+    if size < 1024:
+        return f"{size} B"
+    value = float(size)
+    for unit in UNITS:
+        value /= 1024
+        if value < 1024 or unit == UNITS[-1]:
+            return f"{value:.1f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def table(figures: "Stats") -> str:
+    """The figures for people: one aligned row each, sizes also in binary units, the ratio with 2 decimals."""
+    rows = [("files", str(figures.files), ""), ("directories", str(figures.directories), ""),
+            ("environments", str(figures.environments), ""),
+            ("logical bytes", str(figures.logical_bytes), human(figures.logical_bytes)),
+            ("stored bytes", str(figures.stored_bytes), human(figures.stored_bytes)),
+            ("dedup ratio", f"{figures.dedup_ratio:.2f}", ""), ("blobs", str(figures.blobs), "")]
+    envs = [(f"  {env}", str(size), human(size)) for env, size in sorted(figures.per_environment.items())]
+    label = max(len(name) for name, _, _ in rows + envs)
+    width = max(len(value) for _, value, _ in rows + envs)
+
+    def line(name: str, value: str, unit: str) -> str:
+        return f"{name:<{label}}  {value:>{width}}" + (f"  ({unit})" if unit else "")
+
+    lines = [line(*row) for row in rows]
+    lines.append("logical bytes per environment:" + ("" if envs else " none"))
+    lines += [line(*row) for row in envs]
+    return "\n".join(lines) + "\n"
