@@ -1,7 +1,8 @@
 """The FUSE adapter: pyfuse3 requests in, store calls out, errnos back.
 
-Decisions live in the store (``namespace.Tree``) and in ``openfiles``; this
-class translates. Virtual files (``/.requests``) are routed by inode or by
+Decisions live in the store (``store.namespace``, ``store.xattrs``,
+``store.writes``) and in ``openfiles``; this class translates. Virtual files
+(``/.requests``, ``/.stats``) are routed by inode or by
 name through ``virtual.VirtualFiles``, in one call per handler; everything
 else goes to the store. Every handler runs inside ``_errors``, which turns
 the store's typed errors and OSErrors into the errno the caller sees, and

@@ -1,6 +1,6 @@
 """Virtual files: subtrees of ``/`` that live in the daemon's memory, not in the catalog.
 
-``/.requests`` is one; ``/.stats`` will be another. Each is a ``VirtualTree``
+``/.requests`` and ``/.stats`` are two. Each is a ``VirtualTree``
 owning some names in ``/`` and a range of inode numbers far above any
 catalog inode, so that the adapter (``fs.operations``) tells virtual from
 stored with one routing call (``VirtualFiles``) instead of a comparison
