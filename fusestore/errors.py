@@ -132,6 +132,16 @@ class InvalidArgument(StoreError, ValueError):
     errno = _errno.EINVAL
 
 
+class BadContent(StoreError):
+    """A blob whose bytes are not what its name and the catalog say (missing, of another length, another hash).
+
+    EIO, as a disk answers for a sector it cannot read: the file is
+    damaged, and serving any bytes of it would be serving wrong ones.
+    """
+
+    errno = _errno.EIO
+
+
 class NoSpace(StoreError):
     """The disk that holds the store is full (LMDB reports a short write as EIO)."""
 

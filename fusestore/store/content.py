@@ -17,22 +17,35 @@ shows no complete resource of that digest. So a blob is never deleted under
 a committed reference, and no file system check decides anything.
 
 Empty content is a resource without a blob (``EmptyReader`` reads it).
+
+Wrong bytes are never served: every ``checked_open`` compares the blob's
+length with the catalog's, and the first one of each blob in this process
+also hashes it, for blobs up to ``verify_limit`` bytes (larger ones are
+left to ``fsck --verify``); a blob copied into a staging file for an
+in-place edit is hashed whatever its size. A blob that fails is
+``BadContent`` (EIO), with a log line naming the file.
 """
 
 from __future__ import annotations
 
+import logging
 import stat
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import NoReturn
 
+from .. import errors
 from ..catalog import COMPLETE, Catalog, Inode, Txn
 from ..digests import EMPTY_DIGEST, hash_ranges
 from ..pool import BlobReader, BlobStore, StagingFile
 from .openinodes import OpenInodes
 
 STRIPES = 64
+DEFAULT_VERIFY_LIMIT = 256 << 20
+
+log = logging.getLogger(__name__)
 
 
 class EmptyReader:
@@ -54,11 +67,13 @@ class Content:
     """References to contents over one catalog and blob store."""
 
     def __init__(self, catalog: Catalog, blobs: BlobStore, opens: OpenInodes,
-                 now_ns: Callable[[], int] = time.time_ns) -> None:
+                 now_ns: Callable[[], int] = time.time_ns, verify_limit: int = DEFAULT_VERIFY_LIMIT) -> None:
         self.catalog = catalog
         self.blobs = blobs
         self.opens = opens
         self.now_ns = now_ns
+        self.verify_limit = verify_limit
+        self._verified: set[bytes] = set()  # blobs hashed once in this process (their bytes never change)
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
         self._deleting: Counter[bytes] = Counter()  # freed digests whose blob deletion has not finished
         self._deleting_lock = threading.Lock()
@@ -171,6 +186,45 @@ class Content:
         with self.catalog.read() as tx:
             node = tx.existing_inode(ino)
         return self.reader(node)
+
+    def needs_hashing(self, ino: int) -> bool:
+        """Whether ``checked_open`` of ``ino`` will hash its blob (so that a caller can move it off its loop)."""
+        with self.catalog.read() as tx:
+            node = tx.existing_inode(ino)
+        return (node.content is not None and node.content != EMPTY_DIGEST and node.content not in self._verified
+                and node.size <= self.verify_limit)
+
+    def checked_open(self, ino: int, *, whole: bool = False) -> BlobReader:
+        """A reader of the committed content, checked as the module docstring says (``whole``: always hashed)."""
+        with self.catalog.read() as tx:
+            node = tx.existing_inode(ino)
+        if node.content is None or node.content == EMPTY_DIGEST or not stat.S_ISREG(node.mode):
+            return EmptyReader()
+        digest = node.content
+        try:
+            reader = self.blobs.open(digest)
+        except FileNotFoundError:
+            self._refuse(ino, digest, "is missing")
+        try:
+            if reader.size != node.size:
+                self._refuse(ino, digest, f"holds {reader.size} bytes, not {node.size}")
+            if digest not in self._verified and (whole or node.size <= self.verify_limit):
+                if hash_ranges(reader.pread, _whole(node.size)) != digest:
+                    self._refuse(ino, digest, "does not hash to its name")
+                self._verified.add(digest)
+        except BaseException:
+            reader.close()
+            raise
+        return reader
+
+    def _refuse(self, ino: int, digest: bytes, what: str) -> NoReturn:
+        from .inspect import Inspection  # only on this rare path: it walks the directory entries
+
+        with Inspection.over(self.catalog, self.catalog.path.parent) as inspection:
+            where = inspection.describe(ino)
+        log.error("the blob %s of %s %s: reads of the file fail with EIO (fusestore fsck --repair)",
+                  digest.hex(), where, what)
+        raise errors.BadContent(f"the content of inode {ino} is damaged: its blob {what}")
 
     def reader(self, node: Inode) -> BlobReader:
         """A reader of the node's committed content (BlobMissing when its blob is gone)."""
