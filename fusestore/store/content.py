@@ -27,9 +27,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from ..catalog import COMPLETE, Catalog, Inode, Txn
+from .. import errors
+from ..catalog import COMPLETE, LOST, Catalog, Inode, Txn
 from ..digests import EMPTY_DIGEST, hash_ranges
-from ..pool import BlobReader, BlobStore, StagingFile
+from ..pool import BlobMissing, BlobReader, BlobStore, StagingFile
 from .openinodes import OpenInodes
 
 STRIPES = 64
@@ -171,10 +172,22 @@ class Content:
         return self.reader(node)
 
     def reader(self, node: Inode) -> BlobReader:
-        """A reader of the node's committed content (BlobMissing when its blob is gone)."""
+        """A reader of the node's committed content (BlobMissing when its blob is gone).
+
+        ContentLost (EIO) when fsck took the blob away: asked only when the
+        blob is missing, so reading costs no catalog lookup.
+        """
         if node.content is None or node.content == EMPTY_DIGEST or not stat.S_ISREG(node.mode):
             return EmptyReader()
-        return self.blobs.open(node.content)
+        try:
+            return self.blobs.open(node.content)
+        except BlobMissing:
+            with self.catalog.read() as tx:
+                resource = tx.resource(node.content)
+            if resource is not None and resource.state == LOST:
+                raise errors.ContentLost(f"the content of inode {node.ino} is lost (fsck found its blob "
+                                         "damaged or missing); write it again to restore it") from None
+            raise
 
     def read_ranges(self, digest: bytes, ranges: list[tuple[int, int]]) -> bytes:
         """The BLAKE3 of ranges of a stored content, in order (a proof-of-access answer)."""
