@@ -16,11 +16,12 @@ import stat
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import blake3
 
-from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO
+from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO, verify_structure
 from ..catalog.records import LAYOUT_WHOLE_BLOB, U64
 from ..digests import EMPTY_DIGEST, IO_BUFFER
 from . import names
@@ -62,7 +63,7 @@ def _entry_path(ins: Inspection, parent: int, name: bytes) -> str:
     return f"{where}/{decode_name(name)}"
 
 
-def _references(ins: Inspection) -> Counter[bytes]:
+def references(ins: Inspection) -> Counter[bytes]:
     """References each digest should have: inodes whose content it is, and uploads that reserved it."""
     references: Counter[bytes] = Counter()
     for node in ins.inode_map().values():
@@ -305,16 +306,16 @@ def resources_are_well_formed(ins: Inspection) -> Iterator[str]:
 
 def refcounts_match_references(ins: Inspection) -> Iterator[str]:
     """Each resource's refcount equals the files whose content it is plus the uploads that reserved it."""
-    references = _references(ins)
+    counted = references(ins)
     for res in ins.resources():
-        if res.refcount != references[res.digest]:
+        if res.refcount != counted[res.digest]:
             yield (f"resource {res.digest.hex()} has refcount {res.refcount}, "
-                   f"referenced {references[res.digest]} times{_used_by(ins, res.digest)}")
+                   f"referenced {counted[res.digest]} times{_used_by(ins, res.digest)}")
 
 
 def referenced_contents_have_resources(ins: Inspection) -> Iterator[str]:
     """Every content a file points at, or an upload reserved, has a resource."""
-    for digest in _references(ins):
+    for digest in references(ins):
         if ins.resource(digest) is None:
             yield f"content {digest.hex()} is referenced but has no resource{_used_by(ins, digest)}"
 
@@ -379,7 +380,8 @@ def no_stray_blobs(ins: Inspection) -> Iterator[str]:
     for blob in ins.blobs():
         if blob.digest not in wanted:
             res = ins.resource(blob.digest)
-            why = "its resource is marked lost" if res is not None and res.state == LOST else "not referenced"
+            why = ("not referenced" if res is None else "its resource is marked lost" if res.state == LOST
+                   else "its resource is still pending")
             yield f"blob {blob.digest.hex()} is in the pool but {why}"
 
 
@@ -513,6 +515,14 @@ def lost_contents(ins: Inspection) -> Iterator[str]:
             users = ", ".join(paths) if paths else "no file"
             yield (f"content {res.digest.hex()} ({res.length} bytes) is lost, reads fail with EIO until "
                    f"the same bytes are written again: {users}")
+
+
+def catalog_file_problems(store_path: str | os.PathLike[str]) -> list[str]:
+    """LMDB's structural audit of ``catalog/data.mdb``, as raw bytes: before LMDB opens a file that may be damaged.
+
+    UnknownFormat when the file is not an LMDB data file at all.
+    """
+    return verify_structure(Path(store_path) / "catalog")
 
 
 def run_checks(ins: Inspection, checks: Iterable[Check] = CHECKS) -> list[Problem]:
