@@ -148,6 +148,13 @@ def orphan_an_inode(path: Path) -> None:
         assert txn.delete(U64.pack(env_ino) + b"other", db=db)
 
 
+def record_a_named_file_as_orphan(path: Path) -> None:
+    """An orphan record of /ENV/other, which still has its name: recovery alone would delete the file."""
+    ino = lookup(path, [ENV.encode(), b"other"])
+    with raw(path, b"orphans") as (txn, db):
+        txn.put(U64.pack(ino), b"", db=db)
+
+
 def unfinished_put(path: Path) -> None:
     """What a put cut off leaves: a staging record and its file (recovery undoes it)."""
     name = "0123456789abcdef0123456789abcdef"
@@ -169,6 +176,7 @@ DAMAGES: list[tuple[str, Callable[[Path], None], tuple[str, ...], str, str]] = [
     ("pending", make_pending, (), "pending_resources_are_reserved: resource", "completed pending resource"),
     ("nameless-inode", orphan_an_inode, (), "inodes_have_names: inode", "which no entry named"),
     ("unfinished-put", unfinished_put, (), "recovery would undo the unfinished change", "ran recovery"),
+    ("named-orphan", record_a_named_file_as_orphan, (), "orphans_have_nlink_zero:", "forgot the orphan record"),
 ]
 
 
@@ -189,6 +197,14 @@ def test_each_damage_is_found_unchanged_then_repaired(made: Path, damage: Callab
     again = fsck(made, "--verify")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "_" not in again.stdout.replace("notice:", ""), again.stdout  # no check's name: only notices
+
+
+def test_a_named_file_recorded_as_orphan_survives_the_repair(made: Path) -> None:
+    record_a_named_file_as_orphan(made)
+    assert "fsck --repair forgets that record first" in fsck(made).stdout
+    assert fsck(made, "--repair").returncode == 1
+    with Store.open(made) as store:
+        assert read(store, "other") == OTHER
 
 
 def test_a_healthy_store_exits_0_with_nothing_to_say(made: Path) -> None:

@@ -100,6 +100,8 @@ def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool) ->
     from ..store import Store, fsck, repair
 
     logging.basicConfig(level=logging.WARNING, format="fusestore: %(message)s", stream=sys.stderr)
+    for line in repair.forget_named_orphans(path):
+        print(f"repaired: {line}", file=out)
     with Store.open(path) as store:
         if recovered:
             print("repaired: ran recovery, which did what the 'recovery would' lines say", file=out)

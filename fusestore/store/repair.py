@@ -22,10 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO, Resource
+from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO, Catalog, Resource
 from ..digests import EMPTY_DIGEST
 from . import fsck
 from .inspect import Inspection, decode_name
+from .locking import StoreLock
 
 if TYPE_CHECKING:
     from .store import Store
@@ -71,7 +72,7 @@ def recovery_plan(ins: Inspection) -> Iterator[str]:
         node = ins.inode(ino)
         if node is not None and node.nlink:
             yield (f"recovery would delete {ins.describe(ino)}: it is listed as unlinked while open "
-                   f"but has nlink {node.nlink}")
+                   f"but has nlink {node.nlink} (fsck --repair forgets that record first)")
         elif node is not None:
             yield f"recovery would delete inode {ino}, unlinked while open"
         else:
@@ -98,6 +99,28 @@ def _intact(ins: Inspection, digest: bytes, length: int) -> bool:
         return path.stat().st_size == length and fsck.hash_file(str(path)) == digest
     except FileNotFoundError:
         return False
+
+
+# -- repairs ----------------------------------------------------------------------------------------------------
+
+
+def forget_named_orphans(path: Path) -> list[str]:
+    """Before recovery runs: an orphan record of an inode some entry still names would make it delete that file."""
+    lock = StoreLock(path)
+    try:
+        catalog = Catalog(path / "catalog")
+        try:
+            with catalog.write() as tx:
+                named = {child for _, _, child in tx.all_entries()}
+                wrong = [ino for ino in tx.orphans() if ino in named]
+                for ino in wrong:
+                    tx.remove_orphan(ino)
+        finally:
+            catalog.close()
+    finally:
+        lock.release()
+    return [f"forgot the orphan record of inode {ino}, which entries still name (recovery would have deleted it)"
+            for ino in wrong]
 
 
 # -- repairs of an open store ----------------------------------------------------------------------------------
