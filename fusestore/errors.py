@@ -64,6 +64,17 @@ class ResourceDeleted(StoreError):
     errno = _errno.ESTALE
 
 
+class ContentLost(StoreError):
+    """The file's content was lost: ``fsck --repair`` found its blob damaged or missing and took it away.
+
+    EIO, as a disk answers for a bad sector: the file and its length are
+    known, only its bytes cannot be read (ENOENT would say there is no file,
+    EAGAIN that waiting helps). Writing the same content again restores it.
+    """
+
+    errno = _errno.EIO
+
+
 class HashMismatch(StoreError):
     errno = _errno.EBADMSG
 

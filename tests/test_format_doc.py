@@ -141,6 +141,8 @@ KINDS = [  # (pattern of a path relative to the store, the kind's name in FORMAT
     (r"staging/", "staging/"),
     (rf"staging/{HEX}{{32}}", "staging/<32 hex>"),
     (rf"staging/{HEX}{{32}}\.blob", "staging/<32 hex>.blob"),
+    (r"lost\+found/", "lost+found/"),
+    (rf"lost\+found/{HEX}{{64}}(\.[0-9]+)?", "lost+found/<64 hex>"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,7 +16,7 @@ import lmdb
 import pytest
 
 from fusestore import Store
-from fusestore.catalog import PENDING, ROOT_INO, Catalog, StagingRecord, Txn
+from fusestore.catalog import PENDING, ROOT_INO, Catalog, Inode, Resource, StagingRecord, Txn
 from fusestore.catalog.records import u64
 from fusestore.store.fsck import CHECKS, DEEP_CHECKS, find_problems, run_checks
 from fusestore.store.inspect import Inspection
@@ -196,6 +197,21 @@ def add_pool_debris(h: Healthy) -> None:
     misplaced.write_bytes(b"misplaced")
 
 
+def add_entry_cycle(h: Healthy) -> None:
+    with catalog_write(h.path) as tx:
+        tx.add_entry(h.directory, b"loop", h.env)  # /ENV/a/loop is /ENV again
+
+
+def add_nameless_fifo(h: Healthy) -> None:
+    with catalog_write(h.path) as tx:
+        tx.save_inode(Inode(tx.new_ino(), stat.S_IFIFO | 0o644, 0, 0, nlink=1, space=h.env))
+
+
+def add_unreserved_pending_resource(h: Healthy) -> None:
+    with catalog_write(h.path) as tx:
+        tx.save_resource(Resource(blake3.blake3(b"nobody uploads this").digest(), 19, 1, PENDING))
+
+
 def add_staging(h: Healthy, record: StagingRecord, *, with_file: bool = True) -> None:
     with catalog_write(h.path) as tx:
         tx.add_staging(record)
@@ -213,15 +229,18 @@ DAMAGES: list[tuple[str, Callable[[Healthy], None]]] = [
     ("directories_have_parents", lambda h: change_inode(h, h.directory, parent=ROOT_INO)),
     ("directories_reach_the_root", lambda h: change_inode(h, h.directory, parent=h.directory)),
     ("directories_reach_the_root", lambda h: change_inode(h, h.directory, parent=10**6)),
+    ("no_directory_cycles", add_entry_cycle),
     ("spaces_follow_the_tree", lambda h: change_inode(h, h.file, space=h.file)),
     ("xattrs_belong_to_inodes", add_xattr_of_missing_inode),
     ("next_ino_is_past_every_inode", rewind_next_ino),
     ("orphans_have_nlink_zero", record_linked_file_as_orphan),
     ("unlinked_inodes_are_orphans", unlink_without_orphan_record),
+    ("inodes_have_names", add_nameless_fifo),
     ("resources_are_well_formed", lambda h: change_resource(h, SHARED, layout=3)),
     ("refcounts_match_references", bump_refcount_raw),
     ("referenced_contents_have_resources", point_at_unknown_content),
     ("file_contents_are_complete", lambda h: change_resource(h, SHARED, state=PENDING)),
+    ("pending_resources_are_reserved", add_unreserved_pending_resource),
     ("sizes_match_contents", lambda h: change_inode(h, h.file, size=99)),
     ("pending_files_have_uploads", lambda h: change_inode(h, h.empty, content=None)),
     ("unsynced_blobs_are_complete", add_unsynced_unknown_blob),

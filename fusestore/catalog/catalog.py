@@ -28,6 +28,7 @@ from .. import errors, linux
 from .records import (
     COMPLETE,
     FORMAT_VERSION,
+    LOST,
     ROOT_INO,
     U64,
     Inode,
@@ -287,10 +288,13 @@ class Txn:
         self.raw.put(res.digest, res.encode(), db=self.catalog.resources)
 
     def get(self, digest: bytes) -> Resource:
-        """The complete resource ``digest``: NotFound, or UploadPending while pending."""
+        """The complete resource ``digest``: NotFound, UploadPending while pending, ContentLost when lost."""
         res = self.resource(digest)
         if res is None:
             raise errors.NotFound(f"no resource {digest.hex()}")
+        if res.state == LOST:
+            raise errors.ContentLost(f"the bytes of {digest.hex()} are lost (fsck found their blob damaged or "
+                                     "missing); writing the same content again restores them")
         if not res.complete:
             raise errors.UploadPending(f"resource {digest.hex()} is still being uploaded")
         return res
@@ -498,3 +502,19 @@ class Txn:
         with self.raw.cursor(db=self.catalog.staging) as cur:
             for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
                 yield StagingRecord.decode(bytes(key), raw)
+
+
+def verify_structure(path: Path) -> list[str]:
+    """LMDB's own offline audit of ``<path>/data.mdb``, read as raw bytes (never through liblmdb).
+
+    Each line is a structural problem; none means LMDB may open the file.
+    UnknownFormat when the file is not an LMDB data file at all. Run it
+    before opening a catalog whose last writer may have been cut off.
+    """
+    from lmdb import verify  # py-lmdb's ``python -m lmdb verify``
+
+    try:
+        found = verify.verify(str(path), subdir=True)  # type: ignore[no-untyped-call]
+    except verify.VerifyError as exc:
+        raise errors.UnknownFormat(f"catalog at {path} is not an LMDB data file this fusestore reads: {exc}") from None
+    return [str(line) for line in found]

@@ -14,6 +14,7 @@ ROOT_INO = 1
 
 PENDING = 0
 COMPLETE = 1
+LOST = 2  # fsck --repair took away a damaged or missing blob: reads fail until the content is written again
 LAYOUT_WHOLE_BLOB = 0  # the resource's bytes are one blob named by its digest
 
 U64 = struct.Struct(">Q")

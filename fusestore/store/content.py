@@ -37,9 +37,9 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .. import errors
-from ..catalog import COMPLETE, Catalog, Inode, Txn
+from ..catalog import COMPLETE, LOST, Catalog, Inode, Txn
 from ..digests import EMPTY_DIGEST, hash_ranges
-from ..pool import BlobReader, BlobStore, StagingFile
+from ..pool import BlobMissing, BlobReader, BlobStore, StagingFile
 from .openinodes import OpenInodes
 
 STRIPES = 64
@@ -202,8 +202,8 @@ class Content:
             return EmptyReader()
         digest = node.content
         try:
-            reader = self.blobs.open(digest)
-        except FileNotFoundError:
+            reader = self.reader(node)
+        except BlobMissing:
             self._refuse(ino, digest, "is missing")
         try:
             if reader.size != node.size:
@@ -227,10 +227,22 @@ class Content:
         raise errors.BadContent(f"the content of inode {ino} is damaged: its blob {what}")
 
     def reader(self, node: Inode) -> BlobReader:
-        """A reader of the node's committed content (BlobMissing when its blob is gone)."""
+        """A reader of the node's committed content (BlobMissing when its blob is gone).
+
+        ContentLost (EIO) when fsck took the blob away: asked only when the
+        blob is missing, so reading costs no catalog lookup.
+        """
         if node.content is None or node.content == EMPTY_DIGEST or not stat.S_ISREG(node.mode):
             return EmptyReader()
-        return self.blobs.open(node.content)
+        try:
+            return self.blobs.open(node.content)
+        except BlobMissing:
+            with self.catalog.read() as tx:
+                resource = tx.resource(node.content)
+            if resource is not None and resource.state == LOST:
+                raise errors.ContentLost(f"the content of inode {node.ino} is lost (fsck found its blob "
+                                         "damaged or missing); write it again to restore it") from None
+            raise
 
     def read_ranges(self, digest: bytes, ranges: list[tuple[int, int]]) -> bytes:
         """The BLAKE3 of ranges of a stored content, in order (a proof-of-access answer)."""

@@ -4,30 +4,35 @@ A check is a function of an ``Inspection`` that yields one readable line per
 broken instance of its invariant, naming the inode's path or the digest. The
 checks in ``CHECKS`` hold at every moment nothing is in flight: on a closed
 store, and on an open one between operations (tests run them after every
-step). ``DEEP_CHECKS`` read every blob. The ``fusestore fsck --repair``
-command will build on the same checks.
+step). ``DEEP_CHECKS`` read every blob. ``fusestore fsck`` runs them all
+(``store.repair`` fixes what they find); ``lost_contents`` lists the files
+an earlier repair left unreadable, which is a notice, not a problem.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..catalog import COMPLETE, PENDING, ROOT_INO
+import blake3
+
+from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO, verify_structure
 from ..catalog.records import LAYOUT_WHOLE_BLOB, U64
-from ..digests import EMPTY_DIGEST, hash_fd
+from ..digests import EMPTY_DIGEST, IO_BUFFER
 from . import names
-from .inspect import Inspection, decode_name
+from .inspect import BlobFile, Inspection, decode_name
 from .namespace import GLOBAL_DIR, USERS_DIR
 
 if TYPE_CHECKING:
     from .store import Store
 
 Check = Callable[[Inspection], Iterator[str]]
+Progress = Callable[[int, int], None]  # (bytes read, files finished) since the last call
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ def _entry_path(ins: Inspection, parent: int, name: bytes) -> str:
     return f"{where}/{decode_name(name)}"
 
 
-def _references(ins: Inspection) -> Counter[bytes]:
+def references(ins: Inspection) -> Counter[bytes]:
     """References each digest should have: inodes whose content it is, and uploads that reserved it."""
     references: Counter[bytes] = Counter()
     for node in ins.inode_map().values():
@@ -68,6 +73,17 @@ def _references(ins: Inspection) -> Counter[bytes]:
         if record.reserved and record.expected is not None:
             references[record.expected] += 1
     return references
+
+
+def _subdirectories(ins: Inspection) -> dict[int, list[int]]:
+    """The directories each directory's entries name (the graph a tree walk follows)."""
+    inodes = ins.inode_map()
+    below: dict[int, list[int]] = defaultdict(list)
+    for parent, _, child in ins.entries():
+        node = inodes.get(child)
+        if node is not None and stat.S_ISDIR(node.mode):
+            below[parent].append(child)
+    return below
 
 
 def _wanted_blobs(ins: Inspection) -> set[bytes]:
@@ -176,6 +192,28 @@ def directories_reach_the_root(ins: Inspection) -> Iterator[str]:
                 reaches.update(chain)
 
 
+def no_directory_cycles(ins: Inspection) -> Iterator[str]:
+    """No directory is inside itself through entries (a tree walk such as ``find`` would never end)."""
+    below = _subdirectories(ins)
+    done: set[int] = set()
+    for start in sorted(below):  # the root first
+        if start in done:
+            continue
+        path, todo = [start], [list(below[start])]  # the walk down, and what each level has left to visit
+        while path:
+            if not todo[-1]:
+                done.add(path.pop())
+                todo.pop()
+                continue
+            child = todo[-1].pop()
+            if child in path:
+                cycle = path[path.index(child):] + [child]
+                yield "directories in a cycle of entries: " + " -> ".join(ins.describe(ino) for ino in cycle)
+            elif child not in done:
+                path.append(child)
+                todo.append(list(below.get(child, [])))
+
+
 def spaces_follow_the_tree(ins: Inspection) -> Iterator[str]:
     """Each inode's space is its namespace root: entries of ``/`` and ``/.users`` are their own (``.users`` none)."""
     inodes = ins.inode_map()
@@ -229,6 +267,24 @@ def unlinked_inodes_are_orphans(ins: Inspection) -> Iterator[str]:
             yield f"inode {node.ino} has nlink 0 but no orphan record"
 
 
+def inodes_have_names(ins: Inspection) -> Iterator[str]:
+    """Every inode still linked is reachable: some path of entries leads to it from the root."""
+    below: dict[int, list[int]] = defaultdict(list)
+    for parent, _, child in ins.entries():
+        below[parent].append(child)
+    reached, todo = {ROOT_INO}, [ROOT_INO]
+    while todo:
+        for child in below.get(todo.pop(), []):
+            if child not in reached:
+                reached.add(child)
+                todo.append(child)
+    for node in ins.inode_map().values():
+        if node.nlink != 0 and node.ino not in reached:  # nlink 0: the orphan checks' business
+            named = f"named only in {len(ins.names_of(node.ino))} unreachable entries" if ins.names_of(node.ino) \
+                else "no entry names it"
+            yield f"inode {node.ino} (mode {node.mode:o}) has no path from the root: {named}"
+
+
 # -- contents and resources ---------------------------------------------------------------------------
 
 
@@ -240,7 +296,7 @@ def resources_are_well_formed(ins: Inspection) -> Iterator[str]:
             yield f"{name} has a digest of {len(res.digest)} bytes"
         if res.refcount < 1:
             yield f"{name} has refcount {res.refcount}: a resource goes with its last reference"
-        if res.state not in (PENDING, COMPLETE):
+        if res.state not in (PENDING, COMPLETE, LOST):
             yield f"{name} has unknown state {res.state}"
         if res.layout != LAYOUT_WHOLE_BLOB:
             yield f"{name} has unknown layout {res.layout}"
@@ -250,16 +306,16 @@ def resources_are_well_formed(ins: Inspection) -> Iterator[str]:
 
 def refcounts_match_references(ins: Inspection) -> Iterator[str]:
     """Each resource's refcount equals the files whose content it is plus the uploads that reserved it."""
-    references = _references(ins)
+    counted = references(ins)
     for res in ins.resources():
-        if res.refcount != references[res.digest]:
+        if res.refcount != counted[res.digest]:
             yield (f"resource {res.digest.hex()} has refcount {res.refcount}, "
-                   f"referenced {references[res.digest]} times{_used_by(ins, res.digest)}")
+                   f"referenced {counted[res.digest]} times{_used_by(ins, res.digest)}")
 
 
 def referenced_contents_have_resources(ins: Inspection) -> Iterator[str]:
     """Every content a file points at, or an upload reserved, has a resource."""
-    for digest in _references(ins):
+    for digest in references(ins):
         if ins.resource(digest) is None:
             yield f"content {digest.hex()} is referenced but has no resource{_used_by(ins, digest)}"
 
@@ -269,8 +325,16 @@ def file_contents_are_complete(ins: Inspection) -> Iterator[str]:
     for node in ins.inode_map().values():
         if stat.S_ISREG(node.mode) and node.content is not None:
             res = ins.resource(node.content)
-            if res is not None and not res.complete:
+            if res is not None and res.state == PENDING:
                 yield f"{ins.describe(node.ino)} has content {node.content.hex()}, which is still pending"
+
+
+def pending_resources_are_reserved(ins: Inspection) -> Iterator[str]:
+    """A pending resource is held by an upload that reserved it (recovery undoes unfinished ones), nothing else."""
+    reserved = {record.expected for record in ins.staging_records() if record.reserved}
+    for res in ins.resources():
+        if res.state == PENDING and res.digest not in reserved:
+            yield f"resource {res.digest.hex()} is pending but no upload reserved it{_used_by(ins, res.digest)}"
 
 
 def sizes_match_contents(ins: Inspection) -> Iterator[str]:
@@ -315,7 +379,10 @@ def no_stray_blobs(ins: Inspection) -> Iterator[str]:
     wanted = _wanted_blobs(ins)
     for blob in ins.blobs():
         if blob.digest not in wanted:
-            yield f"blob {blob.digest.hex()} is in the pool but not referenced"
+            res = ins.resource(blob.digest)
+            why = ("not referenced" if res is None else "its resource is marked lost" if res.state == LOST
+                   else "its resource is still pending")
+            yield f"blob {blob.digest.hex()} is in the pool but {why}"
 
 
 def blob_sizes_match_lengths(ins: Inspection) -> Iterator[str]:
@@ -375,15 +442,18 @@ CHECKS: list[Check] = [
     nlink_matches_entries,
     directories_have_parents,
     directories_reach_the_root,
+    no_directory_cycles,
     spaces_follow_the_tree,
     xattrs_belong_to_inodes,
     next_ino_is_past_every_inode,
     orphans_have_nlink_zero,
     unlinked_inodes_are_orphans,
+    inodes_have_names,
     resources_are_well_formed,
     refcounts_match_references,
     referenced_contents_have_resources,
     file_contents_are_complete,
+    pending_resources_are_reserved,
     sizes_match_contents,
     pending_files_have_uploads,
     unsynced_blobs_are_complete,
@@ -398,19 +468,61 @@ CHECKS: list[Check] = [
 ]
 
 
-def blobs_hash_to_their_names(ins: Inspection) -> Iterator[str]:
+def blobs_hash_to_their_names(ins: Inspection, progress: Progress | None = None) -> Iterator[str]:
     """Every blob's bytes hash to its name (reads the whole pool: not in ``CHECKS``)."""
+    for blob, digest in misnamed_blobs(ins, progress):
+        yield misnamed_message(ins, blob, digest)
+
+
+def misnamed_blobs(ins: Inspection, progress: Progress | None = None) -> Iterator[tuple[BlobFile, bytes]]:
+    """Each blob whose bytes hash to another digest than its name, with that digest (``progress`` as it reads)."""
     for blob in ins.blobs():
-        fd = os.open(blob.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            digest, _ = hash_fd(fd)
-        finally:
-            os.close(fd)
+        digest = hash_file(blob.path, progress)
         if digest != blob.digest:
-            yield f"blob {blob.digest.hex()} holds bytes that hash to {digest.hex()}{_used_by(ins, blob.digest)}"
+            yield blob, digest
+
+
+def misnamed_message(ins: Inspection, blob: BlobFile, digest: bytes) -> str:
+    return f"blob {blob.digest.hex()} holds bytes that hash to {digest.hex()}{_used_by(ins, blob.digest)}"
+
+
+def hash_file(path: str, progress: Progress | None = None) -> bytes:
+    """The BLAKE3 of a file, telling ``progress`` of every piece read (a large blob moves a progress bar too)."""
+    hasher = blake3.blake3()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        offset = 0
+        while chunk := os.pread(fd, IO_BUFFER, offset):
+            hasher.update(chunk)
+            offset += len(chunk)
+            if progress is not None:
+                progress(len(chunk), 0)
+    finally:
+        os.close(fd)
+    if progress is not None:
+        progress(0, 1)
+    return hasher.digest()
 
 
 DEEP_CHECKS: list[Check] = [blobs_hash_to_their_names]
+
+
+def lost_contents(ins: Inspection) -> Iterator[str]:
+    """Contents an earlier ``fsck --repair`` marked lost, with the files that read EIO until written again."""
+    for res in ins.resources():
+        if res.state == LOST:
+            paths = ins.paths_using(res.digest)
+            users = ", ".join(paths) if paths else "no file"
+            yield (f"content {res.digest.hex()} ({res.length} bytes) is lost, reads fail with EIO until "
+                   f"the same bytes are written again: {users}")
+
+
+def catalog_file_problems(store_path: str | os.PathLike[str]) -> list[str]:
+    """LMDB's structural audit of ``catalog/data.mdb``, as raw bytes: before LMDB opens a file that may be damaged.
+
+    UnknownFormat when the file is not an LMDB data file at all.
+    """
+    return verify_structure(Path(store_path) / "catalog")
 
 
 def run_checks(ins: Inspection, checks: Iterable[Check] = CHECKS) -> list[Problem]:

@@ -1,0 +1,168 @@
+"""``fusestore fsck``: check an unmounted store (read-only unless ``--repair``), one line per problem.
+
+The order matters: the catalog file's own structure is audited as raw
+bytes before LMDB opens it, then the invariants (``store.fsck``) are
+checked through a read-only inspection and what recovery would do is
+listed; only ``--repair`` opens the store for writing (which recovers) and
+runs ``store.repair``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import TextIO
+
+EXIT_CODES_HELP = """\
+exit status:
+  0  the store is consistent (lost contents an earlier repair left are listed as notices)
+  1  problems were found (also when --repair repaired them: run fsck again to confirm)
+  2  fsck could not run: no readable store there, an unknown format, or a live process owns the store
+"""
+
+
+def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    fsck = commands.add_parser(
+        "fsck", help="check an unmounted store, and repair it with --repair",
+        description="Check STORE, which must not be mounted: the catalog file's structure, then every "
+                    "invariant of docs/FORMAT.md. Prints one line per problem, naming the path or the blob; "
+                    "without --repair nothing under STORE changes.",
+        epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    fsck.add_argument("store", type=Path, metavar="STORE", help="store directory (never created)")
+    fsck.add_argument("--verify", action="store_true", help="also re-hash every blob (BLAKE3): reads the whole pool")
+    fsck.add_argument("--repair", action="store_true",
+                      help="recover, then repair what was found (damaged blobs go to STORE/lost+found)")
+    fsck.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    sys.exit(check(args.store, verify=args.verify, repair=args.repair, out=sys.stdout, err=sys.stderr))
+
+
+def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -> int:
+    """The whole command; returns the exit status."""
+    from .. import errors
+    from ..store import fsck
+    from ..store import repair as repairs
+    from ..store.inspect import Inspection
+    from ..store.locking import InspectionLock
+
+    def cannot(message: str) -> int:
+        print(f"fusestore: {message}", file=err)
+        return 2
+
+    if not path.is_dir():
+        return cannot(f"no store at {path}: not a directory")
+    if not (path / "catalog" / "data.mdb").is_file():
+        return cannot(f"no store at {path}: no catalog/data.mdb")
+    try:
+        lock = InspectionLock(path)  # no writer may start while the file is read as raw bytes
+        try:
+            structure = fsck.catalog_file_problems(path)
+            if structure:
+                for line in structure:
+                    print(f"catalog_structure: catalog/data.mdb: {line}", file=out)
+                print("fusestore: the catalog file is damaged: not checked further, and not repaired "
+                      "(restore it from a backup)", file=err)
+                return 1
+            with Inspection.open(path) as ins:
+                problems = [str(problem) for problem in fsck.run_checks(ins)]
+                corrupt: set[bytes] = set()
+                if verify:
+                    meter = Meter(err, sum(blob.size for blob in ins.blobs()), len(ins.blobs()))
+                    for blob, digest in fsck.misnamed_blobs(ins, meter.advance):
+                        corrupt.add(blob.digest)
+                        problems.append(f"blobs_hash_to_their_names: {fsck.misnamed_message(ins, blob, digest)}")
+                    meter.finish()
+                plan = list(repairs.recovery_plan(ins))
+                problems += plan
+                notices = [f"notice: {line}" for line in fsck.lost_contents(ins)]
+        finally:
+            lock.release()
+    except (errors.NoStore, errors.UnknownFormat, errors.StoreLocked, PermissionError) as exc:
+        return cannot(str(exc))
+    for line in problems + notices:
+        print(line, file=out)
+    if repair and problems:
+        try:
+            _repair(path, corrupt, out, recovered=bool(plan))
+        except errors.StoreLocked as exc:
+            return cannot(f"not repaired: {exc}")
+    return 1 if problems else 0
+
+
+def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool) -> None:
+    """Open the store (recovery runs), repair, say what changed, and what is left."""
+    from ..store import Store, fsck, repair
+
+    logging.basicConfig(level=logging.WARNING, format="fusestore: %(message)s", stream=sys.stderr)
+    for line in repair.forget_named_orphans(path):
+        print(f"repaired: {line}", file=out)
+    with Store.open(path) as store:
+        if recovered:
+            print("repaired: ran recovery, which did what the 'recovery would' lines say", file=out)
+        for line in repair.repair(store, corrupt):
+            print(f"repaired: {line}", file=out)
+        left = [line for line in fsck.find_problems(store)
+                if not line.startswith("no_directory_cycles:")]  # said by the repair already
+        for line in left:
+            print(f"not repaired: {line}", file=out)
+
+
+class Meter:
+    """Progress of ``--verify`` on stderr: a bar on a terminal, else a plain line every few seconds."""
+
+    BAR_EVERY = 0.2
+    LINE_EVERY = 5.0
+
+    def __init__(self, err: TextIO, total_bytes: int, total_files: int) -> None:
+        self.err = err
+        self.terminal = err.isatty()
+        self.total_bytes, self.total_files = total_bytes, total_files
+        self.bytes = self.files = 0
+        self.started = self.shown = time.monotonic()
+
+    def advance(self, read: int, finished: int) -> None:
+        self.bytes += read
+        self.files += finished
+        now = time.monotonic()
+        if now - self.shown >= (self.BAR_EVERY if self.terminal else self.LINE_EVERY):
+            self.shown = now
+            self._show(now)
+
+    def finish(self) -> None:
+        if self.terminal and self.total_files:
+            self._show(time.monotonic())
+            self.err.write("\n")
+            self.err.flush()
+
+    def _show(self, now: float) -> None:
+        elapsed = max(now - self.started, 1e-6)
+        rate = self.bytes / elapsed
+        left = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
+        figures = (f"{_size(self.bytes)}/{_size(self.total_bytes)}, {self.files}/{self.total_files} files, "
+                   f"{_size(rate)}/s, ETA {_duration(left)}")
+        if self.terminal:
+            done = self.bytes / self.total_bytes if self.total_bytes else 1.0
+            bar = "#" * int(done * 30)
+            self.err.write(f"\rverify [{bar:<30}] {done:4.0%} {figures}\x1b[K")
+        else:
+            self.err.write(f"fusestore fsck: verifying blobs: {figures}\n")
+        self.err.flush()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
