@@ -27,10 +27,24 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                        help="how long a proof-of-access request stays open (default 60)")
     mount.add_argument("--max-requests", type=int, default=100, metavar="N",
                        help="open proof-of-access requests per user (default 100); past it, EBUSY")
+    mount.add_argument("--verify-limit", type=size, default="256M", metavar="BYTES",
+                       help="hash a blob at its first open when it is at most this large (K, M, G: 2^10, 2^20, "
+                            "2^30 bytes; default 256M; 0: never; larger ones: fusestore fsck --verify)")
     mount.add_argument("--log", metavar="FILE", help="log file (default: stderr with --foreground, "
                                                      "else STORE/fusestore.log)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.set_defaults(run=run)
+
+
+SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+
+def size(text: str) -> int:
+    """``256M`` and the like: a byte count with an optional K, M or G (powers of 2^10)."""
+    number, suffix = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
+    if suffix not in SUFFIXES or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use digits with an optional K, M or G")
+    return int(number) * SUFFIXES[suffix]
 
 
 def run(args: argparse.Namespace) -> None:
@@ -43,7 +57,7 @@ def run(args: argparse.Namespace) -> None:
             raise
         return
     argv = ["mount", str(args.store), str(args.mountpoint), "--request-ttl", str(args.request_ttl),
-            "--max-requests", str(args.max_requests)]
+            "--max-requests", str(args.max_requests), "--verify-limit", str(args.verify_limit)]
     if args.debug:
         argv.append("--debug")
     if args.allow_other:
@@ -67,6 +81,6 @@ def _serve(args: argparse.Namespace) -> None:
 
     try:
         daemon.serve(args.store, mountpoint, allow_other=args.allow_other, request_ttl=args.request_ttl,
-                     max_requests=args.max_requests, ready_fd=args.ready_fd)
+                     max_requests=args.max_requests, verify_limit=args.verify_limit, ready_fd=args.ready_fd)
     except (errors.StoreLocked, errors.UnknownFormat, daemon.MountFailed) as exc:
         raise mounts.MountError(str(exc)) from None

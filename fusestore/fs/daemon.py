@@ -17,6 +17,7 @@ import pyfuse3
 import trio
 
 from ..store import Store
+from ..store.content import DEFAULT_VERIFY_LIMIT
 from .operations import Operations
 
 log = logging.getLogger(__name__)
@@ -30,10 +31,10 @@ class MountFailed(Exception):
 
 def serve(
     store_path: Path, mountpoint: Path, *, allow_other: bool = False, request_ttl: float = 60.0,
-    max_requests: int = 100, ready_fd: int | None = None,
+    max_requests: int = 100, verify_limit: int = DEFAULT_VERIFY_LIMIT, ready_fd: int | None = None,
 ) -> None:
     """Run the daemon in this process until it is unmounted or signalled."""
-    store = Store.open(store_path, request_ttl=request_ttl)
+    store = Store.open(store_path, request_ttl=request_ttl, verify_limit=verify_limit)
     try:
         operations = Operations(store, max_requests_per_user=max_requests)
         options = set(pyfuse3.default_options) | {"fsname=fusestore", "subtype=fusestore", "default_permissions"}

@@ -174,8 +174,18 @@ class OpenFiles:
         if state.blob is None:
             # Content changes all pass through here (commit) or through
             # ``forget_content``, so the reader stays valid until one of them.
-            state.blob = self.store.content.open(state.ino)
+            state.blob = self.store.content.checked_open(state.ino)
         return state.blob.pread(size, offset)
+
+    async def check(self, state: OpenInode) -> None:
+        """At open: the committed content is the catalog's (length, and BLAKE3 once), or BadContent (EIO)."""
+        if state.staged is not None or state.blob is not None:
+            return
+        content = self.store.content
+        if content.needs_hashing(state.ino):
+            state.blob = await trio.to_thread.run_sync(content.checked_open, state.ino)
+        else:
+            state.blob = content.checked_open(state.ino)
 
     def set_mtime(self, state: OpenInode, mtime_ns: int) -> None:
         """A time set explicitly after the last write is the one the commit keeps."""

@@ -329,15 +329,18 @@ class Operations(pyfuse3.Operations):
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
         info = self._open_handle(inode, flags)
-        if flags & os.O_TRUNC:
-            # libfuse negotiates atomic O_TRUNC, so the truncation arrives
-            # here, not as a setattr. It does not mark the handle as having
-            # written: the shell's `cmd > f` flushes before cmd writes.
-            try:
-                await self.files.truncate(self.handles[info.fh].state, 0)
-            except BaseException:
-                await self.files.close(self.handles.pop(info.fh).state)
-                raise
+        state = self.handles[info.fh].state
+        try:
+            if flags & os.O_TRUNC:
+                # libfuse negotiates atomic O_TRUNC, so the truncation arrives
+                # here, not as a setattr. It does not mark the handle as having
+                # written: the shell's `cmd > f` flushes before cmd writes.
+                await self.files.truncate(state, 0)
+            elif stat.S_ISREG(node.mode):
+                await self.files.check(state)
+        except BaseException:
+            await self.files.close(self.handles.pop(info.fh).state)
+            raise
         return info
 
     @_errors

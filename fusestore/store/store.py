@@ -37,7 +37,7 @@ from ..pool import BlobMissing, BlobReader, BlobStore, LocalBlobStore, ShortRead
 from . import names
 from .access import RequestResponse, RequestTable, choose_ranges
 from .checkpoints import Checkpoints
-from .content import Content
+from .content import DEFAULT_VERIFY_LIMIT, Content
 from .locking import StoreLock
 from .namespace import GLOBAL_DIR, USERS_DIR, Namespace
 from .openinodes import OpenInodes
@@ -71,6 +71,7 @@ class Store:
         max_open_requests: int,
         randbelow: Callable[[int], int],
         blobs: BlobStore | None,
+        verify_limit: int,
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -84,7 +85,7 @@ class Store:
         self.staging = StagingArea(self.path / "staging")
         self.blobs = blobs if blobs is not None else LocalBlobStore(self.path / "pool")
         self.opens = OpenInodes()
-        self.content = Content(self.catalog, self.blobs, self.opens)
+        self.content = Content(self.catalog, self.blobs, self.opens, verify_limit=verify_limit)
         self.writes = Writes(self.catalog, self.staging, self.content)
         self.namespace = Namespace(self.catalog, self.content, self.writes)
         self.xattrs = Xattrs(self.catalog, self.writes)
@@ -110,15 +111,18 @@ class Store:
         max_open_requests: int = 10000,
         randbelow: Callable[[int], int] = secrets.randbelow,
         blobs: BlobStore | None = None,
+        verify_limit: int = DEFAULT_VERIFY_LIMIT,
     ) -> "Store":
         """Open the store at ``path``, creating it when missing.
 
         ``blobs`` is where blob bytes live; by default the local pool in the
         store directory (``<path>/pool``). The staging area stays local.
+        ``verify_limit``: blobs up to this size are hashed at their first
+        open in this process (see ``content``); 0 hashes none.
         """
         return cls(
             Path(path), clock=clock, request_ttl=request_ttl, challenge_ranges=challenge_ranges,
-            max_open_requests=max_open_requests, randbelow=randbelow, blobs=blobs,
+            max_open_requests=max_open_requests, randbelow=randbelow, blobs=blobs, verify_limit=verify_limit,
         )
 
     def __enter__(self) -> "Store":
@@ -347,12 +351,12 @@ class Store:
                 raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
             if node.content is None:
                 raise errors.UploadPending(f"{parts[-1]!r} is still being uploaded")
-            resource = tx.get(node.content)
-            try:
-                blob = self.content.reader(node)
-            except BlobMissing:
-                raise errors.NotFound(f"{parts[-1]!r} was removed meanwhile") from None
-        return io.BufferedReader(BlobFile(blob), IO_BUFFER), resource.length
+            tx.get(node.content)  # UploadPending, ContentLost
+        try:
+            blob = self.content.checked_open(node.ino)  # the content now: its length is the catalog's
+        except errors.NotFound:
+            raise errors.NotFound(f"{parts[-1]!r} was removed meanwhile") from None
+        return io.BufferedReader(BlobFile(blob), IO_BUFFER), blob.size
 
     def _remove(self, parts: list[bytes]) -> None:
         with self.catalog.read() as tx:

@@ -112,8 +112,8 @@ class Writes:
         staged = self.staging.create()
         try:
             copy_length = min(copy_length, node.size)
-            if copy_length:
-                reader = self.content.reader(node)
+            if copy_length:  # an in-place edit: what it starts from is checked whole, whatever the limit
+                reader = self.content.checked_open(ino, whole=True)
                 try:
                     reader.copy_to(staged, copy_length)
                 finally:
