@@ -244,6 +244,15 @@ def test_a_lost_blob_reads_content_lost_until_the_same_bytes_come_back(made: Pat
     assert fsck(made, "--verify").stdout == ""
 
 
+def test_a_proof_of_access_ask_for_lost_content_says_upload_it(made: Path) -> None:
+    """ENOENT, as for unknown content: the client then uploads, which is what restores the content."""
+    flip_a_byte(made)
+    fsck(made, "--verify", "--repair")
+    with Store.open(made) as store:
+        with pytest.raises(errors.NotFound, match="is lost: upload it"):
+            store.put_for_environment_request(ENV, "linked", digest_of(SHARED).hex())
+
+
 def test_a_wrong_length_blob_goes_to_lost_and_found(made: Path) -> None:
     os.truncate(blob_path(made, SHARED), 4)
     assert "blob_sizes_match_lengths" in fsck(made).stdout

@@ -204,7 +204,10 @@ class Store:
         digest = parse_hash(blake3_hex)
         with self.catalog.read() as tx:
             self._check_destination(tx, destination, owner)
-            resource = tx.get(digest)
+            try:
+                resource = tx.get(digest)
+            except errors.ContentLost:  # as unknown: an upload of the same bytes is what restores it
+                raise errors.NotFound(f"the content {digest.hex()} is lost: upload it") from None
             ranges = choose_ranges(resource.length, self.challenge_ranges, self.randbelow)
             try:
                 answer = self.content.read_ranges(digest, ranges)  # of no ranges: the BLAKE3 of no bytes
