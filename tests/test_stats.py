@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from fusestore import Store
-from fusestore.cli.stats_cmd import human, table
+from fusestore.cli.mounts import human_bytes as human
+from fusestore.cli.stats_cmd import table
 from fusestore.store import stats
 from fusestore.store.inspect import Inspection
 from fusestore.store.owners import Owner

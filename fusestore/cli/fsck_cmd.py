@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from . import mounts
+
 EXIT_CODES_HELP = """\
 exit status:
   0  the store is consistent (lost contents an earlier repair left are listed as notices)
@@ -144,8 +146,9 @@ class Meter:
         elapsed = max(now - self.started, 1e-6)
         rate = self.bytes / elapsed
         left = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
-        figures = (f"{_size(self.bytes)}/{_size(self.total_bytes)}, {self.files}/{self.total_files} files, "
-                   f"{_size(rate)}/s, ETA {_duration(left)}")
+        size = mounts.human_bytes
+        figures = (f"{size(self.bytes)}/{size(self.total_bytes)}, {self.files}/{self.total_files} files, "
+                   f"{size(rate)}/s, ETA {_duration(left)}")
         if self.terminal:
             done = self.bytes / self.total_bytes if self.total_bytes else 1.0
             bar = "#" * int(done * 30)
@@ -153,14 +156,6 @@ class Meter:
         else:
             self.err.write(f"fusestore fsck: verifying blobs: {figures}\n")
         self.err.flush()
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
 
 
 def _duration(seconds: float) -> str:

@@ -23,12 +23,50 @@ class MountError(Exception):
     """A failure with a message meant for the user, as one line."""
 
 
-def mounted_paths() -> set[str]:
-    """Mount points of this mount namespace (dead FUSE mounts included, unlike os.path.ismount)."""
+FSTYPE = "fuse.fusestore"
+
+
+def mount_table() -> list[tuple[str, str]]:
+    """(mount point, filesystem type) of every mount of this namespace (dead FUSE mounts included)."""
     with open("/proc/self/mountinfo", "rb") as info:
         lines = info.read().splitlines()
     octal = re.compile(rb"\\([0-7]{3})")  # the kernel writes space, tab, newline, backslash as \ooo
-    return {os.fsdecode(octal.sub(lambda m: bytes([int(m.group(1), 8)]), line.split()[4])) for line in lines}
+    table = []
+    for line in lines:
+        fields = line.split()
+        path = os.fsdecode(octal.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
+        table.append((path, os.fsdecode(fields[fields.index(b"-") + 1])))
+    return table
+
+
+def mounted_paths() -> set[str]:
+    """Mount points of this mount namespace (dead FUSE mounts included, unlike os.path.ismount)."""
+    return {path for path, _ in mount_table()}
+
+
+def fusestore_mounts() -> dict[str, int | None]:
+    """Mount point -> daemon pid (None for a dead mount) of every fusestore mount in this namespace."""
+    found: dict[str, int | None] = {}
+    for path, fstype in mount_table():
+        if fstype != FSTYPE:
+            continue
+        try:
+            found[path] = int(os.getxattr(path, PID_XATTR))
+        except (OSError, ValueError):
+            found[path] = None
+    return found
+
+
+def human_bytes(size: float) -> str:
+    """Bytes in binary units with one decimal (``1.5 MiB``); plain bytes under 1 KiB."""
+    if size < 1024:
+        return f"{size:.0f} B"
+    units = ["KiB", "MiB", "GiB", "TiB"]
+    size /= 1024
+    while size >= 1024 and len(units) > 1:
+        size /= 1024
+        units.pop(0)
+    return f"{size:.1f} {units[0]}"
 
 
 def check_mountpoint(mountpoint: Path) -> None:

@@ -12,19 +12,16 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from ..fs.kernel import PID_XATTR
+from . import mounts
 
 if TYPE_CHECKING:
     from ..store.stats import Stats
 
-FSTYPE = "fuse.fusestore"
 STATS_FILE = ".stats"  # fs.stats_file.STATS_NAME (that module loads pyfuse3)
-UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -42,7 +39,7 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
 def run(args: argparse.Namespace) -> None:
     target: Path = args.target
-    if str(target.resolve()) in fusestore_mounts():
+    if str(target.resolve()) in mounts.fusestore_mounts():
         raw = _read_mount(target)
     else:
         raw = _read_store(target)
@@ -53,24 +50,6 @@ def run(args: argparse.Namespace) -> None:
     except ValueError as exc:
         _fail(1, f"{target / STATS_FILE}: {exc}")
     sys.stdout.write(raw.decode() if args.json else table(figures))
-
-
-def fusestore_mounts() -> dict[str, int | None]:
-    """Mount point -> daemon pid (None for a dead mount) of every fusestore mount in this namespace."""
-    with open("/proc/self/mountinfo", "rb") as info:
-        lines = info.read().splitlines()
-    octal = re.compile(rb"\\([0-7]{3})")  # the kernel writes space, tab, newline, backslash as \ooo
-    found: dict[str, int | None] = {}
-    for line in lines:
-        fields = line.split()
-        if b"-" not in fields or fields[fields.index(b"-") + 1] != FSTYPE.encode():
-            continue
-        path = os.fsdecode(octal.sub(lambda m: bytes([int(m.group(1), 8)]), fields[4]))
-        try:
-            found[path] = int(os.getxattr(path, PID_XATTR))
-        except (OSError, ValueError):
-            found[path] = None
-    return found
 
 
 def _read_mount(mountpoint: Path) -> bytes:
@@ -106,7 +85,7 @@ def _held_by(store: Path) -> str:
         pid = int((store / "lock").read_text(encoding="ascii").strip())
     except (OSError, ValueError):
         return f"store {store} is in use by another process; unmount it first"
-    for path, daemon in fusestore_mounts().items():
+    for path, daemon in mounts.fusestore_mounts().items():
         if daemon == pid:
             return f"store {store} is mounted on {path} (daemon pid {pid}): run `fusestore stats {path}`"
     return f"store {store} is in use by process {pid}, which serves no mount here; stop it first"
@@ -117,26 +96,14 @@ def _fail(status: int, message: str) -> NoReturn:
     sys.exit(status)
 
 
-def human(size: int) -> str:
-    """Bytes in binary units with one decimal (``1.5 MiB``); plain bytes under 1 KiB."""
-    if size < 1024:
-        return f"{size} B"
-    value = float(size)
-    for unit in UNITS:
-        value /= 1024
-        if value < 1024 or unit == UNITS[-1]:
-            return f"{value:.1f} {unit}"
-    raise AssertionError("unreachable")
-
-
 def table(figures: "Stats") -> str:
     """The figures for people: one aligned row each, sizes also in binary units, the ratio with 2 decimals."""
     rows = [("files", str(figures.files), ""), ("directories", str(figures.directories), ""),
             ("environments", str(figures.environments), ""),
-            ("logical bytes", str(figures.logical_bytes), human(figures.logical_bytes)),
-            ("stored bytes", str(figures.stored_bytes), human(figures.stored_bytes)),
+            ("logical bytes", str(figures.logical_bytes), mounts.human_bytes(figures.logical_bytes)),
+            ("stored bytes", str(figures.stored_bytes), mounts.human_bytes(figures.stored_bytes)),
             ("dedup ratio", f"{figures.dedup_ratio:.2f}", ""), ("blobs", str(figures.blobs), "")]
-    envs = [(f"  {env}", str(size), human(size)) for env, size in sorted(figures.per_environment.items())]
+    envs = [(f"  {env}", str(size), mounts.human_bytes(size)) for env, size in sorted(figures.per_environment.items())]
     label = max(len(name) for name, _, _ in rows + envs)
     width = max(len(value) for _, value, _ in rows + envs)
 
