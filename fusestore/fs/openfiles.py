@@ -89,6 +89,8 @@ class OpenFiles:
         """The first handle of a file just created, with the staging file it was created with."""
         state = self.open(ino)
         state.staged, state.size, state.hashed = staged, 0, 0
+        # a file closed unwritten keeps the time it was created, before and after a crash
+        self._set_mtime(state, staged, self.store.namespace.getattr(ino).mtime_ns)
         state.hasher = self._running_hash(staged)
         return state
 
@@ -151,7 +153,7 @@ class OpenFiles:
                 else:
                     self._drop_hash(state)
             state.size = max(state.size, offset + written)
-            state.mtime_ns = time.time_ns()
+            self._set_mtime(state, staged, time.time_ns())
             return written
 
     async def truncate(self, state: OpenInode, size: int) -> None:
@@ -164,7 +166,7 @@ class OpenFiles:
             elif state.hasher is not None and size != state.hashed:
                 self._drop_hash(state)
             state.size = size
-            state.mtime_ns = time.time_ns()
+            self._set_mtime(state, staged, time.time_ns())
 
     async def read(self, state: OpenInode, offset: int, size: int) -> bytes:
         if state.staged is not None:
@@ -188,9 +190,15 @@ class OpenFiles:
             state.blob = content.checked_open(state.ino)
 
     def set_mtime(self, state: OpenInode, mtime_ns: int) -> None:
-        """A time set explicitly after the last write is the one the commit keeps."""
-        if state.dirty:
-            state.mtime_ns = mtime_ns
+        """A time set explicitly after the last write is the one the commit keeps (call it under ``state.lock``)."""
+        if state.staged is not None:
+            self._set_mtime(state, state.staged, mtime_ns)
+
+    @staticmethod
+    def _set_mtime(state: OpenInode, staged: StagingFile, mtime_ns: int) -> None:
+        """The mtime the commit keeps, also as the staging file's: after a crash, recovery keeps that one."""
+        state.mtime_ns = mtime_ns
+        staged.set_modified_ns(mtime_ns)
 
     async def fsync(self, state: OpenInode) -> None:
         """Make what was written durable: the staging file, then a checkpoint.

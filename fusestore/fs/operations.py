@@ -177,10 +177,14 @@ class Operations(pyfuse3.Operations):
             return self.entry(virtual.setattr(inode, change, self._owner(ctx)))
         if change.size is not None:
             await self._truncate(inode, change.size)  # O_TRUNC arrives here too: no "wrote" mark
-        node = self.tree.setattr(inode, mode=change.mode, uid=change.uid, gid=change.gid,
-                                 atime_ns=change.atime_ns, mtime_ns=change.mtime_ns)
         state = self.files.get(inode)
-        if state is not None and change.mtime_ns is not None:
+        if state is None or change.mtime_ns is None:
+            node = self.tree.setattr(inode, mode=change.mode, uid=change.uid, gid=change.gid,
+                                     atime_ns=change.atime_ns, mtime_ns=change.mtime_ns)
+            return self.stored(node)
+        async with state.lock:  # not during a commit (at release, after close returned): it would undo this time
+            node = self.tree.setattr(inode, mode=change.mode, uid=change.uid, gid=change.gid,
+                                     atime_ns=change.atime_ns, mtime_ns=change.mtime_ns)
             self.files.set_mtime(state, change.mtime_ns)
         return self.stored(node)
 

@@ -59,6 +59,10 @@ class StagingFile:
         """When the file was last written (recovery keeps it as the mtime of what it commits)."""
         return os.fstat(self._fd).st_mtime_ns
 
+    def set_modified_ns(self, mtime_ns: int) -> None:
+        """Make ``mtime_ns`` the file's mtime: the one recovery keeps, so it must be the one reported."""
+        os.utime(self._fd, ns=(mtime_ns, mtime_ns))
+
     def start_writeback(self, offset: int, length: int) -> None:
         """Start writing a range to disk without waiting, so that a later sync finds little to do."""
         linux.start_writeback(self._fd, offset, length)
