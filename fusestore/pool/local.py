@@ -11,7 +11,9 @@ and directories included (group commit: a flush per blob would cost two
 device flushes for every small file). Where syncfs may flush nothing (FUSE,
 network and overlay filesystems: ``linux.syncfs_flushes``), the barrier
 fsyncs each blob put since the last one, and the directories that name
-them, from worker threads so that the filesystem can batch them.
+them or that a blob was deleted from (so that no deleted blob comes back
+after its ``freed`` entry is forgotten), from worker threads so that the
+filesystem can batch them.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ class LocalBlobStore:
         os.makedirs(self.root, exist_ok=True)
         self.trust_syncfs = linux.syncfs_flushes(self.root) if trust_syncfs is None else trust_syncfs
         self._since_barrier: set[str] = set()  # paths put since the last barrier, when syncfs is not trusted
+        self._unlinked_in: set[str] = set()  # directories a blob was deleted from since then (likewise)
         self._lock = threading.Lock()
 
     def path_of(self, digest: bytes) -> str:
@@ -99,8 +102,12 @@ class LocalBlobStore:
         return LocalBlobReader(self.path_of(digest), digest)
 
     def delete(self, digest: bytes) -> None:
+        path = self.path_of(digest)
+        if not self.trust_syncfs:  # the barrier must make the deletion durable too (FORMAT.md, W6)
+            with self._lock:
+                self._unlinked_in.add(os.path.dirname(path))
         try:
-            os.unlink(self.path_of(digest))
+            os.unlink(path)
         except FileNotFoundError:
             pass
 
@@ -123,8 +130,10 @@ class LocalBlobStore:
             return
         with self._lock:
             paths, self._since_barrier = self._since_barrier, set()
+            unlinked_in, self._unlinked_in = self._unlinked_in, set()
         directories = {os.path.dirname(path) for path in paths}
         directories |= {os.path.dirname(directory) for directory in directories} | ({self.root} if paths else set())
+        directories |= unlinked_in
         try:
             with ThreadPoolExecutor(max_workers=SYNC_THREADS) as pool:
                 list(pool.map(_fsync_path, paths))  # the files first, then the names that reach them
@@ -132,6 +141,7 @@ class LocalBlobStore:
         except BaseException:
             with self._lock:
                 self._since_barrier |= paths  # the next barrier tries them again
+                self._unlinked_in |= unlinked_in
             raise
 
 
