@@ -374,3 +374,24 @@ def test_syncfs_is_trusted_on_this_disk_and_not_on_a_fuse_mount(tmp_path: Path, 
     inside = mount.path / ENV
     inside.mkdir()
     assert not LocalBlobStore(inside / "pool").trust_syncfs, "syncfs(2) never reaches a FUSE daemon"
+
+
+def test_a_blob_whose_pool_name_a_power_loss_took_comes_back_from_its_fsynced_staging_file(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The commit reached the disk, the blob's name in the pool did not; the retired staging file still has it."""
+    crash_after(store_path, f"""
+        from fusestore.store.owners import Owner
+        env = store.namespace.mkdir(1, {ENV!r}.encode(), 0o755, Owner(0, 0))
+        node, staged = store.namespace.create(env.ino, b"f", 0o644, Owner(0, 0))
+        staged.write(B, 0)
+        staged.sync()
+        store.sync()
+        digest, size = staged.hash()
+        store.writes.commit(staged, digest, size)
+    """)
+    blob_path(store_path, B).unlink()
+    with caplog.at_level(logging.WARNING), Store.open(store_path) as store:
+        assert read(store, "f") == B
+        assert find_problems(store) == []
+    assert f"the blob {blake3.blake3(B).hexdigest()} was lost in a crash; stored it again" in caplog.text

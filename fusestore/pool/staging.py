@@ -55,6 +55,9 @@ class StagingFile:
         finally:
             os.close(fd)
 
+    def size(self) -> int:
+        return os.fstat(self._fd).st_size
+
     def modified_ns(self) -> int:
         """When the file was last written (recovery keeps it as the mtime of what it commits)."""
         return os.fstat(self._fd).st_mtime_ns

@@ -131,14 +131,19 @@ class Checkpoints:
     def _check_unsynced(self) -> list[int]:
         """Check the blobs no checkpoint covered; the inodes whose content did not survive become empty.
 
-        After a crash of the process alone every blob checks out; a barrier
-        then makes them durable, and the list starts empty (its checkpoint
-        numbers were the crashed process's).
+        A blob whose bytes are gone may still be in a staging file: an fsync
+        made the file durable, its commit reached the disk and its pool name
+        did not. It is stored again from there. After a crash of the process
+        alone every blob checks out; a barrier then makes them durable, and
+        the list starts empty (its checkpoint numbers were the crashed
+        process's).
         """
         with self.catalog.read() as tx:
             unsynced = tx.unsynced()
             damaged = [res for digest in unsynced
                        if (res := tx.resource(digest)) is not None and not self.content.verify(digest, res.length)]
+            recorded = {record.name for record in tx.staging_records()}
+        damaged = [res for res in damaged if not self._restore_from_staging(res.digest, res.length, recorded)]
         lost: list[int] = []
         if not unsynced:
             return lost
@@ -154,6 +159,22 @@ class Checkpoints:
         for resource in damaged:
             self.content.blobs.delete(resource.digest)
         return lost
+
+    def _restore_from_staging(self, digest: bytes, length: int, recorded: set[str]) -> bool:
+        """Store the blob ``digest`` again from a staging file no record names that holds its bytes."""
+        for name in self.staging.names():
+            staged = self.staging.reopen(name) if name not in recorded else None
+            if staged is None:
+                continue
+            try:
+                if staged.size() == length and staged.hash() == (digest, length):
+                    self.content.blobs.put(staged, digest)
+                    log.warning("recovery: the blob %s was lost in a crash; stored it again from staging file %s",
+                                digest.hex(), name)
+                    return True
+            finally:
+                staged.close()
+        return False
 
     def _empty_files_of(self, tx: Txn, digest: bytes) -> list[int]:
         lost = [node for node in tx.inodes() if stat.S_ISREG(node.mode) and node.content == digest]
