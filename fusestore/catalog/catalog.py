@@ -214,6 +214,10 @@ class Catalog:
         finally:
             os.close(fd)
 
+    def flush_commits(self) -> None:
+        """Make every commit so far durable, the last one's meta page included (one fdatasync)."""
+        self.env.sync(True)
+
     def sync(self) -> None:
         if self.readonly:
             return

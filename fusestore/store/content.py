@@ -164,7 +164,14 @@ class Content:
             return set(self._deleting)
 
     def _delete_blob(self, digest: bytes) -> None:
+        """After the commit that released the blob's last reference, once that commit is durable.
+
+        A commit's meta page reaches the disk only with the next commit or a
+        sync (``metasync=False``): an unlink that a power loss kept while it
+        took the commit would leave the catalog naming a blob that is gone.
+        """
         try:
+            self.catalog.flush_commits()
             self.delete_unless_referenced(digest)
         finally:
             self._mark_deleting(digest, -1)
