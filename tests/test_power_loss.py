@@ -388,7 +388,9 @@ def test_power_cuts_lose_only_what_no_checkpoint_covered(tmp_path: Path) -> None
     from .mount_helpers import require_fuse
 
     require_fuse()
-    seed = int(os.environ.get("POWERCUT_SEED", random.randrange(1 << 30)))
+    # A fixed seed by default, as the crash test has (the kill moments still vary with the machine's speed);
+    # POWERCUT_SEED explores others.
+    seed = int(os.environ.get("POWERCUT_SEED", 20261201))
     rng = random.Random(seed)
     backing, mnt = tmp_path / "backing", tmp_path / "mnt"
     backing.mkdir()
