@@ -360,7 +360,7 @@ def test_an_inode_unlinked_while_open_lives_on_until_its_last_close(store: Store
     orphan = ns.getattr(ino)
     assert (orphan.nlink, orphan.size) == (0, len(DATA))
     assert orphans(store) == [ino]
-    reader = store.content.open(ino)
+    reader = store.content.checked_open(ino)
     try:
         assert reader.pread(len(DATA), 0) == DATA
     finally:

@@ -184,10 +184,10 @@ class OpenFiles:
         if state.staged is not None or state.blob is not None:
             return
         content = self.store.content
-        if content.needs_hashing(state.ino):
-            state.blob = await trio.to_thread.run_sync(content.checked_open, state.ino)
-        else:
-            state.blob = content.checked_open(state.ino)
+        reader, unverified = content.length_checked_open(state.ino)
+        if unverified is not None:
+            await trio.to_thread.run_sync(content.hash_check, state.ino, reader, unverified)
+        state.blob = reader
 
     def set_mtime(self, state: OpenInode, mtime_ns: int) -> None:
         """A time set explicitly after the last write is the one the commit keeps (call it under ``state.lock``)."""

@@ -188,41 +188,39 @@ class Content:
             self.blobs.delete(digest)
             return True
 
-    def open(self, ino: int) -> BlobReader:
-        """A reader of the committed content of inode ``ino``."""
-        with self.catalog.read() as tx:
-            node = tx.existing_inode(ino)
-        return self.reader(node)
-
-    def needs_hashing(self, ino: int) -> bool:
-        """Whether ``checked_open`` of ``ino`` will hash its blob (so that a caller can move it off its loop)."""
-        with self.catalog.read() as tx:
-            node = tx.existing_inode(ino)
-        return (node.content is not None and node.content != EMPTY_DIGEST and node.content not in self._verified
-                and node.size <= self.verify_limit)
-
     def checked_open(self, ino: int, *, whole: bool = False) -> BlobReader:
         """A reader of the committed content, checked as the module docstring says (``whole``: always hashed)."""
+        reader, unverified = self.length_checked_open(ino, whole=whole)
+        if unverified is not None:
+            self.hash_check(ino, reader, unverified)
+        return reader
+
+    def length_checked_open(self, ino: int, *, whole: bool = False) -> tuple[BlobReader, bytes | None]:
+        """``checked_open`` but for the hashing: the reader, and the digest still to check with ``hash_check``.
+
+        The split lets a caller hash off its event loop, and only when needed.
+        """
         with self.catalog.read() as tx:
             node = tx.existing_inode(ino)
         if node.content is None or node.content == EMPTY_DIGEST or not stat.S_ISREG(node.mode):
-            return EmptyReader()
+            return EmptyReader(), None
         digest = node.content
         try:
             reader = self.reader(node)
         except BlobMissing:
             self._refuse(ino, digest, "is missing")
-        try:
-            if reader.size != node.size:
-                self._refuse(ino, digest, f"holds {reader.size} bytes, not {node.size}")
-            if digest not in self._verified and (whole or node.size <= self.verify_limit):
-                if hash_ranges(reader.pread, _whole(node.size)) != digest:
-                    self._refuse(ino, digest, "does not hash to its name")
-                self._verified.add(digest)
-        except BaseException:
+        if reader.size != node.size:
             reader.close()
-            raise
-        return reader
+            self._refuse(ino, digest, f"holds {reader.size} bytes, not {node.size}")
+        hash_it = digest not in self._verified and (whole or node.size <= self.verify_limit)
+        return reader, digest if hash_it else None
+
+    def hash_check(self, ino: int, reader: BlobReader, digest: bytes) -> None:
+        """The blob hashes to its name (remembered for the life of the process), or BadContent; closes it then."""
+        if hash_ranges(reader.pread, _whole(reader.size)) != digest:
+            reader.close()
+            self._refuse(ino, digest, "does not hash to its name")
+        self._verified.add(digest)
 
     def _refuse(self, ino: int, digest: bytes, what: str) -> NoReturn:
         from .inspect import Inspection  # only on this rare path: it walks the directory entries
