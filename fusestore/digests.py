@@ -19,13 +19,15 @@ Range = tuple[int, int]  # (offset, length)
 Pread = Callable[[int, int], bytes]  # (length, offset) -> bytes, as os.pread without the descriptor
 
 
-def hash_fd(fd: int) -> tuple[bytes, int]:
-    """BLAKE3 and size of everything readable from ``fd``, from offset 0."""
+def hash_fd(fd: int, on_read: Callable[[int], object] | None = None) -> tuple[bytes, int]:
+    """BLAKE3 and size of everything readable from ``fd``, from offset 0 (``on_read(n)`` after each piece)."""
     hasher = blake3.blake3()
     offset = 0
     while chunk := os.pread(fd, IO_BUFFER, offset):
         hasher.update(chunk)
         offset += len(chunk)
+        if on_read is not None:
+            on_read(len(chunk))
     return hasher.digest(), offset
 
 

@@ -108,11 +108,7 @@ class Catalog:
                 raw = txn.get(b"format")
         if raw != str(FORMAT_VERSION).encode():
             self.env.close()
-            shown = "none" if raw is None else repr(raw.decode(errors="replace"))
-            raise errors.UnknownFormat(
-                f"store at {self.path.parent} has format {shown}; this fusestore "
-                f"reads format {FORMAT_VERSION} only: use a matching fusestore version"
-            )
+            raise _unknown_format(self.path.parent, raw)
 
     def _holds_nothing(self) -> bool:
         with self.env.begin() as txn:
@@ -147,10 +143,7 @@ class Catalog:
                     raise errors.UnknownFormat(f"store at {path} has no format version; refusing to touch it")
                 return True
         if raw != str(FORMAT_VERSION).encode():
-            raise errors.UnknownFormat(
-                f"store at {path} has format {raw.decode(errors='replace')!r}; this fusestore "
-                f"reads format {FORMAT_VERSION} only: use a matching fusestore version"
-            )
+            raise _unknown_format(path, raw)
         return False
 
     @contextmanager
@@ -528,3 +521,9 @@ def verify_structure(path: Path) -> list[str]:
     except verify.VerifyError as exc:
         raise errors.UnknownFormat(f"catalog at {path} is not an LMDB data file this fusestore reads: {exc}") from None
     return [str(line) for line in found]
+
+
+def _unknown_format(store: Path, raw: bytes | None) -> errors.UnknownFormat:
+    shown = "none" if raw is None else repr(raw.decode(errors="replace"))
+    return errors.UnknownFormat(f"store at {store} has format {shown}; this fusestore reads format "
+                                f"{FORMAT_VERSION} only: use a matching fusestore version")

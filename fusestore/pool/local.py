@@ -74,8 +74,7 @@ class LocalBlobStore:
         self._lock = threading.Lock()
 
     def path_of(self, digest: bytes) -> str:
-        h = digest.hex()
-        return f"{self.root}/{h[:2]}/{h[2:4]}/{h}"
+        return blob_path(self.root, digest)
 
     def put(self, staged: StagingFile, digest: bytes) -> None:
         target = self.path_of(digest)
@@ -146,6 +145,12 @@ class LocalBlobStore:
 
 
 SYNC_THREADS = 8
+
+
+def blob_path(root: str | os.PathLike[str], digest: bytes) -> str:
+    """Where the blob ``digest`` lives under a local pool's ``root``: ``ab/cd/<64 hex>``."""
+    h = digest.hex()
+    return f"{os.fspath(root)}/{h[:2]}/{h[2:4]}/{h}"
 
 
 def _fsync_path(path: str) -> None:

@@ -19,11 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import blake3
-
 from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO, verify_structure
 from ..catalog.records import LAYOUT_WHOLE_BLOB, U64
-from ..digests import EMPTY_DIGEST, IO_BUFFER
+from ..digests import EMPTY_DIGEST, hash_fd
 from . import names
 from .inspect import BlobFile, Inspection, decode_name
 from .namespace import GLOBAL_DIR, USERS_DIR
@@ -488,20 +486,14 @@ def misnamed_message(ins: Inspection, blob: BlobFile, digest: bytes) -> str:
 
 def hash_file(path: str, progress: Progress | None = None) -> bytes:
     """The BLAKE3 of a file, telling ``progress`` of every piece read (a large blob moves a progress bar too)."""
-    hasher = blake3.blake3()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        offset = 0
-        while chunk := os.pread(fd, IO_BUFFER, offset):
-            hasher.update(chunk)
-            offset += len(chunk)
-            if progress is not None:
-                progress(len(chunk), 0)
+        digest, _ = hash_fd(fd, None if progress is None else lambda n: progress(n, 0))
     finally:
         os.close(fd)
     if progress is not None:
         progress(0, 1)
-    return hasher.digest()
+    return digest
 
 
 DEEP_CHECKS: list[Check] = [blobs_hash_to_their_names]

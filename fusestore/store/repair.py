@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO, Catalog, Resource
 from ..digests import EMPTY_DIGEST
+from ..pool.local import blob_path
 from . import fsck
 from .inspect import Inspection, decode_name
 from .locking import StoreLock
@@ -93,8 +94,7 @@ def recovery_plan(ins: Inspection) -> Iterator[str]:
 
 
 def _intact(ins: Inspection, digest: bytes, length: int) -> bool:
-    h = digest.hex()
-    path = ins.path / "pool" / h[:2] / h[2:4] / h
+    path = Path(blob_path(ins.path / "pool", digest))
     try:
         return path.stat().st_size == length and fsck.hash_file(str(path)) == digest
     except FileNotFoundError:
@@ -249,8 +249,7 @@ def lose_damaged_blobs(store: Store, corrupt: set[bytes]) -> list[str]:
             damaged.append((res.digest, why, _users(ins, res.digest)))
     done = []
     for digest, why, users in damaged:
-        moved = _to_lost_and_found(store, digest)
-        _set_state(store, digest, LOST)
+        moved = _lose(store, digest)
         where = f", moved to {moved}" if moved else ""
         done.append(f"marked content {digest.hex()} lost: its blob {why}{where}; these read EIO until the same "
                     f"bytes are written again: {users}")
@@ -270,8 +269,7 @@ def settle_pending(store: Store) -> list[str]:
                 store.content.complete(tx, res.digest)
             done.append(f"completed pending resource {res.digest.hex()}: its blob is intact (used by {users})")
         else:
-            moved = _to_lost_and_found(store, res.digest)
-            _set_state(store, res.digest, LOST)
+            moved = _lose(store, res.digest)
             where = f" (its damaged blob moved to {moved})" if moved else ""
             done.append(f"marked pending resource {res.digest.hex()} lost: no intact blob{where}; these read EIO "
                         f"until the same bytes are written again: {users}")
@@ -320,10 +318,17 @@ def _set_state(store: Store, digest: bytes, state: int) -> None:
             tx.save_resource(res)
 
 
+def _lose(store: Store, digest: bytes) -> str | None:
+    """Mark a content lost and move what is left of its blob aside; where it went, if anywhere."""
+    moved = _to_lost_and_found(store, digest)
+    _set_state(store, digest, LOST)
+    return moved
+
+
 def _to_lost_and_found(store: Store, digest: bytes) -> str | None:
     """Move the digest's blob file, if any, to ``<store>/lost+found/<hex>`` (``.1``, ``.2``... when taken)."""
     h = digest.hex()
-    source = store.path / "pool" / h[:2] / h[2:4] / h
+    source = Path(blob_path(store.path / "pool", digest))
     if not source.exists():
         return None
     directory = store.path / LOST_AND_FOUND
