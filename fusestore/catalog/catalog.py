@@ -207,6 +207,10 @@ class Catalog:
         finally:
             os.close(fd)
 
+    def last_commit(self) -> int:
+        """The id of the last committed transaction: what a snapshot of the catalog was taken at."""
+        return int(self.env.info()["last_txnid"])
+
     def flush_commits(self) -> None:
         """Make every commit so far durable, the last one's meta page included (one fdatasync)."""
         self.env.sync(True)

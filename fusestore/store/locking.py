@@ -19,9 +19,12 @@ from pathlib import Path
 from .. import errors
 
 
-def _owner(fd: int) -> str:
-    """The pid the owner wrote, or a hint when the file holds none (a released store, or inspections)."""
-    pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+def _pid_in(fd: int) -> str:
+    """The pid the owner wrote ("" when the file holds none: a released store, or inspections)."""
+    return os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+
+
+def _owner(pid: str) -> str:
     return f"process {pid}" if pid else "process unknown (no pid recorded: an inspection such as fsck?)"
 
 
@@ -32,7 +35,7 @@ class StoreLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = _owner(self.fd)
+            owner = _owner(_pid_in(self.fd))
             os.close(self.fd)
             raise errors.StoreLocked(
                 f"store {store_path} is in use by {owner}; unmount it or stop that process first"
@@ -76,13 +79,12 @@ class InspectionLock:
         try:
             fcntl.flock(self.fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            owner = _owner(self.fd)
-            pid = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip()
+            pid = _pid_in(self.fd)
             os.close(self.fd)
             self.fd = -1
             if not allow_live:
                 raise errors.StoreLocked(
-                    f"store {store_path} is in use by {owner}; unmount it first, or inspect it live"
+                    f"store {store_path} is in use by {_owner(pid)}; unmount it first, or inspect it live"
                 ) from None
             self.live = True
             self.owner_pid = int(pid) if pid.isdigit() else None
