@@ -181,6 +181,10 @@ class NoStore(NotFound):
     errno = _errno.ENOENT
 
 
+class NeedsRecovery(StoreError):
+    """A power loss left the catalog to be taken back to its last checkpoint: only a writable open does that."""
+
+
 class ReadOnly(StoreError):
     """A write to a catalog opened read-only (an inspection): EROFS, as a filesystem mounted read-only answers."""
 

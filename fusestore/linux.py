@@ -82,3 +82,9 @@ def filesystem_magic(path: str) -> int | None:
 def syncfs_flushes(path: str) -> bool:
     """Whether syncfs of the filesystem holding ``path`` makes its writes durable."""
     return filesystem_magic(path) in SYNCFS_FLUSHES
+
+
+def boot_id() -> bytes:
+    """The 16 bytes that name this boot of the kernel: they change with every restart, power losses included."""
+    with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
+        return bytes.fromhex(file.read().strip().replace("-", ""))

@@ -1,10 +1,12 @@
-"""Helpers the tests share: environments, a clock that moves by hand, puts and reads by path."""
+"""Helpers the tests share: environments, a clock that moves by hand, puts and reads by path, a restart."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from fusestore import Store
+from fusestore.catalog.anchor import AnchorFile
 
 ENV = "0f8fad5b-d9cb-469f-a165-70867728950e"
 ENV2 = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -38,3 +40,14 @@ def read(store: Store, path: str, env: str = ENV) -> bytes:
 def leftover_staging(store: Store) -> list[str]:
     """Staging files that are neither in use nor waiting for a checkpoint to retire them: leaks."""
     return sorted(set(store.staging.names()) - set(store.writes.retired()))
+
+
+def restart_machine(catalog: Path) -> None:
+    """What a restart of the machine changes for a store: its last anchor now comes from another boot."""
+    anchors = AnchorFile(catalog / "anchor")
+    try:
+        last = anchors.last()
+        assert last is not None, "a store that was opened has an anchor"
+        anchors.write(last.txnid, last.metas, bytes(16), closed=last.closed)
+    finally:
+        anchors.close()

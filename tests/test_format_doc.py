@@ -13,6 +13,7 @@ import os
 import re
 import stat
 import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import blake3
 import lmdb
 import pytest
 
-from fusestore import Store
+from fusestore import Store, linux
 from fusestore.catalog import records
 
 from .conftest import ENV
@@ -114,7 +115,7 @@ def _named_databases(catalog: Path) -> set[str]:
 
 
 def test_every_database_the_catalog_opens_is_documented(tmp_path: Path, doc: str) -> None:
-    in_source = set(re.findall(r'open_db\(b"([A-Za-z0-9_]+)"\)', CATALOG_SOURCE.read_text()))
+    in_source = set(re.findall(r'open_db\(b"([A-Za-z0-9_]+)"[,)]', CATALOG_SOURCE.read_text()))
     _store_with_a_file(tmp_path / "store")
     in_store = _named_databases(tmp_path / "store" / "catalog")
     assert in_source, "no open_db(b\"...\") call found in catalog.py"
@@ -134,6 +135,7 @@ KINDS = [  # (pattern of a path relative to the store, the kind's name in FORMAT
     (r"catalog/", "catalog/"),
     (r"catalog/data\.mdb", "catalog/data.mdb"),
     (r"catalog/lock\.mdb", "catalog/lock.mdb"),
+    (r"catalog/anchor", "catalog/anchor"),
     (r"pool/", "pool/"),
     (rf"pool/{HEX}{{2}}/", "pool/ab/"),
     (rf"pool/{HEX}{{2}}/{HEX}{{2}}/", "pool/ab/cd/"),
@@ -180,7 +182,7 @@ def test_every_file_kind_under_a_store_is_documented(tmp_path: Path, doc: str) -
     kinds = {path: kind_of(path) for path in found}
     assert not [path for path, kind in kinds.items() if kind is None], f"undocumented paths: {kinds}"
     produced = set(kinds.values())
-    assert {"catalog/data.mdb", "catalog/lock.mdb", "pool/", "staging/", "lock",
+    assert {"catalog/data.mdb", "catalog/lock.mdb", "catalog/anchor", "pool/", "staging/", "lock",
             "pool/ab/cd/<64 hex>", "staging/<32 hex>"} <= produced
     documented = documented_kinds(doc)
     assert produced <= documented, f"missing from FORMAT.md's layout table: {produced - documented}"
@@ -200,7 +202,7 @@ def test_a_store_reads_back_with_raw_lmdb_following_the_document(tmp_path: Path,
         dbs = {name: env.open_db(name.encode(), create=False)
                for name in ("meta", "resources", "inodes", "dirents")}
         with env.begin() as txn:
-            assert txn.get(b"format", db=dbs["meta"]) == b"1"
+            assert txn.get(b"format", db=dbs["meta"]) == str(records.FORMAT_VERSION).encode()
 
             def inode(ino: int) -> dict[str, Any]:
                 raw = txn.get(key_u64(ino), db=dbs["inodes"])
@@ -280,6 +282,7 @@ def test_documented_layouts_decode_what_the_encoders_write(doc: str) -> None:
     assert (records.STAGING_RESERVED, records.STAGING_KEEP) == (1, 2)
     assert "value 1: reserved; value 2: keep" in doc
 
+    assert decode(layout(doc, "synced", "value"), records.Synced(4096, -7).encode()) == {"size": 4096, "mtime_ns": -7}
     assert decode(layout(doc, "dirents", "key"), key_u64(5) + b"name") == {"parent": 5, "name": b"name"}
     assert decode(layout(doc, "xattrs", "key"), key_u64(5) + b"user.a") == {"ino": 5, "name": b"user.a"}
     assert decode(layout(doc, "unsynced", "value"), key_u64(2)) == {"checkpoint": 2}
@@ -293,3 +296,31 @@ def test_the_document_states_the_current_version_and_constants(doc: str) -> None
     assert f"#### Version {records.FORMAT_VERSION}" in doc
     assert (records.PENDING, records.COMPLETE, records.LAYOUT_WHOLE_BLOB, records.ROOT_INO) == (0, 1, 0, 1)
     assert blake3.blake3(b"").hexdigest() in doc  # the empty content, which has no blob
+
+
+def test_the_anchor_reads_back_following_the_document(tmp_path: Path, doc: str) -> None:
+    root = tmp_path / "store"
+    _store_with_a_file(root)  # closed: the last anchor is a close's
+    raw = (root / "catalog" / "anchor").read_bytes()
+    rows = layout(doc, "anchor", "slot")
+    head = [row for row in rows if row[0].isdigit() and row[1].isdigit()]
+    assert [field for _, _, _, field in head] == ["magic", "version", "sequence", "boot", "closed", "txnid",
+                                                  "page_size"]
+    assert "offsets 0 and 262,144" in doc
+    slots = []
+    for offset in (0, 262_144):
+        fields = decode(head, raw[offset:offset + sum(int(size) for _, size, _, _ in head)])
+        if fields["magic"] != b"FSANCHOR":
+            continue
+        page = fields["page_size"]
+        end = offset + 49 + 2 * page
+        assert (rows[-2][3], rows[-1][3]) == ("metas", "checksum")
+        (checksum,) = struct.unpack_from(">I", raw, end)
+        assert checksum == zlib.crc32(raw[offset:end])
+        slots.append((fields, raw[offset + 49:end]))
+    fields, metas = max(slots, key=lambda slot: slot[0]["sequence"])
+    assert (fields["version"], fields["closed"], fields["boot"]) == (1, 1, linux.boot_id())
+    page = fields["page_size"]
+    assert metas == (root / "catalog" / "data.mdb").read_bytes()[:2 * page]
+    txnids = [struct.unpack_from("=Q", metas, at + 144)[0] for at in (0, page)]  # "offset 144, machine's order"
+    assert fields["txnid"] == max(txnids)

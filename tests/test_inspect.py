@@ -15,7 +15,7 @@ import blake3
 import pytest
 
 from fusestore import Store, errors
-from fusestore.catalog import ROOT_INO, Catalog
+from fusestore.catalog import FORMAT_VERSION, ROOT_INO, Catalog
 from fusestore.store.fsck import CHECKS, DEEP_CHECKS, run_checks
 from fusestore.store.inspect import Entry, Inspection
 from fusestore.store.owners import Owner
@@ -164,7 +164,7 @@ def test_scans_return_what_puts_made(closed_store: Path) -> None:
         assert list(ins.xattrs()) == [(file_ino, b"user.note", b"hello")]
         assert list(ins.staging_records()) == [] and ins.orphans() == []
         assert list(ins.unsynced()) == [] and ins.freed() == []  # close is a checkpoint
-        assert ins.meta()[b"format"] == b"1"
+        assert ins.meta()[b"format"] == str(FORMAT_VERSION).encode()
 
 
 def test_reverse_lookups_give_paths_from_the_mount_root(closed_store: Path) -> None:

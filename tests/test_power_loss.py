@@ -5,7 +5,8 @@ store inside the mount (puts of small and 10+ MiB files, overwrites,
 removes, checkpoints, and files written the way the mount writes them: a
 staging file, its fsync, a checkpoint, the commit), then kills the writer
 and cuts the power at a random moment. The store is then opened on what
-survived (BACKING itself, a plain directory), and checked against the
+survived (BACKING itself, a plain directory), as after a restart of the
+machine (``restart_machine``), and checked against the
 writer's log: what a checkpoint covered is intact, nothing reads bytes it
 never held, and fsck finds nothing. The store, as recovery left it, is the
 start of the next round.
@@ -34,7 +35,7 @@ from fusestore import Store, errors, linux
 from fusestore.cli.mounts import mounted_paths
 from fusestore.store.fsck import find_problems
 
-from .helpers import ENV
+from .helpers import ENV, restart_machine
 from .powercut import PAGE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -109,7 +110,7 @@ WRITER = textwrap.dedent("""
                 emit("E write", name, h(content))
             if rng.random() < 0.6:
                 emit("B fsync", name, h(content))
-                staged.sync()
+                store.writes.sync_staged(staged)
                 store.sync()
                 emit("E fsync", name, h(content))
             emit("B commit", name, h(content))
@@ -168,7 +169,6 @@ class Tally:
     corrupt: list[str] = field(default_factory=list)
     lost: int = 0
     prefixes: int = 0
-    strays: set[str] = field(default_factory=set)
     deleted_early: list[str] = field(default_factory=list)
     holes: list[str] = field(default_factory=list)
     fsynced_lost: list[str] = field(default_factory=list)
@@ -241,7 +241,7 @@ def holes_in(data: bytes, meant: bytes) -> int:
 
 def judge(store: Store, seed: int, expected: Round, seen: dict[str, str], log_text: str, failures: list[str],
           tally: Tally, label: str) -> set[str]:
-    """Check every file against the log; returns the checkpointed contents lost to finding 2."""
+    """Check every file against the log; returns the checkpointed contents whose blob went early."""
     excused: set[str] = set()
     for path in sorted(set(expected.may) | set(seen)):
         state = seen.get(path, ABSENT)
@@ -264,13 +264,13 @@ def judge(store: Store, seed: int, expected: Round, seen: dict[str, str], log_te
                 continue
         line = f"{label}: {path} reads {state}, expected {must} or one of {sorted(may)}"
         if must not in (ABSENT, EMPTY) and state.startswith("errno") and len(may) > 1:
-            # Finding 2: the blob of the checkpointed content was deleted by a later overwrite or remove whose
+            # The blob of the checkpointed content was deleted by a later overwrite or remove whose
             # catalog transaction the power took while the unlink reached the disk.
             tally.deleted_early.append(line)
             excused.add(must)
             continue
         if must not in (ABSENT, EMPTY) and state == EMPTY and f"BLAKE3 {must}) was lost in a crash" in log_text:
-            # Finding 4: a fsynced file's commit (close) reached the disk before its blob's pool name did, and
+            # A fsynced file's commit (close) reached the disk before its blob's pool name did, and
             # recovery emptied the file although its retired staging file still held the bytes.
             tally.fsynced_lost.append(line)
             continue
@@ -279,16 +279,12 @@ def judge(store: Store, seed: int, expected: Round, seen: dict[str, str], log_te
     return excused
 
 
-def fsck(store: Store, expected: Round, excused: set[str], tally: Tally, label: str) -> list[str]:
-    """find_problems, less the stray blobs FORMAT.md says a power loss may leave (puts whose commit it took),
-    and the missing blobs of finding 2."""
-    uncovered = set().union(*(may - {expected.must.get(path)} for path, may in expected.may.items()))
+def fsck(store: Store, excused: set[str], label: str) -> list[str]:
+    """find_problems, less the missing blobs already reported as a checkpointed file's lost blob."""
     problems = []
     for line in find_problems(store):
         digest = match.group(1) if (match := re.search(r"blob ([0-9a-f]{64})", line)) else ""
-        if line.startswith("no_stray_blobs:") and digest in uncovered | tally.strays:
-            tally.strays.add(digest)
-        elif not (line.startswith("complete_resources_have_blobs:") and digest in excused):
+        if not (line.startswith("complete_resources_have_blobs:") and digest in excused):
             problems.append(f"{label}: fsck: {line}")
     return problems
 
@@ -323,10 +319,10 @@ def one_round(number: int, rng: random.Random, backing: Path, mnt: Path, tmp: Pa
         if str(mnt) in mounted_paths():
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
     tally.cut_lines += [line for line in sim_err.decode().splitlines() if line.startswith("powercut:")]
+    restart_machine(backing / "store" / "catalog")
     expected = expectations(base, log_path.read_text().splitlines())
     assert expected.trust_syncfs == "False", "the store must fsync each blob on the simulator"
     tally.rounds += 1
-    problem = lmdb_verify(backing / "store" / "catalog")
     handler = Capture()
     logging.getLogger("fusestore").addHandler(handler)
     logging.getLogger("fusestore").setLevel(logging.INFO)
@@ -342,7 +338,7 @@ def one_round(number: int, rng: random.Random, backing: Path, mnt: Path, tmp: Pa
             with store:
                 seen = observe(store)
                 excused = judge(store, seed, expected, seen, handler.text(), failures, tally, label)
-                failures += fsck(store, expected, excused, tally, label)
+                failures += fsck(store, excused, label)
                 for path, state in seen.items():
                     if state.startswith("errno") or state == "short read":
                         try:  # recorded; the next round starts without it
@@ -350,14 +346,15 @@ def one_round(number: int, rng: random.Random, backing: Path, mnt: Path, tmp: Pa
                         except errors.StoreError as exc:
                             failures.append(f"{label}: removing {path}, which reads {state}, failed: {exc!r}")
         except Exception as exc:  # noqa: BLE001 - a catalog that opens but cannot be read
-            if problem is None:
+            if lmdb_verify(backing / "store" / "catalog") is None:
                 raise
             corrupt = f"opened, then failed: {type(exc).__name__}: {exc}"
     finally:
         logging.getLogger("fusestore").removeHandler(handler)
+    problem = lmdb_verify(backing / "store" / "catalog")  # as recovery left it (a torn tree it took back)
     if problem is not None and not corrupt:
         corrupt = "opened, but lmdb verify complained" + (f" (and {len(failures)} checks failed)" if failures else "")
-    if corrupt:  # the known finding: whatever else went wrong follows from it; go on from before this round
+    if corrupt:  # whatever else went wrong follows from it; go on from before this round
         tally.cuts[corrupt.split(":")[0]] += 1
         tally.corrupt.append(f"{label}: {corrupt}; lmdb verify: {problem or 'OK'}".replace("\n", "; "))
         del tally.deleted_early[noted[0]:], tally.holes[noted[1]:], tally.fsynced_lost[noted[2]:]
@@ -366,7 +363,7 @@ def one_round(number: int, rng: random.Random, backing: Path, mnt: Path, tmp: Pa
         return base
     tally.failures += failures
     early = any(line.startswith(f"{label}: ") for line in tally.deleted_early)
-    tally.cuts["opened, checks failed" if failures else "opened, lost a checkpointed file's blob (finding 2)"
+    tally.cuts["opened, checks failed" if failures else "opened, lost a checkpointed file's blob"
                if early else "opened and checked out"] += 1
     return {path: state for path, state in seen.items() if not state.startswith("errno") and state != "short read"}
 
@@ -400,27 +397,26 @@ def test_power_cuts_lose_only_what_no_checkpoint_covered(tmp_path: Path) -> None
     for number in range(1, ROUNDS + 1):
         base = one_round(number, rng, backing, mnt, tmp_path, base, tally)
     summary = (f"{tally.rounds} cuts: {dict(tally.cuts)}; {tally.lost} files came back empty, logged as lost; "
-               f"{tally.prefixes} open files came back with a prefix of what was written; "
-               f"{len(tally.strays)} stray blobs left (puts whose commit was lost)")
+               f"{tally.prefixes} open files came back with a prefix of what was written")
     report = "\n".join([f"POWERCUT_SEED={seed}", summary, *tally.cut_lines, *tally.corrupt, *tally.deleted_early,
                         *tally.holes, *tally.fsynced_lost, *tally.failures])
     if "POWERCUT_REPORT" in os.environ:
         Path(os.environ["POWERCUT_REPORT"]).write_text(report + "\n")
     assert tally.rounds >= 20
     assert not tally.failures, report
-    known = []
-    if tally.corrupt:  # finding 1
-        known.append(f"the LMDB catalog (sync=False) was corrupted by {len(tally.corrupt)} of {tally.rounds} "
-                     f"cuts: {tally.corrupt[0][:300]}")
-    if tally.deleted_early:  # finding 2
-        known.append(f"{len(tally.deleted_early)} checkpointed files lost their blob to a later overwrite or "
-                     f"remove whose commit the power took while the blob's unlink reached the disk: "
-                     f"{tally.deleted_early[0]}")
-    if tally.holes:  # finding 3
-        known.append(f"{len(tally.holes)} open files no fsync covered were committed by recovery with pages "
-                     f"that never reached the disk, reading as zeros: {tally.holes[0]}")
-    if tally.fsynced_lost:  # finding 4
-        known.append(f"{len(tally.fsynced_lost)} fsynced files came back empty: the commit reached the disk, the "
-                     f"blob's pool name did not: {tally.fsynced_lost[0]}")
-    if known:
-        pytest.xfail("; ".join(known))
+    # What earlier versions did wrong, each named so that a regression says which it is.
+    regressions = []
+    if tally.corrupt:
+        regressions.append(f"the catalog was corrupted by {len(tally.corrupt)} of {tally.rounds} cuts: "
+                           f"{tally.corrupt[0][:300]}")
+    if tally.deleted_early:
+        regressions.append(f"{len(tally.deleted_early)} checkpointed files lost their blob to a later overwrite or "
+                           f"remove whose commit the power took while the blob's unlink reached the disk: "
+                           f"{tally.deleted_early[0]}")
+    if tally.holes:
+        regressions.append(f"{len(tally.holes)} open files were committed by recovery with pages that never "
+                           f"reached the disk, reading as zeros: {tally.holes[0]}")
+    if tally.fsynced_lost:
+        regressions.append(f"{len(tally.fsynced_lost)} fsynced files came back empty: the commit reached the "
+                           f"disk, the blob's pool name did not: {tally.fsynced_lost[0]}")
+    assert not regressions, "; ".join(regressions) + "\n" + report

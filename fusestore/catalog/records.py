@@ -9,7 +9,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-FORMAT_VERSION = 1  # the one place it is written: a change of any encoding here changes it
+FORMAT_VERSION = 2  # the one place it is written: a change of any encoding here changes it
+READABLE_FORMATS = (str(FORMAT_VERSION).encode(), b"1")  # what a store may hold; the first is what is written
 ROOT_INO = 1
 
 PENDING = 0
@@ -21,6 +22,7 @@ U64 = struct.Struct(">Q")
 _RESOURCE = struct.Struct(">QQBB")
 _INODE = struct.Struct(">IIIIQqqqQQQ")
 _STAGING = struct.Struct(">QBQB")
+_SYNCED = struct.Struct(">Qq")
 
 STAGING_RESERVED = 1  # the upload holds one reference to its expected digest
 STAGING_KEEP = 2  # bytes of an open file: recovery commits them (an unfinished put is undone)
@@ -135,3 +137,18 @@ class StagingRecord:
             name.decode("ascii"), ino, bool(flags & STAGING_RESERVED), rest[:size] or None,
             parent, rest[size:], bool(flags & STAGING_KEEP),
         )
+
+
+@dataclass(frozen=True)
+class Synced:
+    """What the last fsync of an open file's change made durable: its first ``size`` bytes, as of ``mtime_ns``."""
+
+    size: int
+    mtime_ns: int
+
+    def encode(self) -> bytes:
+        return _SYNCED.pack(self.size, self.mtime_ns)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Synced":
+        return cls(*_SYNCED.unpack(raw))

@@ -50,7 +50,7 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
     from .. import errors
     from ..store import fsck
     from ..store import repair as repairs
-    from ..store.inspect import Inspection
+    from ..store.inspect import Inspection, rollback_due
     from ..store.locking import InspectionLock
 
     def cannot(message: str) -> int:
@@ -61,28 +61,37 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
         return cannot(f"no store at {path}: not a directory")
     if not (path / "catalog" / "data.mdb").is_file():
         return cannot(f"no store at {path}: no catalog/data.mdb")
+    corrupt: set[bytes] = set()
+    notices: list[str] = []
     try:
         lock = InspectionLock(path)  # no writer may start while the file is read as raw bytes
         try:
-            structure = fsck.catalog_file_problems(path)
-            if structure:
+            due = rollback_due(path)
+            if due is not None:  # the newest pages may be torn: nothing can be checked before the rollback
+                problems = plan = [
+                    f"recovery would take the catalog back to its last checkpoint, transaction {due[1]} (the "
+                    f"machine went down with the store open; the disk holds pages up to transaction {due[0]}, "
+                    "not all of them durable)"]
+                if not repair:
+                    print("fusestore: run fsck --repair (or mount the store) to recover, then fsck again", file=err)
+            elif structure := fsck.catalog_file_problems(path):
                 for line in structure:
                     print(f"catalog_structure: catalog/data.mdb: {line}", file=out)
                 print("fusestore: the catalog file is damaged: not checked further, and not repaired "
                       "(restore it from a backup)", file=err)
                 return 1
-            with Inspection.open(path) as ins:
-                problems = [str(problem) for problem in fsck.run_checks(ins)]
-                corrupt: set[bytes] = set()
-                if verify:
-                    meter = Meter(err, sum(blob.size for blob in ins.blobs()), len(ins.blobs()))
-                    for blob, digest in fsck.misnamed_blobs(ins, meter.advance):
-                        corrupt.add(blob.digest)
-                        problems.append(f"blobs_hash_to_their_names: {fsck.misnamed_message(ins, blob, digest)}")
-                    meter.finish()
-                plan = list(repairs.recovery_plan(ins))
-                problems += plan
-                notices = [f"notice: {line}" for line in fsck.lost_contents(ins)]
+            else:
+                with Inspection.open(path) as ins:
+                    problems = [str(problem) for problem in fsck.run_checks(ins)]
+                    if verify:
+                        meter = Meter(err, sum(blob.size for blob in ins.blobs()), len(ins.blobs()))
+                        for blob, digest in fsck.misnamed_blobs(ins, meter.advance):
+                            corrupt.add(blob.digest)
+                            problems.append(f"blobs_hash_to_their_names: {fsck.misnamed_message(ins, blob, digest)}")
+                        meter.finish()
+                    plan = list(repairs.recovery_plan(ins))
+                    problems += plan
+                    notices = [f"notice: {line}" for line in fsck.lost_contents(ins)]
         finally:
             lock.release()
     except (errors.NoStore, errors.UnknownFormat, errors.StoreLocked, PermissionError) as exc:

@@ -73,7 +73,7 @@ def _read_store(store: Path) -> bytes:
             return compute(inspection, reader_uid=os.getuid()).to_json()
     except errors.StoreLocked:
         _fail(2, _held_by(store))
-    except (errors.NoStore, errors.UnknownFormat) as exc:
+    except (errors.NoStore, errors.UnknownFormat, errors.NeedsRecovery) as exc:
         _fail(2, str(exc))
     except OSError as exc:
         _fail(1, f"cannot read store {store}: {exc.strerror}")

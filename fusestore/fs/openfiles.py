@@ -201,14 +201,14 @@ class OpenFiles:
         staged.set_modified_ns(mtime_ns)
 
     async def fsync(self, state: OpenInode) -> None:
-        """Make what was written durable: the staging file, then a checkpoint.
+        """Make what was written durable: the staging file and its size in its record, then a checkpoint.
 
-        The checkpoint syncs the catalog record naming the staging file, and
-        content another handle committed before (blobs first, then the catalog).
+        The checkpoint syncs that record, and content another handle
+        committed before (blobs first, then the catalog).
         """
         async with state.lock:
             if state.staged is not None:
-                await trio.to_thread.run_sync(state.staged.sync)
+                await trio.to_thread.run_sync(self.store.writes.sync_staged, state.staged)
         await trio.to_thread.run_sync(self.store.sync)
 
     async def commit(self, state: OpenInode) -> Attributes | None:

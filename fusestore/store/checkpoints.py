@@ -14,6 +14,10 @@ that nothing lists.
 
 *Recovery* runs when a store is opened, before anything is served:
 
+- after a power loss (``catalog.anchor``: the catalog opened at its last
+  anchored snapshot), only what an fsync covered is trusted: an open file's
+  change keeps the bytes its last fsync made durable, or goes, and every
+  blob nothing references is deleted (puts and commits the power took);
 - blobs listed as unsynced are checked (a power loss may have taken their
   bytes while the catalog's transaction reached the disk); a file that
   points at a lost one becomes empty, with an error in the log;
@@ -33,7 +37,7 @@ import logging
 import stat
 
 from .. import errors
-from ..catalog import PENDING, Catalog, Txn
+from ..catalog import PENDING, Catalog, StagingRecord, Txn
 from ..digests import EMPTY_DIGEST
 from ..pool import StagingArea, StagingFile
 from .content import Content
@@ -74,6 +78,15 @@ class Checkpoints:
 
     def recover(self) -> None:
         """Finish or undo what a crash left (see the module docstring), one log line per action."""
+        power_lost = self.catalog.power_lost
+        if self.catalog.rolled_back is not None:
+            found, anchored = self.catalog.rolled_back
+            log.warning("recovery: the machine went down with the store open; the catalog went back to its "
+                        "last checkpoint (transaction %d; the disk held pages up to transaction %d, not all of "
+                        "them durable)", anchored, found)
+        elif power_lost:
+            log.warning("recovery: the machine went down with the store open; the catalog's last checkpoint "
+                        "was its last change")
         self._check_unsynced()
         with self.catalog.read() as tx:
             records = list(tx.staging_records())
@@ -84,7 +97,10 @@ class Checkpoints:
             path = where.get(record.ino, f"inode {record.ino}")
             staged = self.staging.reopen(record.name)
             if record.keep and staged is not None:
-                self._commit_recovered(staged, path)
+                if power_lost:
+                    self._commit_fsynced_part(record, staged, path)
+                else:
+                    self._commit_recovered(staged, path, staged.modified_ns())
                 continue
             if staged is not None:  # an unfinished put: it may have stored its blob already
                 candidates.add(staged.hash()[0])
@@ -104,6 +120,8 @@ class Checkpoints:
                     self.content.delete(tx, node)
             candidates |= set(tx.freed())
             tx.forget_freed(set(tx.freed()))
+        if power_lost:
+            candidates |= set(self.content.blobs.digests())
         with self.catalog.read() as tx:
             recorded = {record.name for record in tx.staging_records()}
         for name in self.staging.names():
@@ -118,10 +136,27 @@ class Checkpoints:
         with Inspection.over(self.catalog, self.catalog.path.parent) as inspection:
             return {ino: inspection.describe(ino) for ino in inodes}
 
-    def _commit_recovered(self, staged: StagingFile, path: str) -> None:
+    def _commit_fsynced_part(self, record: StagingRecord, staged: StagingFile, path: str) -> None:
+        """After a power loss: commit what the change's last fsync made durable; without one, drop it."""
+        with self.catalog.read() as tx:
+            synced = tx.synced(record.name)
+        if synced is None:
+            staged.close()
+            log.warning("recovery: what was written to %s was never fsynced, and the power took it; the file "
+                        "keeps its committed content", path)
+            with self.catalog.write() as tx:
+                self.writes.undo_recorded(tx, record, remove_created=False)
+            return
+        if staged.size() > synced.size:
+            staged.truncate(synced.size)
+            log.warning("recovery: kept the %d bytes of %s its last fsync made durable; what was written after "
+                        "it is gone with the power", synced.size, path)
+        self._commit_recovered(staged, path, synced.mtime_ns)
+
+    def _commit_recovered(self, staged: StagingFile, path: str, mtime_ns: int) -> None:
         digest, size = staged.hash()
         try:
-            self.writes.commit(staged, digest, size, mtime_ns=staged.modified_ns())
+            self.writes.commit(staged, digest, size, mtime_ns=mtime_ns)
         except errors.HashMismatch as exc:
             log.warning("recovery: what was written to %s was not its expected content (%s); discarded", path, exc)
             return

@@ -166,9 +166,9 @@ class Content:
     def _delete_blob(self, digest: bytes) -> None:
         """After the commit that released the blob's last reference, once that commit is durable.
 
-        A commit's meta page reaches the disk only with the next commit or a
-        sync (``metasync=False``): an unlink that a power loss kept while it
-        took the commit would leave the catalog naming a blob that is gone.
+        A power loss takes the catalog back to its last anchor, which may
+        still name the blob: the commit is anchored first (one anchor serves
+        every deletion waiting for it).
         """
         try:
             self.catalog.flush_commits()

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 from .. import errors
 from ..catalog import ROOT_INO, Catalog, Inode, Resource, StagingRecord, Txn
+from ..catalog import rollback_due as catalog_rollback_due
 from .locking import InspectionLock
 
 HEX = frozenset("0123456789abcdef")
@@ -66,6 +67,11 @@ class BlobFile:
 def decode_name(name: bytes) -> str:
     """A name as str; bytes that are not UTF-8 survive as surrogates (``os.fsencode`` gives them back)."""
     return name.decode("utf-8", "surrogateescape")
+
+
+def rollback_due(store_path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(newest transaction on disk, anchored one) when a power loss left the store's catalog to be taken back."""
+    return catalog_rollback_due(Path(store_path) / "catalog")
 
 
 class Inspection:

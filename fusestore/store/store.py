@@ -99,6 +99,7 @@ class Store:
         if new:
             self.namespace.initialise()
         self.checkpoints.recover()
+        self.catalog.recovered()
 
     @classmethod
     def open(

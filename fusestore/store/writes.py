@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import errors
-from ..catalog import COMPLETE, Catalog, Inode, StagingRecord, Txn
+from ..catalog import COMPLETE, Catalog, Inode, StagingRecord, Synced, Txn
 from ..digests import EMPTY_DIGEST
 from ..pool import StagingArea, StagingFile
 from .attributes import Attributes
@@ -142,6 +142,23 @@ class Writes:
         """Whether an open file's change of ``ino`` is in flight (its committed hash is then not its content)."""
         with self._lock:
             return ino in self._of_inode
+
+    # -- fsync --------------------------------------------------------------------------
+
+    def sync_staged(self, staged: StagingFile) -> None:
+        """An fsync of an open file's change: its bytes durable, and how many in its record.
+
+        After a power loss, a page written later may or may not be on the
+        disk, and one no fsync covered may read as zeros: recovery then keeps
+        the first ``synced.size`` bytes, which were all durable (``checkpoints``),
+        and nothing of a change no fsync covered. What it keeps reaches the
+        disk with the checkpoint the caller runs next.
+        """
+        size, mtime_ns = staged.size(), staged.modified_ns()
+        staged.sync()
+        with self.catalog.write() as tx:
+            if tx.staging_record(staged.name) is not None:  # else committed or undone meanwhile
+                tx.set_synced(staged.name, Synced(size, mtime_ns))
 
     # -- the expected hash ------------------------------------------------------------
 
