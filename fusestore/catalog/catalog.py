@@ -19,6 +19,7 @@ commits/s here, where ``sync=False`` makes 110,000.)
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -50,6 +51,10 @@ MAP_SIZE = 1 << 40  # address space only: the file grows with its content
 NEARLY_FULL = 16 << 20  # free bytes below which a failed commit is taken for a full disk
 RESERVE_MAX = 64 << 20  # disk space kept allocated past the catalog's end: 1% of the disk, up to this
 RESERVE_MIN = 1 << 20
+ANCHOR_EVERY = 256  # commits after which an anchor runs in the background (see ``Catalog.anchor``)
+ANCHOR_BEHIND = 4 * ANCHOR_EVERY  # commits after which a writer waits for one: the thread fell behind
+
+log = logging.getLogger(__name__)
 
 
 class Catalog:
@@ -122,8 +127,14 @@ class Catalog:
         self.freed = self._open_db(b"freed")
         self._can_reserve = not readonly
         self.reserve_space()
+        self._since_anchor = 0
+        self._anchor_wanted = threading.Event()
+        self._closing = False
+        self._anchorer: threading.Thread | None = None
         if not readonly:
             self.anchor()  # before any change: from here on this process's pin protects the snapshot
+            self._anchorer = threading.Thread(target=self._anchor_when_asked, name="fusestore-anchor", daemon=True)
+            self._anchorer.start()
 
     def _refuse_a_foreign_format(self) -> None:
         """Before anything is written: an environment of another format (or none) is refused untouched.
@@ -227,6 +238,12 @@ class Catalog:
                 tx.run_callbacks(tx.abort_callbacks)
                 self._explain_failed_commit(exc)
                 raise
+            self._since_anchor += 1
+            if self._since_anchor >= ANCHOR_EVERY:
+                self._anchor_wanted.set()
+            behind = self._since_anchor >= ANCHOR_BEHIND
+        if behind:
+            self.anchor()
         if not defer_callbacks:
             tx.run_callbacks(tx.callbacks)
 
@@ -272,6 +289,13 @@ class Catalog:
 
         The pin is taken and the meta pages read under the writer lock, so
         that they belong to the same transaction; the syncs run outside it.
+        While a pin lives, no page freed after its snapshot can be reused, so
+        the file grows with every commit (about 11 pages each here) until the
+        next anchor: besides the checkpoints, a background thread anchors
+        after every ``ANCHOR_EVERY`` commits (and a writer waits for one when
+        it falls far behind). Any committed snapshot may be
+        anchored: a transaction that names a blob not yet durable lists it
+        in ``unsynced`` (see ``store.checkpoints``).
         The previous pin goes only once the new anchor is durable. A caller
         that finds its commits anchored by someone else meanwhile returns at
         once (several deleters waiting for one anchor share it), unless
@@ -282,6 +306,7 @@ class Catalog:
             if self._anchored_txnid >= wanted and not (closed or force):
                 return
             with self._write_lock:
+                self._since_anchor = 0
                 pin = self.env.begin()
                 fd = os.open(self.path / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
                 try:
@@ -309,7 +334,22 @@ class Catalog:
         self.reserve_space()
         self.anchor()
 
+    def _anchor_when_asked(self) -> None:
+        while True:
+            self._anchor_wanted.wait()
+            self._anchor_wanted.clear()
+            if self._closing:
+                return
+            try:
+                self.anchor()
+            except Exception:  # the next checkpoint's anchor raises it to a caller
+                log.exception("a background anchor of the catalog at %s failed", self.path)
+
     def close(self) -> None:
+        if self._anchorer is not None:
+            self._closing = True
+            self._anchor_wanted.set()
+            self._anchorer.join()
         if not self.readonly:
             self.anchor(closed=True)
             assert self._pin is not None
