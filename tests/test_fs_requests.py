@@ -687,7 +687,7 @@ def test_listing_shows_each_request_of_the_caller(mount: Mount, env_dir: Path) -
 
 
 def test_third_open_request_is_ebusy(mount_with: Callable[..., Mount], tmp_path: Path) -> None:
-    mount = mount_with("--max-requests", "2")
+    mount = mount_with("--max-requests-per-uid", "2")
     env = mount.path / ENV
     env.mkdir()
     digest = store_file(env, "src", BIG)
@@ -708,7 +708,7 @@ def test_third_open_request_is_ebusy(mount_with: Callable[..., Mount], tmp_path:
 
 
 def test_expired_requests_no_longer_count_as_open(mount_with: Callable[..., Mount]) -> None:
-    mount = mount_with("--request-ttl", "2", "--max-requests", "1")
+    mount = mount_with("--request-ttl", "2", "--max-requests-per-uid", "1")
     env = mount.path / ENV
     env.mkdir()
     digest = store_file(env, "src", BIG)

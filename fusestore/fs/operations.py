@@ -37,7 +37,7 @@ from .kernel import BLOCK_SIZE, CACHE_SECONDS, NAME_MAX, PID_XATTR, uses_direct_
 from .openfiles import OpenFiles, OpenInode
 from .requests_dir import Requests, RequestsDir
 from .stats_file import StatsFile
-from .virtual import AttributeChange, VirtualError, VirtualFiles, VirtualHandle
+from .virtual import AttributeChange, VirtualError, VirtualFiles, VirtualHandle, VirtualTree
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, store: Store, *, max_requests_per_user: int = 100) -> None:
+    def __init__(self, store: Store) -> None:
         super().__init__()
         self.store = store
         self.tree = store.namespace
@@ -100,8 +100,10 @@ class Operations(pyfuse3.Operations):
             on_dropped=lambda parent, name, inode: pyfuse3.invalidate_entry_async(
                 parent, name, deleted=inode, ignore_enoent=True),
         )
-        self.virtual = VirtualFiles(
-            RequestsDir(Requests(store, max_per_user=max_requests_per_user, on_linked=self._linked)), StatsFile(store))
+        trees: list[VirtualTree] = [StatsFile(store)]
+        if store.tenancy.requests != "off":  # off: no /.requests at all, as if the mount never had one
+            trees.insert(0, RequestsDir(Requests(store, on_linked=self._linked)))
+        self.virtual = VirtualFiles(*trees)
         self.handles: dict[int, Handle] = {}
         self.virtual_handles: dict[int, VirtualHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
