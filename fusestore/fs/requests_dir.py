@@ -21,6 +21,12 @@ in the daemon's memory (requests are short-lived; a restart forgets them,
 never stored data); each uid sees only its own names, so request names
 leak nothing between tenants.
 
+The caps on asks, and what an ask may reveal, are the store's
+(``store.tenancy``): the first line written to a control file is its ask,
+malformed or not, and counts against its uid's caps like any other; past
+them the write is EBUSY. With ``requests = "off"`` the adapter mounts no
+``/.requests`` at all.
+
 ``Requests`` holds the protocol and the per-uid registry; ``RequestsDir``
 is the directory as the adapter sees it, a ``virtual.VirtualTree``.
 """
