@@ -11,6 +11,7 @@ import errno
 import io
 import random
 import secrets
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pytest
 
 from fusestore import RequestResponse, Store, errors
 from fusestore.catalog import ROOT_INO, unknown_resource
+from fusestore.cli import mount_cmd, parser
 from fusestore.cli.stats_cmd import table
 from fusestore.client import wire
 from fusestore.fs.operations import Operations
@@ -31,6 +33,7 @@ from fusestore.store.stats import TOTALS, Stats
 from fusestore.store.tenancy import RATE_WINDOW, Tenancy
 
 from .helpers import ENV, ENV2, ManualClock, put, read
+from .mount_helpers import FUSESTORE
 
 ALICE = Owner(3001, 3001)
 BOB = Owner(3002, 3002)
@@ -427,3 +430,25 @@ def test_removing_a_challenged_request_frees_its_place(tree: RequestsDir, shared
     tree.unlink(REQUESTS_INO, b"r0", ALICE)
     assert store.requests.open_for(ALICE.uid) == 2
     assert write_line(tree, b"r4", (wire.ask_line(ENV, "d4", digest) + "\n").encode())[1] == 0
+
+
+# -- the mount's flags ----------------------------------------------------------------------------------
+
+
+def test_the_mount_flags_make_the_tenancy() -> None:
+    def rules(*flags: str) -> Tenancy:
+        return mount_cmd.tenancy(parser().parse_args(["mount", "STORE", "MOUNTPOINT", *flags]))
+
+    assert rules() == Tenancy() == Tenancy(max_requests_per_uid=64, request_rate=600, requests="on")
+    assert rules("--max-requests-per-uid", "5", "--request-rate", "7") == Tenancy(5, 7)
+    assert rules("--requests-same-owner").requests == "same-owner"
+    assert rules("--requests-off").requests == "off"
+
+
+@pytest.mark.parametrize("flags", [["--max-requests-per-uid", "0"], ["--request-rate", "-1"],
+                                   ["--request-rate", "lots"], ["--requests-off", "--requests-same-owner"]])
+def test_bad_mount_flags_are_usage_errors(tmp_path: Path, flags: list[str]) -> None:
+    result = subprocess.run([*FUSESTORE, "mount", str(tmp_path / "store"), str(tmp_path), *flags],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and flags[0] in result.stderr.splitlines()[-1], result.stderr
+    assert not (tmp_path / "store").exists()
