@@ -452,3 +452,17 @@ def test_bad_mount_flags_are_usage_errors(tmp_path: Path, flags: list[str]) -> N
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and flags[0] in result.stderr.splitlines()[-1], result.stderr
     assert not (tmp_path / "store").exists()
+
+
+def test_a_put_line_into_a_file_that_asked_already_counts_too(tree: RequestsDir, shared: tuple[Store, str]) -> None:
+    store, digest = shared
+    handle, code = write_line(tree, b"once", (wire.ask_line(ENV, "dst", digest) + "\n").encode())
+    assert code == 0
+    for _ in range(9):  # ten asks in all: the caps' rate
+        with pytest.raises(VirtualError) as again:
+            handle.write(0, (wire.ask_line(ENV, "other", digest) + "\n").encode())
+        assert again.value.errno == errno.EEXIST
+    with pytest.raises(VirtualError) as capped:
+        handle.write(0, (wire.ask_line(ENV, "other", digest) + "\n").encode())
+    assert capped.value.errno == errno.EBUSY
+    assert wire.parse_status(handle.read(0, 4096).decode()).state == "challenged"  # still answerable

@@ -190,6 +190,7 @@ class Requests:
         if control.status == "new":
             self._ask(control, line)
         elif wire.is_ask(line):
+            self._count_ask(control)  # every put line is an ask, even one this file cannot take
             raise VirtualError(errno.EEXIST, f"request {control.name!r} exists; remove it or use another name")
         elif control.status == "challenged":
             self._answer(control, line)
@@ -217,11 +218,15 @@ class Requests:
     def _malformed(self, control: ControlFile, reason: str) -> NoReturn:
         """EINVAL; the first line of a file is its ask even when malformed, and counts as one (EBUSY past the caps)."""
         if control.status == "new":
-            try:
-                self.store.requests.count_ask(control.uid)
-            except errors.TooManyRequests as exc:
-                self._refuse(control, exc.errno, str(exc))
+            self._count_ask(control)
         self._refuse(control, errno.EINVAL, reason)
+
+    def _count_ask(self, control: ControlFile) -> None:
+        """An ask the store is not asked about counts against the caps all the same: EBUSY past them."""
+        try:
+            self.store.requests.count_ask(control.uid)
+        except errors.TooManyRequests as exc:
+            self._refuse(control, exc.errno, str(exc))
 
     def _answer(self, control: ControlFile, line: str) -> None:
         try:

@@ -23,7 +23,7 @@ them without a mount:
 - ``/.stats``: the store-wide totals are everyone's unless requests are
   restricted, since they reveal dedup hits too (a file written that does
   not raise ``stored_bytes`` was already stored); then only root sees them.
-  Each environment's figure is shown to the owner of its directory only.
+  Each environment's figure is shown to the owner of its directory (and root) only.
 
 What stays observable (statfs free space, how long a commit takes) is
 listed in the README; those signals are coarser and not decided here.
