@@ -38,7 +38,10 @@ fail() {  # fail CODE MESSAGE
 case ${1:-} in -h | --help) usage; exit 0 ;; esac
 [ $# -eq 4 ] || { usage >&2; exit 2; }
 mountpoint=$1 env=$2 path=$3 localfile=$4
-[ -d "$mountpoint/.requests" ] || fail 1 "$mountpoint is not a fusestore mount (no .requests directory)"
+if [ ! -d "$mountpoint/.requests" ]; then
+    [ -f "$mountpoint/.stats" ] || fail 1 "$mountpoint is not a fusestore mount (neither .requests nor .stats)"
+    fail 1 "requests are off on $mountpoint (mounted with --requests-off): copy the file in instead"
+fi
 [ -f "$localfile" ] && [ -r "$localfile" ] || fail 1 "cannot read $localfile"
 
 # PATH goes into a space-separated line, so every byte outside

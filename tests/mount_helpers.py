@@ -99,36 +99,57 @@ def in_child(action: Callable[[], bytes | None], *, fsuid: int | None = None,
     Returns (the errno of the OSError it raised, or 0; the bytes it returned).
     ``fsuid`` changes only the filesystem uid and gid (the kernel's permission
     checks use them); ``uid`` changes every uid and gid. A fork rather than a
-    subprocess: execve resets the filesystem ids to the effective ones.
+    subprocess: execve resets the filesystem ids to the effective ones (and
+    the test interpreter may live where other uids cannot run it).
     """
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        status = 0
-        try:
-            os.close(read_end)
-            if uid is not None:
-                os.setgroups([])
-                os.setgid(uid)
-                os.setuid(uid)
-            if fsuid is not None:
-                LIBC.setfsgid(fsuid)
-                LIBC.setfsuid(fsuid)
-                # an invalid id changes nothing and reports the current one
-                if (LIBC.setfsuid(0xFFFFFFFF), LIBC.setfsgid(0xFFFFFFFF)) != (fsuid, fsuid):
-                    raise RuntimeError("setfsuid/setfsgid did not take")
-            os.write(write_end, action() or b"")
-        except OSError as exc:
-            status = exc.errno or 255
-        except BaseException:
-            os.write(write_end, traceback.format_exc().encode())
-            status = 255
-        finally:
-            os._exit(status)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as pipe:
-        data = pipe.read()
-    _, wait_status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(wait_status)
-    assert code != 255, data.decode(errors="replace")
-    return code, data
+    return Child(action, fsuid=fsuid, uid=uid).wait()
+
+
+class Child:
+    """``in_child`` started in the background: ``wait`` gives what ``in_child`` returns."""
+
+    def __init__(self, action: Callable[[], bytes | None], *, fsuid: int | None = None,
+                 uid: int | None = None) -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            status = 0
+            try:
+                os.close(read_end)
+                if uid is not None:
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
+                if fsuid is not None:
+                    LIBC.setfsgid(fsuid)
+                    LIBC.setfsuid(fsuid)
+                    # an invalid id changes nothing and reports the current one
+                    if (LIBC.setfsuid(0xFFFFFFFF), LIBC.setfsgid(0xFFFFFFFF)) != (fsuid, fsuid):
+                        raise RuntimeError("setfsuid/setfsgid did not take")
+                os.write(write_end, action() or b"")
+            except OSError as exc:
+                status = exc.errno or 255
+            except BaseException:
+                os.write(write_end, traceback.format_exc().encode())
+                status = 255
+            finally:
+                os._exit(status)
+        os.close(write_end)
+        self.pid, self.pipe = pid, read_end
+        self._status: int | None = None
+
+    def running(self) -> bool:
+        if self._status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._status = status
+        return self._status is None
+
+    def wait(self) -> tuple[int, bytes]:
+        with os.fdopen(self.pipe, "rb") as pipe:
+            data = pipe.read()
+        if self._status is None:
+            self._status = os.waitpid(self.pid, 0)[1]
+        code = os.waitstatus_to_exitcode(self._status)
+        assert code != 255, data.decode(errors="replace")
+        return code, data

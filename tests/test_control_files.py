@@ -10,8 +10,9 @@ from __future__ import annotations
 import errno
 import random
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import blake3
 import pyfuse3
@@ -30,6 +31,7 @@ from fusestore.fs.virtual import (
 )
 from fusestore.store.attributes import Attributes
 from fusestore.store.owners import Owner
+from fusestore.store.tenancy import Tenancy
 
 from .helpers import ENV, ManualClock, put, read
 
@@ -51,10 +53,11 @@ class Setup:
 
 
 @pytest.fixture
-def setup(store: Store, clock: ManualClock) -> Setup:
+def setup(store_path: Path, clock: ManualClock) -> Iterator[Setup]:
     linked: list[tuple[str, str]] = []
-    requests = Requests(store, max_per_user=MAX_OPEN, on_linked=lambda env, path: linked.append((env, path)))
-    return Setup(store, RequestsDir(requests), clock, put(store, "src", DATA), linked)
+    with Store.open(store_path, clock=clock, tenancy=Tenancy(max_requests_per_uid=MAX_OPEN)) as store:
+        requests = Requests(store, on_linked=lambda env, path: linked.append((env, path)))
+        yield Setup(store, RequestsDir(requests), clock, put(store, "src", DATA), linked)
 
 
 def fails(code: int, call: Callable[..., object], *args: object) -> VirtualError:

@@ -336,6 +336,29 @@ def test_missing_directories_of_the_destination_are_created(mount: Mount, env_di
     assert (env_dir / "a" / "b" / "c" / "d.txt").read_bytes() == SMALL
 
 
+def test_a_symlink_on_the_way_is_enotdir_and_one_at_the_end_is_replaced(mount: Mount, env_dir: Path) -> None:
+    digest = store_file(env_dir, "src", SMALL)
+    (env_dir / "real").mkdir()
+    os.symlink("real", env_dir / "via")
+    expect_errno(errno.ENOTDIR, send, control(mount, "through"), put_line("via/dst", digest), mount=mount)
+    expect_errno(errno.ENOTDIR, send, control(mount, "file"), put_line("src/dst", digest), mount=mount)
+    assert os.listdir(env_dir / "real") == []
+
+    (env_dir / "target").write_bytes(b"the target\n")
+    os.symlink("target", env_dir / "dst")
+    challenge = ask(mount, "over-link", "dst", digest)
+    send(control(mount, "over-link"), answer_for(challenge, SMALL) + "\n")
+    assert not os.path.islink(env_dir / "dst") and (env_dir / "dst").read_bytes() == SMALL
+    assert (env_dir / "target").read_bytes() == b"the target\n"
+
+    challenge = ask(mount, "moved", "real/sub/dst", digest)  # then real/ becomes a symlink
+    os.rename(env_dir / "real", env_dir / "elsewhere")
+    os.symlink("elsewhere", env_dir / "real")
+    expect_errno(errno.ENOTDIR, send, control(mount, "moved"), answer_for(challenge, SMALL) + "\n", mount=mount)
+    assert eventually(lambda: gone(mount, "moved"))  # a failed request goes once closed
+    assert os.listdir(env_dir / "elsewhere") == [] and os.path.islink(env_dir / "real")
+
+
 def test_linking_into_a_new_environment_creates_it(mount: Mount, env_dir: Path) -> None:
     digest = store_file(env_dir, "src", SMALL)
     challenge = ask(mount, "other-env", "x/y", digest, env=ENV2)
@@ -687,7 +710,7 @@ def test_listing_shows_each_request_of_the_caller(mount: Mount, env_dir: Path) -
 
 
 def test_third_open_request_is_ebusy(mount_with: Callable[..., Mount], tmp_path: Path) -> None:
-    mount = mount_with("--max-requests", "2")
+    mount = mount_with("--max-requests-per-uid", "2")
     env = mount.path / ENV
     env.mkdir()
     digest = store_file(env, "src", BIG)
@@ -708,7 +731,7 @@ def test_third_open_request_is_ebusy(mount_with: Callable[..., Mount], tmp_path:
 
 
 def test_expired_requests_no_longer_count_as_open(mount_with: Callable[..., Mount]) -> None:
-    mount = mount_with("--request-ttl", "2", "--max-requests", "1")
+    mount = mount_with("--request-ttl", "2", "--max-requests-per-uid", "1")
     env = mount.path / ENV
     env.mkdir()
     digest = store_file(env, "src", BIG)

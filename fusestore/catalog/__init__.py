@@ -1,7 +1,7 @@
 """The catalog layer: every piece of metadata in one LMDB environment (see ``catalog.catalog``)."""
 
-from .catalog import Catalog, Txn, rollback_due, verify_structure
+from .catalog import Catalog, Txn, rollback_due, unknown_resource, verify_structure
 from .records import COMPLETE, FORMAT_VERSION, LOST, PENDING, ROOT_INO, Inode, Resource, StagingRecord, Synced
 
 __all__ = ["COMPLETE", "FORMAT_VERSION", "LOST", "PENDING", "ROOT_INO", "Catalog", "Inode", "Resource",
-           "StagingRecord", "Synced", "Txn", "rollback_due", "verify_structure"]
+           "StagingRecord", "Synced", "Txn", "rollback_due", "unknown_resource", "verify_structure"]

@@ -448,7 +448,7 @@ class Txn:
         """The complete resource ``digest``: NotFound, UploadPending while pending, ContentLost when lost."""
         res = self.resource(digest)
         if res is None:
-            raise errors.NotFound(f"no resource {digest.hex()}")
+            raise unknown_resource(digest)
         if res.state == LOST:
             raise errors.ContentLost(f"the bytes of {digest.hex()} are lost (fsck found their blob damaged or "
                                      "missing); writing the same content again restores them")
@@ -480,7 +480,7 @@ class Txn:
     def upload_complete(self, digest: bytes) -> None:
         res = self.resource(digest)
         if res is None:
-            raise errors.NotFound(f"no resource {digest.hex()}")
+            raise unknown_resource(digest)
         if res.complete:
             raise errors.AlreadyExists(f"resource {digest.hex()} was already uploaded")
         res.state = COMPLETE
@@ -490,7 +490,7 @@ class Txn:
         """Drop one reference; True when that was the last and the resource is gone."""
         res = self.resource(digest)
         if res is None:
-            raise errors.NotFound(f"no resource {digest.hex()}")
+            raise unknown_resource(digest)
         res.refcount -= 1
         if res.refcount <= 0:
             self.raw.delete(digest, db=self.catalog.resources)
@@ -529,6 +529,20 @@ class Txn:
         with self.raw.cursor(db=self.catalog.inodes) as cur:
             for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
                 yield Inode.decode(U64.unpack(key)[0], raw)
+
+    def inodes_with_content(self, digest: bytes) -> Iterator[Inode]:
+        """The regular files whose committed content is ``digest``.
+
+        One scan of the table (there is no index by content), decoding only
+        the records that end with the digest, which is where a regular
+        file's content is encoded.
+        """
+        with self.raw.cursor(db=self.catalog.inodes) as cur:
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
+                if raw[-len(digest):] == digest:
+                    node = Inode.decode(U64.unpack(key)[0], raw)
+                    if node.content == digest:
+                        yield node
 
     # -- directory entries ----------------------------------------------------
 
@@ -682,6 +696,11 @@ class Txn:
         with self.raw.cursor(db=self.catalog.staging) as cur:
             for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
                 yield StagingRecord.decode(bytes(key), raw)
+
+
+def unknown_resource(digest: bytes) -> errors.NotFound:
+    """The error for content the catalog does not hold: one message, so that a refusal can look the same."""
+    return errors.NotFound(f"no resource {digest.hex()}")
 
 
 def verify_structure(path: Path) -> list[str]:

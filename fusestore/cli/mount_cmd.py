@@ -6,8 +6,12 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import mounts
+
+if TYPE_CHECKING:
+    from ..store.tenancy import RequestMode, Tenancy
 
 
 def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -25,8 +29,17 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                        help="let other users use the mount (permissions are checked by the kernel)")
     mount.add_argument("--request-ttl", type=float, default=60.0, metavar="SECONDS",
                        help="how long a proof-of-access request stays open (default 60)")
-    mount.add_argument("--max-requests", type=int, default=100, metavar="N",
-                       help="open proof-of-access requests per user (default 100); past it, EBUSY")
+    mount.add_argument("--max-requests-per-uid", type=positive, default=64, metavar="N",
+                       help="open proof-of-access requests per uid, root included (default 64); past it, EBUSY")
+    mount.add_argument("--request-rate", type=positive, default=600, metavar="N",
+                       help="proof-of-access asks per uid in any 60 s, whatever their outcome (default 600); "
+                            "past it, EBUSY")
+    exposure = mount.add_mutually_exclusive_group()
+    exposure.add_argument("--requests-off", action="store_true",
+                          help="no /.requests: no proof of access, and /.stats totals for root only")
+    exposure.add_argument("--requests-same-owner", action="store_true",
+                          help="an ask finds only content a file of the caller's own environments holds "
+                               "(else ENOENT); /.stats totals for root only")
     mount.add_argument("--verify-limit", type=size, default="256M", metavar="BYTES",
                        help="hash a blob at its first open when it is at most this large (K, M, G: 2^10, 2^20, "
                             "2^30 bytes; default 256M; 0: never; larger ones: fusestore fsck --verify)")
@@ -47,6 +60,20 @@ def size(text: str) -> int:
     return int(number) * SUFFIXES[suffix]
 
 
+def positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def tenancy(args: argparse.Namespace) -> "Tenancy":
+    """The rules between users that the flags ask for."""
+    from ..store.tenancy import Tenancy
+
+    mode: RequestMode = "off" if args.requests_off else "same-owner" if args.requests_same_owner else "on"
+    return Tenancy(max_requests_per_uid=args.max_requests_per_uid, request_rate=args.request_rate, requests=mode)
+
+
 def run(args: argparse.Namespace) -> None:
     if args.foreground:
         try:
@@ -57,7 +84,12 @@ def run(args: argparse.Namespace) -> None:
             raise
         return
     argv = ["mount", str(args.store), str(args.mountpoint), "--request-ttl", str(args.request_ttl),
-            "--max-requests", str(args.max_requests), "--verify-limit", str(args.verify_limit)]
+            "--max-requests-per-uid", str(args.max_requests_per_uid), "--request-rate", str(args.request_rate),
+            "--verify-limit", str(args.verify_limit)]
+    if args.requests_off:
+        argv.append("--requests-off")
+    if args.requests_same_owner:
+        argv.append("--requests-same-owner")
     if args.debug:
         argv.append("--debug")
     if args.allow_other:
@@ -81,6 +113,6 @@ def _serve(args: argparse.Namespace) -> None:
 
     try:
         daemon.serve(args.store, mountpoint, allow_other=args.allow_other, request_ttl=args.request_ttl,
-                     max_requests=args.max_requests, verify_limit=args.verify_limit, ready_fd=args.ready_fd)
+                     tenancy=tenancy(args), verify_limit=args.verify_limit, ready_fd=args.ready_fd)
     except (errors.StoreLocked, errors.UnknownFormat, daemon.MountFailed) as exc:
         raise mounts.MountError(str(exc)) from None

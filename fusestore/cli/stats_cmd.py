@@ -28,7 +28,8 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     stats = commands.add_parser(
         "stats", help="files, bytes and deduplication of a store or a mount",
         description="Print how many files, directories and environments a store holds, their logical "
-                    "bytes, the bytes stored for them, the dedup ratio and each environment's bytes. On a "
+                    "bytes, the bytes stored for them, the dedup ratio and the bytes of each environment you "
+                    "own (root: all). On a "
                     "mount point: the live daemon's view (MOUNTPOINT/.stats). On an unmounted store: read "
                     "read-only. Exit status 2 when the path is no store, or a store a mount holds.",
     )
@@ -97,20 +98,27 @@ def _fail(status: int, message: str) -> NoReturn:
 
 
 def table(figures: "Stats") -> str:
-    """The figures for people: one aligned row each, sizes also in binary units, the ratio with 2 decimals."""
+    """The figures for people: one aligned row each, sizes also in binary units, the ratio with 2 decimals.
+
+    When the mount withholds the store-wide totals from this reader, a line says so instead of them.
+    """
     rows = [("files", str(figures.files), ""), ("directories", str(figures.directories), ""),
             ("environments", str(figures.environments), ""),
             ("logical bytes", str(figures.logical_bytes), mounts.human_bytes(figures.logical_bytes)),
             ("stored bytes", str(figures.stored_bytes), mounts.human_bytes(figures.stored_bytes)),
             ("dedup ratio", f"{figures.dedup_ratio:.2f}", ""), ("blobs", str(figures.blobs), "")]
+    if not figures.totals_shown:
+        rows = []
     envs = [(f"  {env}", str(size), mounts.human_bytes(size)) for env, size in sorted(figures.per_environment.items())]
-    label = max(len(name) for name, _, _ in rows + envs)
-    width = max(len(value) for _, value, _ in rows + envs)
+    label = max((len(name) for name, _, _ in rows + envs), default=0)
+    width = max((len(value) for _, value, _ in rows + envs), default=0)
 
     def line(name: str, value: str, unit: str) -> str:
         return f"{name:<{label}}  {value:>{width}}" + (f"  ({unit})" if unit else "")
 
     lines = [line(*row) for row in rows]
+    if not figures.totals_shown:
+        lines.append("store-wide totals: shown to root only on this mount")
     lines.append("logical bytes per environment:" + ("" if envs else " none"))
     lines += [line(*row) for row in envs]
     return "\n".join(lines) + "\n"

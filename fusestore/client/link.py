@@ -48,7 +48,8 @@ EXIT_CODES: dict[str, int] = {"linked": 0, "copied": 0, "missing": 3, "refused":
 EXIT_CODES_HELP = """\
 exit status:
   0  linked (or copied, with --upload-if-missing)
-  1  any other error (not a fusestore mount, unreadable file, too many requests, ...)
+  1  any other error (not a fusestore mount, requests off on the mount, unreadable file, too many
+     requests, ...)
   2  bad usage
   3  the store does not hold that content: upload it (or use --upload-if-missing)
   4  refused: wrong answer, request expired, or you may not write PATH
@@ -184,8 +185,9 @@ def link(
     mountpoint = Path(mountpoint)
     target = f"{env}/{path}"
     requests = mountpoint / wire.REQUESTS_DIR
-    if not requests.is_dir():
-        return Outcome("failed", f"{mountpoint} is not a fusestore mount (no .requests directory)", errno.ENOENT)
+    requests_off = not requests.is_dir()
+    if requests_off and not (mountpoint / wire.STATS_FILE).is_file():
+        return Outcome("failed", f"{mountpoint} is not a fusestore mount (neither .requests nor .stats)", errno.ENOENT)
     try:
         fd = os.open(localfile, os.O_RDONLY)
     except OSError as exc:
@@ -193,12 +195,16 @@ def link(
     try:
         hash_hex = hash_fd(fd)
         try:
+            if requests_off:
+                raise _Failure("failed", f"requests are off on {mountpoint} (mounted with --requests-off): "
+                                         "nothing can be linked without uploading it", errno.ENOENT)
             _exchange(requests, env, path, fd, hash_hex)
         except _Failure as failure:
-            if not (upload_if_missing and failure.outcome.kind == "missing"):
+            if not upload_if_missing or not (requests_off or failure.outcome.kind == "missing"):
                 return failure.outcome
             size = _copy(mountpoint, env, path, fd)
-            return Outcome("copied", f"copied {localfile} to {target} ({size} bytes; the store did not hold them)")
+            why = "requests are off" if requests_off else "the store did not hold them"
+            return Outcome("copied", f"copied {localfile} to {target} ({size} bytes; {why})")
         return Outcome("linked", f"linked {localfile} as {target} (blake3 {hash_hex}, no upload)")
     except OSError as exc:
         return Outcome("failed", f"{target}: {exc.strerror or exc}", exc.errno)

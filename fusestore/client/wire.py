@@ -26,6 +26,7 @@ from typing import Literal
 from ..digests import Range
 
 REQUESTS_DIR = ".requests"
+STATS_FILE = ".stats"  # every mount has it: a mount without REQUESTS_DIR has requests off
 MAX_LINE = 8192
 NAME_PATTERN = re.compile(rb"[A-Za-z0-9._-]{1,64}")
 _ENCODED_PATH = re.compile(r"(?:[A-Za-z0-9._~/-]|%[0-9A-Fa-f]{2})+")

@@ -18,6 +18,7 @@ import trio
 
 from ..store import Store
 from ..store.content import DEFAULT_VERIFY_LIMIT
+from ..store.tenancy import DEFAULT_TENANCY, Tenancy
 from .operations import Operations
 
 log = logging.getLogger(__name__)
@@ -31,12 +32,12 @@ class MountFailed(Exception):
 
 def serve(
     store_path: Path, mountpoint: Path, *, allow_other: bool = False, request_ttl: float = 60.0,
-    max_requests: int = 100, verify_limit: int = DEFAULT_VERIFY_LIMIT, ready_fd: int | None = None,
+    tenancy: Tenancy = DEFAULT_TENANCY, verify_limit: int = DEFAULT_VERIFY_LIMIT, ready_fd: int | None = None,
 ) -> None:
     """Run the daemon in this process until it is unmounted or signalled."""
-    store = Store.open(store_path, request_ttl=request_ttl, verify_limit=verify_limit)
+    store = Store.open(store_path, request_ttl=request_ttl, verify_limit=verify_limit, tenancy=tenancy)
     try:
-        operations = Operations(store, max_requests_per_user=max_requests)
+        operations = Operations(store)
         options = set(pyfuse3.default_options) | {"fsname=fusestore", "subtype=fusestore", "default_permissions"}
         if allow_other:
             options.add("allow_other")

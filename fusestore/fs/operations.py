@@ -37,7 +37,7 @@ from .kernel import BLOCK_SIZE, CACHE_SECONDS, NAME_MAX, PID_XATTR, uses_direct_
 from .openfiles import OpenFiles, OpenInode
 from .requests_dir import Requests, RequestsDir
 from .stats_file import StatsFile
-from .virtual import AttributeChange, VirtualError, VirtualFiles, VirtualHandle
+from .virtual import AttributeChange, VirtualError, VirtualFiles, VirtualHandle, VirtualTree
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, store: Store, *, max_requests_per_user: int = 100) -> None:
+    def __init__(self, store: Store) -> None:
         super().__init__()
         self.store = store
         self.tree = store.namespace
@@ -100,8 +100,11 @@ class Operations(pyfuse3.Operations):
             on_dropped=lambda parent, name, inode: pyfuse3.invalidate_entry_async(
                 parent, name, deleted=inode, ignore_enoent=True),
         )
-        self.virtual = VirtualFiles(
-            RequestsDir(Requests(store, max_per_user=max_requests_per_user, on_linked=self._linked)), StatsFile(store))
+        trees: list[VirtualTree] = [StatsFile(store)]
+        if store.tenancy.requests != "off":  # off: no /.requests at all, as if the mount never had one
+            trees.insert(0, RequestsDir(Requests(store, on_linked=self._linked)))
+        self.virtual = VirtualFiles(*trees)
+        self._linked_entries: list[tuple[int, bytes]] = []
         self.handles: dict[int, Handle] = {}
         self.virtual_handles: dict[int, VirtualHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
@@ -357,7 +360,10 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         if fh in self.virtual_handles:
             # Quick (a control file reads at most 64 KiB of a blob): kept on the loop, where the registry lives.
-            return self.virtual_handles[fh].write(off, buf)
+            try:
+                return self.virtual_handles[fh].write(off, buf)
+            finally:
+                await self._drop_linked_entries()
         handle = self.handles[fh]
         handle.wrote = True
         return await self.files.write(handle.state, off, buf)
@@ -474,17 +480,35 @@ class Operations(pyfuse3.Operations):
         return data
 
     def _linked(self, env: str, path: str) -> None:
-        """A proof-of-access link changed a file behind the kernel's back: drop what it cached."""
+        """A proof-of-access link changed a file behind the kernel's back: drop what it cached.
+
+        The entry is dropped by ``_drop_linked_entries`` before the answer's
+        write returns: the name may now be another inode (a symlink was
+        replaced), and the client's next lookup must find the new one.
+        """
         try:
             parent, name, inode = self.store.locate_for_environment(env, path)
         except errors.StoreError:
             return
         self.files.forget_content(inode)
-        pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+        self._linked_entries.append((parent, name))
         try:
             pyfuse3.invalidate_inode(inode, attr_only=False)
         except OSError:
             pass  # the kernel did not know the inode: nothing cached
+
+    async def _drop_linked_entries(self) -> None:
+        """Make the kernel forget the entries links replaced, waiting until it has.
+
+        In a worker thread: the kernel may first wait for an operation on the
+        same directory that the event loop has still to answer.
+        """
+        while self._linked_entries:
+            parent, name = self._linked_entries.pop()
+            try:
+                await trio.to_thread.run_sync(pyfuse3.invalidate_entry, parent, name)
+            except FileNotFoundError:
+                pass  # the kernel did not know the entry: nothing cached
 
     async def commit_all(self) -> None:
         """At unmount: commit every inode still dirty (handles the kernel never released)."""

@@ -21,6 +21,12 @@ in the daemon's memory (requests are short-lived; a restart forgets them,
 never stored data); each uid sees only its own names, so request names
 leak nothing between tenants.
 
+The caps on asks, and what an ask may reveal, are the store's
+(``store.tenancy``): the first line written to a control file is its ask,
+malformed or not, and counts against its uid's caps like any other; past
+them the write is EBUSY. With ``requests = "off"`` the adapter mounts no
+``/.requests`` at all.
+
 ``Requests`` holds the protocol and the per-uid registry; ``RequestsDir``
 is the directory as the adapter sees it, a ``virtual.VirtualTree``.
 """
@@ -87,11 +93,11 @@ def check_name(name: bytes) -> None:
 class Requests:
     """Every control file, by inode and by (uid, name)."""
 
-    def __init__(self, store: Store, *, max_per_user: int, on_linked: Callable[[str, str], None]) -> None:
+    def __init__(self, store: Store, *, on_linked: Callable[[str, str], None]) -> None:
         self.store = store
         self.clock = store.requests.clock
         self.keep_finished = store.requests.ttl
-        self.max_per_user = max_per_user
+        self.max_files_per_uid = 4 * store.tenancy.max_requests_per_uid + 64
         self.on_linked = on_linked
         self.by_ino: dict[int, ControlFile] = {}
         self.by_name: dict[tuple[int, bytes], ControlFile] = {}
@@ -117,7 +123,7 @@ class Requests:
         if (uid, name) in self.by_name:
             raise VirtualError(errno.EEXIST, f"request {name!r} exists")
         # Files that were never asked, or ended recently, are bounded too (memory is the daemon's).
-        if sum(1 for owner, _ in self.by_name if owner == uid) >= 4 * self.max_per_user + 64:
+        if sum(1 for owner, _ in self.by_name if owner == uid) >= self.max_files_per_uid:
             raise VirtualError(errno.EBUSY, f"uid {uid} has too many request files; remove some")
         if self._next_ino not in REQUESTS_INODES:
             raise VirtualError(errno.ENOSPC, "no control-file inode numbers left; remount")
@@ -140,13 +146,11 @@ class Requests:
                 self._forget(control)
 
     def _forget(self, control: ControlFile) -> None:
+        """The file goes, and with it a request still open: it no longer counts against its owner."""
+        if control.status == "challenged" and control.response is not None:
+            self.store.requests.drop(control.response.request_id)
         self.by_ino.pop(control.ino, None)
         self.by_name.pop((control.uid, control.name), None)
-
-    def _is_open(self, control: ControlFile) -> bool:
-        """Challenged and not expired (an expired request no longer counts against its owner)."""
-        return (control.status == "challenged" and control.response is not None
-                and self.clock() < control.response.expires)
 
     def _purge(self) -> None:
         """Answered, expired and never-asked requests disappear a request lifetime after they ended.
@@ -175,17 +179,18 @@ class Requests:
             self._line(control, line)
         if len(control.pending) > wire.MAX_LINE:
             control.pending.clear()
-            self._refuse(control, errno.EINVAL, f"line longer than {wire.MAX_LINE} bytes")
+            self._malformed(control, f"line longer than {wire.MAX_LINE} bytes")
         return len(data)
 
     def _line(self, control: ControlFile, raw: bytes) -> None:
         try:
             line = raw.decode("ascii")
         except UnicodeDecodeError:
-            self._refuse(control, errno.EINVAL, "the line is not ASCII text")
+            self._malformed(control, "the line is not ASCII text")
         if control.status == "new":
             self._ask(control, line)
         elif wire.is_ask(line):
+            self._count_ask(control)  # every put line is an ask, even one this file cannot take
             raise VirtualError(errno.EEXIST, f"request {control.name!r} exists; remove it or use another name")
         elif control.status == "challenged":
             self._answer(control, line)
@@ -193,13 +198,11 @@ class Requests:
             raise VirtualError(errno.ETIMEDOUT, f"request {control.name!r} was answered already ({control.status})")
 
     def _ask(self, control: ControlFile, line: str) -> None:
+        """The store checks the caps first, then everything else (a refused ask reveals nothing)."""
         try:
             env, path, hash_hex = wire.parse_ask(line)
         except wire.WireError as exc:
-            self._refuse(control, errno.EINVAL, str(exc))
-        open_requests = sum(1 for c in self.by_ino.values() if c.uid == control.uid and self._is_open(c))
-        if open_requests >= self.max_per_user:
-            self._refuse(control, errno.EBUSY, f"{open_requests} requests are open already")
+            self._malformed(control, str(exc))
         try:
             control.response = self.store.put_for_environment_request(
                 env, path, hash_hex, owner=Owner(control.uid, control.gid)
@@ -211,6 +214,19 @@ class Requests:
         control.status = "challenged"
         control.target = (env, path)
         log.info("request %s (uid %d): challenged, %s/%s", control.name.decode(), control.uid, env, path)
+
+    def _malformed(self, control: ControlFile, reason: str) -> NoReturn:
+        """EINVAL; the first line of a file is its ask even when malformed, and counts as one (EBUSY past the caps)."""
+        if control.status == "new":
+            self._count_ask(control)
+        self._refuse(control, errno.EINVAL, reason)
+
+    def _count_ask(self, control: ControlFile) -> None:
+        """An ask the store is not asked about counts against the caps all the same: EBUSY past them."""
+        try:
+            self.store.requests.count_ask(control.uid)
+        except errors.TooManyRequests as exc:
+            self._refuse(control, exc.errno, str(exc))
 
     def _answer(self, control: ControlFile, line: str) -> None:
         try:

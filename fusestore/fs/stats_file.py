@@ -5,7 +5,9 @@ the store's lock nor LMDB: the daemon owns the store, and only it sees its
 latest commits. Each open takes a fresh snapshot (``store.stats.of_store``,
 one catalog read transaction) and every read of that handle returns slices
 of the same bytes, so a reader never sees two snapshots stitched together.
-``getattr`` reports the length of a fresh snapshot's JSON.
+``getattr`` reports the length of a fresh snapshot's JSON. What a snapshot
+shows depends on who opens it (``store.stats``: only the environments the
+reader owns, and the totals unless the store's tenancy withholds them).
 
 The snapshot is computed on the event loop (the virtual-file interface is
 synchronous): about 20 ms for 10,000 files. It is kept until the catalog

@@ -15,8 +15,11 @@ min(2048, n) bytes, so the whole challenge reads at most 64 KiB of the blob.
 Empty content has no ranges; its answer is the BLAKE3 of no bytes.
 
 Requests live in memory only: they are short-lived, a restart forgets them,
-and nothing stored depends on them. Their number is bounded so that a client
-cannot grow the daemon's memory without limit.
+and nothing stored depends on them. Their number is bounded, store-wide so
+that clients cannot grow the daemon's memory without limit, and per uid
+with a rate of asks (``tenancy``), so that one user can neither crowd the
+others out nor probe the store or guess answers fast. The caps are checked
+before anything is looked up, so a refused ask reveals nothing.
 """
 
 from __future__ import annotations
@@ -25,12 +28,15 @@ import hmac
 import math
 import secrets
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import errors
 from ..digests import Range
 from .owners import Owner
+from .tenancy import RATE_WINDOW, AskWindow, Tenancy
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class PendingRequest:
     answer: bytes
     expires: float
     owner: Owner | None  # who asked: owns what the link creates, and must be allowed to write there
+    uid: int  # whose caps it counts against
 
 
 def choose_ranges(length: int, count: int, randbelow: Callable[[int], int]) -> list[Range]:
@@ -65,32 +72,68 @@ def choose_ranges(length: int, count: int, randbelow: Callable[[int], int]) -> l
 
 
 class RequestTable:
-    """Open requests by id, with expiry on an injected clock and a bound on their number."""
+    """Open requests by id: expiry on an injected clock, and the caps of ``tenancy`` checked before each ask.
 
-    def __init__(self, clock: Callable[[], float], ttl: float, max_open: int) -> None:
+    An ask goes through ``admission(uid)`` before the store looks anything
+    up: the caps refuse it (TooManyRequests, EBUSY) or reserve its place
+    and count it against the uid's rate, whatever its outcome then. Only a
+    challenge (``Admission.open``) keeps the place; a failed ask gives it
+    back when its ``with`` block ends.
+    """
+
+    def __init__(self, clock: Callable[[], float], ttl: float, max_open: int, tenancy: Tenancy) -> None:
         self.clock = clock
         self.ttl = ttl
         self.max_open = max_open
+        self.max_per_uid = tenancy.max_requests_per_uid
         self._open: dict[str, PendingRequest] = {}
+        self._places: Counter[int] = Counter()  # uid -> open requests and asks in flight
+        self._asks = AskWindow(tenancy.request_rate)
         self._lock = threading.Lock()
 
-    def add(
-        self, destination: tuple[bytes, ...], digest: bytes, answer: bytes, ranges: list[Range], owner: Owner | None
-    ) -> RequestResponse:
+    @contextmanager
+    def admission(self, uid: int) -> Iterator["Admission"]:
+        """Admit one ask by ``uid`` (TooManyRequests when a cap refuses it); its place goes unless opened."""
         with self._lock:
             now = self.clock()
             self._purge(now)
-            if len(self._open) >= self.max_open:
+            if sum(self._places.values()) >= self.max_open:
                 raise errors.TooManyRequests(f"{len(self._open)} proof-of-access requests are open already")
+            if self._places[uid] >= self.max_per_uid:
+                raise errors.TooManyRequests(f"uid {uid} has {self.max_per_uid} requests open already")
+            if not self._asks.allows(uid, now):
+                raise errors.TooManyRequests(f"uid {uid} asked {self._asks.limit} times in the last "
+                                             f"{RATE_WINDOW:.0f} seconds; wait")
+            self._asks.count(uid, now)
+            self._places[uid] += 1
+        admission = Admission(self, uid)
+        try:
+            yield admission
+        finally:
+            if not admission.opened:
+                with self._lock:
+                    self._give_back(uid)
+
+    def count_ask(self, uid: int) -> None:
+        """An ask refused before the store was asked (a malformed line): counted, or TooManyRequests."""
+        with self.admission(uid):
+            pass
+
+    def _add(self, admission: "Admission", destination: tuple[bytes, ...], digest: bytes, answer: bytes,
+             ranges: list[Range], owner: Owner | None) -> RequestResponse:
+        with self._lock:
             request_id = secrets.token_hex(16)
-            expires = now + self.ttl
-            self._open[request_id] = PendingRequest(request_id, destination, digest, answer, expires, owner)
+            expires = self.clock() + self.ttl
+            self._open[request_id] = PendingRequest(request_id, destination, digest, answer, expires, owner,
+                                                    admission.uid)
             return RequestResponse(request_id, ranges, expires)
 
     def take(self, request_id: str, answer_hex: str) -> PendingRequest:
         """Consume a request with its answer: RequestExpired, ResponseMismatch, or the request."""
         with self._lock:
             request = self._open.pop(request_id, None)
+            if request is not None:
+                self._give_back(request.uid)
         if request is None or self.clock() >= request.expires:
             raise errors.RequestExpired(f"request {request_id!r} is unknown, expired or already answered")
         try:
@@ -101,10 +144,28 @@ class RequestTable:
             raise errors.ResponseMismatch(f"wrong answer to request {request_id}")
         return request
 
+    def drop(self, request_id: str) -> None:
+        """Forget a request nobody will answer (its control file was removed); unknown ids are ignored."""
+        with self._lock:
+            request = self._open.pop(request_id, None)
+            if request is not None:
+                self._give_back(request.uid)
+
+    def open_for(self, uid: int) -> int:
+        """How many requests of ``uid`` are open (challenged, not answered, expired or dropped)."""
+        with self._lock:
+            self._purge(self.clock())
+            return sum(1 for request in self._open.values() if request.uid == uid)
+
     def __len__(self) -> int:
         with self._lock:
             self._purge(self.clock())
             return len(self._open)
+
+    def _give_back(self, uid: int) -> None:
+        self._places[uid] -= 1
+        if self._places[uid] <= 0:
+            del self._places[uid]
 
     def _purge(self, now: float) -> None:
         # Every request lives for the same ttl, so insertion order is expiry order.
@@ -113,3 +174,21 @@ class RequestTable:
             if now < request.expires:
                 return
             del self._open[request_id]
+            self._give_back(request.uid)
+
+
+class Admission:
+    """One admitted ask: ``open`` turns it into a request that keeps its place until it ends."""
+
+    def __init__(self, table: RequestTable, uid: int) -> None:
+        self.table = table
+        self.uid = uid
+        self.opened = False
+
+    def open(self, destination: tuple[bytes, ...], digest: bytes, answer: bytes, ranges: list[Range],
+             owner: Owner | None) -> RequestResponse:
+        if self.opened:
+            raise RuntimeError("an admission opens one request")
+        response = self.table._add(self, destination, digest, answer, ranges, owner)
+        self.opened = True
+        return response

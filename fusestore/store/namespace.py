@@ -269,9 +269,10 @@ class Namespace:
     def unlink(self, parent_ino: int, name: bytes) -> None:
         with self.catalog.write() as tx:
             parent, node = self._entry(tx, parent_ino, name)
-            self._unlink(tx, parent, name, node)
+            self.remove_name(tx, parent, name, node)
 
-    def _unlink(self, tx: Txn, parent: Inode, name: bytes, node: Inode) -> None:
+    def remove_name(self, tx: Txn, parent: Inode, name: bytes, node: Inode) -> None:
+        """Remove the entry ``name`` of a non-directory ``node`` from ``parent`` (in the caller's transaction)."""
         if stat.S_ISDIR(node.mode):
             raise errors.IsADirectory(f"{name!r} is a directory")
         now = self.now_ns()

@@ -22,7 +22,13 @@ What counts (the figures are about environments only):
   those files use (content shared with ``/.global`` counts once; content
   only ``/.users`` or ``/.global`` use does not count).
 - ``dedup_ratio``: ``logical_bytes / stored_bytes``, 1.0 when nothing is stored.
-- ``per_environment``: every environment's uuid -> its logical bytes.
+- ``per_environment``: each environment's uuid -> its logical bytes, for
+  the environments whose directory the reader owns (root: all of them).
+
+The first seven are store-wide whoever reads; on a mount whose requests
+are restricted (``tenancy``), a reader other than root gets none of them
+(the keys are absent, ``totals_shown`` is False): they too tell whether
+content was stored already.
 
 The cost is one scan of the ``inodes`` table and a lookup per distinct
 content: about 20 ms for a store of 10,000 files
@@ -38,13 +44,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import names
+from .tenancy import DEFAULT_TENANCY, Tenancy, sees_environment
 
 if TYPE_CHECKING:
     from .inspect import Inspection
     from .store import Store
 
-KEYS = ("files", "directories", "environments", "logical_bytes", "stored_bytes", "blobs", "dedup_ratio",
-        "per_environment")
+TOTALS = ("files", "directories", "environments", "logical_bytes", "stored_bytes", "blobs", "dedup_ratio")
+KEYS = (*TOTALS, "per_environment")
 
 
 @dataclass(frozen=True)
@@ -58,18 +65,24 @@ class Stats:
     stored_bytes: int = 0
     blobs: int = 0
     per_environment: Mapping[str, int] = field(default_factory=dict, hash=False)
+    totals_shown: bool = True  # False: the store-wide figures are withheld from this reader (and are 0 here)
 
     @property
     def dedup_ratio(self) -> float:
         return self.logical_bytes / self.stored_bytes if self.stored_bytes else 1.0
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON object: exactly ``KEYS``, environments in uuid order."""
-        return {
+        """The JSON object: exactly ``KEYS`` (only ``per_environment`` when the totals are withheld)."""
+        totals = {
             "files": self.files, "directories": self.directories, "environments": self.environments,
             "logical_bytes": self.logical_bytes, "stored_bytes": self.stored_bytes, "blobs": self.blobs,
-            "dedup_ratio": self.dedup_ratio, "per_environment": dict(sorted(self.per_environment.items())),
+            "dedup_ratio": self.dedup_ratio,
         }
+        return {**(totals if self.totals_shown else {}), "per_environment": dict(sorted(self.per_environment.items()))}
+
+    def without_totals(self) -> "Stats":
+        """The same figures with the store-wide ones withheld."""
+        return Stats(per_environment=self.per_environment, totals_shown=False)
 
     def to_json(self) -> bytes:
         """One line of JSON and a newline: what ``/.stats`` holds and ``--json`` prints."""
@@ -79,25 +92,20 @@ class Stats:
     def from_json(cls, raw: str | bytes) -> "Stats":
         """Read back ``to_json`` (``fusestore stats`` reads ``/.stats`` of a mount); ValueError if it is not that."""
         data = json.loads(raw)
-        if not isinstance(data, dict) or set(data) != set(KEYS):
+        if not isinstance(data, dict) or set(data) not in (set(KEYS), {"per_environment"}):
             raise ValueError(f"not a fusestore stats object: {str(raw)[:80]!r}")
-        counts = {key: data[key] for key in KEYS if key not in ("dedup_ratio", "per_environment")}
+        counts = {key: data.get(key, 0) for key in TOTALS if key != "dedup_ratio"}
         per_environment = data["per_environment"]
         if not all(isinstance(value, int) for value in counts.values()) or not isinstance(per_environment, dict):
             raise ValueError(f"not a fusestore stats object: {str(raw)[:80]!r}")
-        return cls(**counts, per_environment={str(env): int(size) for env, size in per_environment.items()})
+        return cls(**counts, per_environment={str(env): int(size) for env, size in per_environment.items()},
+                   totals_shown="files" in data)
 
 
-def compute(inspection: "Inspection", *, reader_uid: int) -> Stats:
-    """The figures of the inspection's snapshot, as the user ``reader_uid`` may see them.
-
-    ``reader_uid`` is the hook for a later rule that ``per_environment``
-    shows a non-root reader only the environments it owns; today every
-    reader sees every environment, and the totals are the store's.
-    """
+def compute(inspection: "Inspection", *, reader_uid: int, tenancy: Tenancy = DEFAULT_TENANCY) -> Stats:
+    """The figures of the inspection's snapshot, as the user ``reader_uid`` may see them under ``tenancy``."""
     from ..catalog import ROOT_INO  # here: reading back a snapshot (from_json) needs no LMDB
 
-    del reader_uid  # every environment is listed to everyone, for now
     tx = inspection.tx
     environments = {ino: name.decode("ascii") for name, ino in tx.entries(ROOT_INO) if names.is_environment(name)}
     per_environment = dict.fromkeys(environments.values(), 0)
@@ -120,14 +128,20 @@ def compute(inspection: "Inspection", *, reader_uid: int) -> Stats:
         if resource is not None and resource.complete and resource.length > 0:
             stored_bytes += resource.length
             blobs += 1
-    return Stats(files=files, directories=directories, environments=len(environments),
-                 logical_bytes=sum(per_environment.values()), stored_bytes=stored_bytes, blobs=blobs,
-                 per_environment=per_environment)
+    visible = {}
+    for ino, env in environments.items():
+        env_dir = tx.inode(ino)
+        if env_dir is not None and sees_environment(env_dir, reader_uid):
+            visible[env] = per_environment[env]
+    figures = Stats(files=files, directories=directories, environments=len(environments),
+                    logical_bytes=sum(per_environment.values()), stored_bytes=stored_bytes, blobs=blobs,
+                    per_environment=visible)
+    return figures if tenancy.shows_totals(reader_uid) else figures.without_totals()
 
 
 def of_store(store: "Store", *, reader_uid: int) -> Stats:
-    """The figures of a store this process has open, from one read transaction of its own catalog."""
+    """The figures of a store this process has open, from one read transaction of its own catalog, under its rules."""
     from .inspect import Inspection
 
     with Inspection.over(store.catalog, store.path) as inspection:
-        return compute(inspection, reader_uid=reader_uid)
+        return compute(inspection, reader_uid=reader_uid, tenancy=store.tenancy)

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .. import errors
-from ..catalog import Catalog, Inode, Resource, Txn
+from ..catalog import ROOT_INO, Catalog, Inode, Resource, Txn, unknown_resource
 from ..digests import IO_BUFFER
 from ..pool import BlobMissing, BlobReader, BlobStore, LocalBlobStore, ShortRead, StagingArea, StagingFile
 from . import names
@@ -42,6 +42,7 @@ from .locking import StoreLock
 from .namespace import GLOBAL_DIR, USERS_DIR, Namespace
 from .openinodes import OpenInodes
 from .owners import Owner, permits, process_owner
+from .tenancy import DEFAULT_TENANCY, Tenancy, holds_own_copy
 from .writes import Writes
 from .xattrs import Xattrs
 
@@ -72,6 +73,7 @@ class Store:
         randbelow: Callable[[int], int],
         blobs: BlobStore | None,
         verify_limit: int,
+        tenancy: Tenancy,
     ) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
@@ -92,7 +94,8 @@ class Store:
         self.checkpoints = Checkpoints(self.catalog, self.staging, self.content, self.writes)
         self.challenge_ranges = challenge_ranges
         self.randbelow = randbelow
-        self.requests = RequestTable(clock, request_ttl, max_open_requests)
+        self.tenancy = tenancy
+        self.requests = RequestTable(clock, request_ttl, max_open_requests, tenancy)
         self._uploads: Counter[int] = Counter()  # ino -> puts in flight in this process
         self._uploads_lock = threading.Lock()
         self._upload_inodes: dict[str, int] = {}  # staging name -> ino of each put in flight
@@ -113,6 +116,7 @@ class Store:
         randbelow: Callable[[int], int] = secrets.randbelow,
         blobs: BlobStore | None = None,
         verify_limit: int = DEFAULT_VERIFY_LIMIT,
+        tenancy: Tenancy = DEFAULT_TENANCY,
     ) -> "Store":
         """Open the store at ``path``, creating it when missing.
 
@@ -120,10 +124,13 @@ class Store:
         store directory (``<path>/pool``). The staging area stays local.
         ``verify_limit``: blobs up to this size are hashed at their first
         open in this process (see ``content``); 0 hashes none.
+        ``tenancy``: the rules between users (``store.tenancy``): caps on
+        proof-of-access asks per uid, and what an ask or ``/.stats`` reveals.
         """
         return cls(
             Path(path), clock=clock, request_ttl=request_ttl, challenge_ranges=challenge_ranges,
             max_open_requests=max_open_requests, randbelow=randbelow, blobs=blobs, verify_limit=verify_limit,
+            tenancy=tenancy,
         )
 
     def __enter__(self) -> "Store":
@@ -199,22 +206,31 @@ class Store:
 
         With ``owner``, the link is made on that caller's behalf: it must be
         allowed to write the destination (checked now and again when
-        answered), and what the link creates belongs to it.
+        answered), and what the link creates belongs to it. The ask counts
+        against the caps of the caller's uid (this process's without
+        ``owner``) before anything else is checked.
         """
-        destination = self._env_path(env_uuid, path)
-        digest = parse_hash(blake3_hex)
-        with self.catalog.read() as tx:
-            self._check_destination(tx, destination, owner)
-            try:
-                resource = tx.get(digest)
-            except errors.ContentLost:  # as unknown: an upload of the same bytes is what restores it
-                raise errors.NotFound(f"the content {digest.hex()} is lost: upload it") from None
-            ranges = choose_ranges(resource.length, self.challenge_ranges, self.randbelow)
-            try:
-                answer = self.content.read_ranges(digest, ranges)  # of no ranges: the BLAKE3 of no bytes
-            except (EOFError, BlobMissing):
-                raise errors.ResourceDeleted(f"the blob of {digest.hex()} is shorter than its catalog entry") from None
-        return self.requests.add(tuple(destination), digest, answer, ranges, owner)
+        if self.tenancy.requests == "off":
+            raise errors.NotPermitted("proof-of-access requests are off in this store")
+        uid = (owner or process_owner()).uid
+        with self.requests.admission(uid) as admission:
+            destination = self._env_path(env_uuid, path)
+            digest = parse_hash(blake3_hex)
+            with self.catalog.read() as tx:
+                self._check_destination(tx, destination, owner)
+                if self.tenancy.requests == "same-owner" and not holds_own_copy(tx, digest, uid):
+                    raise unknown_resource(digest)  # exactly what unknown content gives
+                try:
+                    resource = tx.get(digest)
+                except errors.ContentLost:  # as unknown: an upload of the same bytes is what restores it
+                    raise errors.NotFound(f"the content {digest.hex()} is lost: upload it") from None
+                ranges = choose_ranges(resource.length, self.challenge_ranges, self.randbelow)
+                try:
+                    answer = self.content.read_ranges(digest, ranges)  # of no ranges: the BLAKE3 of no bytes
+                except (EOFError, BlobMissing):
+                    raise errors.ResourceDeleted(
+                        f"the blob of {digest.hex()} is shorter than its catalog entry") from None
+            return admission.open(tuple(destination), digest, answer, ranges, owner)
 
     def proof_of_access_response(self, request_id: str, answer_hex: str) -> None:
         """Check the answer and, when right, link the content (no bytes are written)."""
@@ -227,6 +243,7 @@ class Store:
             self._check_destination(tx, destination, request.owner)
             owner = request.owner or process_owner()
             parent, name = self._make_parents(tx, destination, owner)
+            self._replace_special(tx, parent, name)
             node = self._file_at(tx, parent, name, owner)
             tx.put(request.digest, resource.length)
             self.content.set_content(tx, node, request.digest, resource.length)
@@ -250,28 +267,57 @@ class Store:
         return node
 
     def _check_destination(self, tx: Txn, parts: list[bytes], owner: Owner | None) -> None:
-        """Refuse a destination a link could not create: a file in the way, a directory there, no permission.
+        """Refuse a destination a link could not create, in the order the kernel resolves a path.
 
-        With ``owner``, the mode bits must let it create or overwrite the file:
-        search on every directory above, write on the file it replaces, or
-        write and search on the deepest existing directory it is created in.
+        With ``owner``, search permission on each directory comes before
+        looking into it (EACCES), so that a refusal says nothing of what lies
+        below. An existing component above the last that is not a directory
+        is ENOTDIR, a symlink included (a link never follows one); a
+        directory at the end is EISDIR. Then the mode bits must let
+        ``owner`` write: the file whose content is replaced, or else the
+        deepest existing directory, where the file is created (or replaces a
+        symlink or special file, as rename(2) does, sticky bit included).
         """
-        directory, depth = self.namespace.walk(tx, parts[:-1])
-        if not stat.S_ISDIR(directory.mode):
-            raise errors.NotADirectory(f"{parts[depth - 1]!r} is a file, not a directory")
-        existing = tx.lookup(directory.ino, parts[-1]) if depth == len(parts) - 1 else None
-        target = self.namespace.inode(tx, existing) if existing is not None else None
-        if target is not None and stat.S_ISDIR(target.mode):
-            raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
-        if owner is None:
-            return
-        if target is None:
-            target, mask = directory, os.W_OK | os.X_OK
+        directory = self.namespace.inode(tx, ROOT_INO)
+        for part in parts[:-1]:
+            self._may(directory, owner, os.X_OK, parts)
+            child = tx.lookup(directory.ino, part)
+            if child is None:
+                break  # the rest is created
+            directory = self.namespace.inode(tx, child)
+            if not stat.S_ISDIR(directory.mode):
+                raise errors.NotADirectory(f"{part!r} is not a directory")
         else:
-            mask = os.W_OK
-        searchable = all(permits(d, owner, os.X_OK) for d in self.namespace.ancestors(tx, directory))
-        if not (searchable and permits(target, owner, mask)):
-            raise errors.AccessDenied(f"uid {owner.uid} may not write {b'/'.join(parts).decode(errors='replace')}")
+            self._may(directory, owner, os.X_OK, parts)
+            existing = tx.lookup(directory.ino, parts[-1])
+            target = self.namespace.inode(tx, existing) if existing is not None else None
+            if target is not None and stat.S_ISDIR(target.mode):
+                raise errors.IsADirectory(f"{parts[-1]!r} is a directory")
+            if target is not None and stat.S_ISREG(target.mode):
+                self._may(target, owner, os.W_OK, parts)
+                return
+            if (target is not None and owner is not None and directory.mode & stat.S_ISVTX
+                    and owner.uid not in (0, directory.uid, target.uid)):
+                raise errors.AccessDenied(f"uid {owner.uid} may not replace {self._shown(parts)} (sticky directory)")
+        self._may(directory, owner, os.W_OK | os.X_OK, parts)
+
+    @staticmethod
+    def _may(node: Inode, owner: Owner | None, mask: int, parts: list[bytes]) -> None:
+        if owner is not None and not permits(node, owner, mask):
+            raise errors.AccessDenied(f"uid {owner.uid} may not write {Store._shown(parts)}")
+
+    @staticmethod
+    def _shown(parts: list[bytes]) -> str:
+        return b"/".join(parts).decode(errors="replace")
+
+    def _replace_special(self, tx: Txn, parent: Inode, name: bytes) -> None:
+        """A symlink or special file at ``name`` goes, as rename(2) replaces it (a symlink's target is untouched)."""
+        child = tx.lookup(parent.ino, name)
+        if child is None:
+            return
+        node = self.namespace.inode(tx, child)
+        if not (stat.S_ISREG(node.mode) or stat.S_ISDIR(node.mode)):
+            self.namespace.remove_name(tx, parent, name, node)
 
     def _make_parents(self, tx: Txn, parts: list[bytes], owner: Owner) -> tuple[Inode, bytes]:
         """The directory that holds ``parts[-1]``, creating missing ones (owned by ``owner``) on the way."""
