@@ -395,3 +395,18 @@ def test_a_blob_whose_pool_name_a_power_loss_took_comes_back_from_its_fsynced_st
         assert read(store, "f") == B
         assert find_problems(store) == []
     assert f"the blob {blake3.blake3(B).hexdigest()} was lost in a crash; stored it again" in caplog.text
+
+
+def test_a_resource_left_pending_with_no_upload_is_dropped_by_recovery(
+        store_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from fusestore.catalog import PENDING, Resource
+
+    with Store.open(store_path) as store:
+        put(store, "a", A)
+        with store.catalog.write() as tx:  # what no write path leaves, and recovery must not keep
+            tx.save_resource(Resource(blake3.blake3(B).digest(), len(B), 1, PENDING))
+    with caplog.at_level(logging.INFO, logger="fusestore"), Store.open(store_path) as store:
+        with store.catalog.read() as tx:
+            assert tx.resource(blake3.blake3(B).digest()) is None
+        assert read(store, "a") == A and find_problems(store) == []
+    assert f"dropped the content {blake3.blake3(B).hexdigest()}" in caplog.text

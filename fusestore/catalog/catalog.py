@@ -493,11 +493,15 @@ class Txn:
             raise unknown_resource(digest)
         res.refcount -= 1
         if res.refcount <= 0:
-            self.raw.delete(digest, db=self.catalog.resources)
-            self.raw.delete(digest, db=self.catalog.unsynced)
+            self.delete_resource(digest)
             return True
         self.save_resource(res)
         return False
+
+    def delete_resource(self, digest: bytes) -> None:
+        """The resource's row goes, whatever its refcount (its blob is the caller's to delete)."""
+        self.raw.delete(digest, db=self.catalog.resources)
+        self.raw.delete(digest, db=self.catalog.unsynced)
 
     def resources(self) -> Iterator[Resource]:
         with self.raw.cursor(db=self.catalog.resources) as cur:

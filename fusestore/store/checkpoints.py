@@ -120,6 +120,7 @@ class Checkpoints:
                     self.content.delete(tx, node)
             candidates |= set(tx.freed())
             tx.forget_freed(set(tx.freed()))
+            candidates |= self._drop_pending(tx)
         if power_lost:
             candidates |= set(self.content.blobs.digests())
         with self.catalog.read() as tx:
@@ -130,6 +131,24 @@ class Checkpoints:
         for digest in candidates:
             if self.content.blobs.contains(digest) and self.content.delete_unless_referenced(digest):
                 log.info("recovery: deleted blob %s, which nothing references", digest.hex())
+
+    def _drop_pending(self, tx: Txn) -> set[bytes]:
+        """Resources still pending once every upload is finished or undone: nothing will complete them.
+
+        Their digests become deletion candidates. One that a file names (which
+        the write rules never allow) stays, for fsck --repair to settle.
+        """
+        dropped = set()
+        for resource in [res for res in tx.resources() if res.state == PENDING]:
+            if next(tx.inodes_with_content(resource.digest), None) is not None:
+                log.error("recovery: the pending content %s is named by a file; run fusestore fsck --repair",
+                          resource.digest.hex())
+                continue
+            tx.delete_resource(resource.digest)
+            dropped.add(resource.digest)
+            log.info("recovery: dropped the content %s (%d bytes), still pending with no upload left to finish it",
+                     resource.digest.hex(), resource.length)
+        return dropped
 
     def _paths(self, inodes: set[int]) -> dict[int, str]:
         """The path of each inode from the mount root, for the log (one scan of the directory entries)."""

@@ -85,6 +85,11 @@ def recovery_plan(ins: Inspection) -> Iterator[str]:
             yield f"recovery would delete inode {ino}, unlinked while open"
         else:
             yield f"recovery would forget the orphan record of missing inode {ino}"
+    reserved = {record.expected for record in ins.staging_records() if record.reserved}  # their undo says it
+    for res in ins.resources():
+        if res.state == PENDING and res.digest not in reserved and not ins.inodes_using(res.digest):
+            yield (f"recovery would drop the content {res.digest.hex()} ({res.length} bytes), still pending "
+                   "with no upload left to finish it")
     recorded = {record.name for record in ins.staging_records()}
     for name in ins.staging_files():
         if name.removesuffix(".blob") not in recorded:
