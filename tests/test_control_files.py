@@ -421,3 +421,12 @@ def test_router_rejects_overlapping_ranges_and_names(setup: Setup) -> None:
     for bad in (Clash(), Renamed(), Low()):
         with pytest.raises(ValueError):
             VirtualFiles(setup.tree, bad)
+
+
+def test_a_reason_quoting_any_bytes_of_a_name_is_one_ascii_line_of_the_status(setup: Setup) -> None:
+    handle, _ = setup.tree.create(REQUESTS_INO, b"r1", Owner(3001, 3001))  # may not write there: the reason
+    fails(errno.EACCES, handle.write, 0, ask_line("\x80\nx", setup.digest))  # quotes the path
+    text = handle.read(0, 1 << 20)
+    status = wire.parse_status(text.decode("ascii"))  # never anything but ASCII
+    assert status.state == "failed" and "\\x80\\nx" in status.error
+    assert text.count(b"\n") == 2  # status and error: the newline in the name did not make a line

@@ -94,8 +94,14 @@ def render_status(status: Status) -> bytes:
     if status.expires is not None:
         lines.append(f"expires {status.expires}")
     if status.error:
-        lines.append(f"error {status.error}")
+        lines.append(f"error {_printable(status.error)}")
     return ("\n".join(lines) + "\n").encode()
+
+
+def _printable(text: str) -> str:
+    """``text`` as one line of printable ASCII: a reason may quote a name, whose bytes can be anything."""
+    return "".join(char if " " <= char <= "~" else char.encode("unicode_escape", "backslashreplace").decode("ascii")
+                   for char in text)
 
 
 def parse_status(text: str) -> Status:
