@@ -84,6 +84,15 @@ def syncfs_flushes(path: str) -> bool:
     return filesystem_magic(path) in SYNCFS_FLUSHES
 
 
+def fsync_path(path: str | os.PathLike[str]) -> None:
+    """fsync a file or directory by path: what makes a directory's entries durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def boot_id() -> bytes:
     """The 16 bytes that name this boot of the kernel: they change with every restart, power losses included."""
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:

@@ -133,6 +133,7 @@ KINDS = [  # (pattern of a path relative to the store, the kind's name in FORMAT
     (r"lock", "lock"),
     (r"fusestore\.log", "fusestore.log"),
     (r"catalog/", "catalog/"),
+    (r"catalog\.new/", "catalog.new/"),
     (r"catalog/data\.mdb", "catalog/data.mdb"),
     (r"catalog/lock\.mdb", "catalog/lock.mdb"),
     (r"catalog/anchor", "catalog/anchor"),

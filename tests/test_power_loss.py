@@ -420,3 +420,63 @@ def test_power_cuts_lose_only_what_no_checkpoint_covered(tmp_path: Path) -> None
         regressions.append(f"{len(tally.fsynced_lost)} fsynced files came back empty: the commit reached the "
                            f"disk, the blob's pool name did not: {tally.fsynced_lost[0]}")
     assert not regressions, "; ".join(regressions) + "\n" + report
+
+
+CREATOR = textwrap.dedent("""
+    import io, os, sys
+    from fusestore import Store
+
+    store_path, log_path, env = sys.argv[1], sys.argv[2], sys.argv[3]
+    log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    os.write(log, b"start\\n")
+    store = Store.open(store_path)
+    store.put_for_environment(env, "first", io.BytesIO(b"first file"), 10)
+    store.sync()
+    os.write(log, b"synced\\n")
+    number = 0
+    while True:
+        number += 1
+        store.put_for_environment(env, f"more-{number}", io.BytesIO(os.urandom(100)), 100)
+""")
+
+
+@pytest.mark.timeout(180)
+def test_a_power_cut_while_a_store_is_created_leaves_one_that_opens(tmp_path: Path) -> None:
+    """The first open of a store, cut at random moments: the store opens afterwards, with what was synced."""
+    from .mount_helpers import require_fuse
+
+    require_fuse()
+    rng = random.Random(int(os.environ.get("POWERCUT_SEED", 20261201)))
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    for number in range(12):
+        backing, log_path = tmp_path / f"backing-{number}", tmp_path / f"creator-{number}.log"
+        backing.mkdir()
+        sim = start_simulator(backing, mnt, rng.randrange(1 << 30), rng.choice(KEEP))
+        try:
+            creator = subprocess.Popen([sys.executable, "-c", CREATOR, str(mnt / "store"), str(log_path), ENV],
+                                       cwd=REPO, stderr=subprocess.PIPE)
+            wait_for(lambda log=log_path, started=creator: log.exists() or started.poll() is not None,
+                     60, "the creator")
+            time.sleep(rng.uniform(0, 0.015) if number % 4 else rng.uniform(0.015, 0.3))  # mostly during creation
+            creator.kill()
+            _, stderr = creator.communicate(timeout=60)
+            assert creator.returncode == -signal.SIGKILL, f"the creator failed: {stderr.decode()}"
+            sim.send_signal(signal.SIGUSR1)
+            _, sim_err = sim.communicate(timeout=120)
+            assert sim.returncode == 0, f"the simulator failed: {sim_err.decode()}"
+        finally:
+            if sim.poll() is None:
+                sim.kill()
+                sim.wait()
+            if str(mnt) in mounted_paths():
+                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
+        if (backing / "store" / "catalog" / "anchor").exists():
+            restart_machine(backing / "store" / "catalog")
+        with Store.open(backing / "store") as store:
+            if "synced" in log_path.read_text():
+                reader, length = store.get_for_environment(ENV, "first")
+                with reader:
+                    assert (reader.read(), length) == (b"first file", 10)
+            assert find_problems(store) == []
+        assert lmdb_verify(backing / "store" / "catalog") is None

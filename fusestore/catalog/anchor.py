@@ -30,7 +30,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import errors
+from .. import errors, linux
 
 MAGIC = b"FSANCHOR"
 VERSION = 1
@@ -73,7 +73,7 @@ class AnchorFile:
             new = not path.exists()
             self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             if new:
-                _sync_directory(path.parent)
+                linux.fsync_path(path.parent)
 
     def last(self) -> Anchor | None:
         """The anchor with the highest sequence number whose slot checks out; None before the first."""
@@ -133,11 +133,3 @@ def restore(data_file: Path, anchor: Anchor) -> tuple[int, int] | None:
     finally:
         os.close(fd)
     return max(meta_txnids(found)), anchor.txnid
-
-
-def _sync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -99,7 +100,8 @@ class Catalog:
             self.power_lost = _went_down_under(AnchorFile(path / "anchor", readonly=True).last())
             self.env = _open_readonly(path, map_size, reader_lock)
         else:
-            path.mkdir(parents=True, exist_ok=True)
+            if not (path / "data.mdb").exists():
+                _create(path, map_size)
             last = AnchorFile(path / "anchor", readonly=True).last()  # only this format writes one
             self.power_lost = _went_down_under(last)
             self._boot = linux.boot_id()  # what this process's anchors name; see ``recovered``
@@ -107,10 +109,7 @@ class Catalog:
                 self._boot = last.boot
                 if (path / "data.mdb").exists():
                     self.rolled_back = restore(path / "data.mdb", last)
-            self.env = lmdb.open(
-                str(path), map_size=map_size, max_dbs=16, max_readers=1024,
-                sync=False, readahead=False, lock=True,
-            )
+            self.env = _open_writable(path, map_size)
             self._refuse_a_foreign_format()
             self.env.reader_check()  # drop reader slots of dead processes
             self._anchors = AnchorFile(path / "anchor")
@@ -308,11 +307,7 @@ class Catalog:
             with self._write_lock:
                 self._since_anchor = 0
                 pin = self.env.begin()
-                fd = os.open(self.path / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
-                try:
-                    metas = os.pread(fd, 2 * int(self.env.stat()["psize"]), 0)
-                finally:
-                    os.close(fd)
+                metas = _meta_pages(self.env, self.path)
             assert pin.id() in meta_txnids(metas), "the meta pages do not name the pinned snapshot"
             try:
                 self.env.sync(True)
@@ -356,6 +351,54 @@ class Catalog:
             self._pin.abort()
             self._anchors.close()
         self.env.close()
+
+
+def _open_writable(path: Path, map_size: int) -> lmdb.Environment:
+    return lmdb.open(str(path), map_size=map_size, max_dbs=16, max_readers=1024, sync=False, readahead=False,
+                     lock=True)
+
+
+def _meta_pages(env: lmdb.Environment, path: Path) -> bytes:
+    """The first two pages of the data file (LMDB's meta pages), as the kernel has them now."""
+    fd = os.open(path / "data.mdb", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.pread(fd, 2 * int(env.stat()["psize"]), 0)
+    finally:
+        os.close(fd)
+
+
+def _create(path: Path, map_size: int) -> None:
+    """A new catalog appears whole or not at all: built beside its place, anchored, then renamed into it.
+
+    Made in place, a power loss during the first open could leave a data
+    file LMDB cannot open, and no anchor to go back to. A directory without
+    a data file that holds anything but LMDB's lock file is not ours to
+    replace.
+    """
+    if path.exists():
+        if set(os.listdir(path)) - {"lock.mdb"}:
+            raise errors.UnknownFormat(f"{path} has no data.mdb but other files: not a catalog; refusing to touch it")
+        shutil.rmtree(path)
+    building = path.with_name(path.name + ".new")
+    shutil.rmtree(building, ignore_errors=True)  # what a creation cut short left
+    building.mkdir(parents=True)
+    env = _open_writable(building, map_size)
+    try:
+        for name in DATABASES:
+            env.open_db(name)
+        env.sync(True)
+        metas = _meta_pages(env, building)
+        txnid = int(env.info()["last_txnid"])
+    finally:
+        env.close()
+    anchors = AnchorFile(building / "anchor")
+    try:
+        anchors.write(txnid, metas, linux.boot_id(), closed=True)
+    finally:
+        anchors.close()
+    linux.fsync_path(building)
+    os.rename(building, path)
+    linux.fsync_path(path.parent)
 
 
 def _went_down_under(anchor: Anchor | None) -> bool:

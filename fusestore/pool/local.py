@@ -155,10 +155,6 @@ def blob_path(root: str | os.PathLike[str], digest: bytes) -> str:
 
 def _fsync_path(path: str) -> None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        linux.fsync_path(path)
     except FileNotFoundError:  # deleted since its put: nothing to make durable
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        pass

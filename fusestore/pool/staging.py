@@ -49,11 +49,7 @@ class StagingFile:
     def sync(self) -> None:
         """Make the bytes written so far durable, and the file's name (fsync of the file and the area)."""
         os.fsync(self._fd)
-        fd = os.open(self.area.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        linux.fsync_path(self.area.root)
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import errors
+from .. import errors, linux
 from ..catalog import ROOT_INO, Catalog, Inode, Resource, Txn, unknown_resource
 from ..digests import IO_BUFFER
 from ..pool import BlobMissing, BlobReader, BlobStore, LocalBlobStore, ShortRead, StagingArea, StagingFile
@@ -101,6 +101,8 @@ class Store:
         self._upload_inodes: dict[str, int] = {}  # staging name -> ino of each put in flight
         if new:
             self.namespace.initialise()
+            for directory in (self.path, self.path.parent):  # the names of staging/ and pool/, and its own
+                linux.fsync_path(directory)
         self.checkpoints.recover()
         self.catalog.recovered()
 
