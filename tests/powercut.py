@@ -15,7 +15,7 @@ into memory as the *durable image*; the *live image*, which every request
 sees at once, starts as a copy of it. Every change is made to the live image
 and noted as pending:
 
-- data: 4 KiB pages of a file (page-atomic: no torn pages), and its size;
+- data: 4 KiB pages of a file, and its size;
 - directory entries, one metadata operation each: link (create, mkdir,
   symlink, link), unlink (unlink, rmdir) and rename (atomic: the old name
   goes and the new one comes together, replacing a target).
@@ -38,7 +38,9 @@ cache and of writeback: a later write may reach the disk while an earlier
 one does not. A file's pending size survives with probability P; otherwise
 its durable size grows only to cover the pages that survived past it (as
 ext4's on-disk size follows written data), so a dropped page below a
-surviving one reads as zeros, as a hole would.
+surviving one reads as zeros, as a hole would. One surviving page in ten
+is torn: each of its 512-byte sectors is the new one or the old one, as a
+disk that loses power in the middle of writing a page leaves it.
 
 What is not modelled
 --------------------
@@ -48,7 +50,7 @@ What is not modelled
   operation durable; fsync of a new file makes its name durable): this
   is the POSIX minimum, stricter than ext4.
 - attributes (mode, owner, times) and extended attributes: durable at once.
-- torn pages, lying disks, read errors, and writes through a shared
+- lying disks, read errors, and writes through a shared
   writable mmap that the kernel has not yet written back (lost at the cut).
 - inode numbers are the simulator's own; ``forget`` frees nothing until exit.
 """
@@ -71,6 +73,8 @@ import pyfuse3
 import trio
 
 PAGE = 4096
+SECTOR = 512  # what a disk writes atomically
+TORN = 0.1  # the share of surviving pages a cut tears
 TIMEOUT = 60.0  # the kernel may cache entries and attributes: every change comes through this process
 
 Key = tuple[int, bytes]  # (directory inode, entry name)
@@ -252,7 +256,7 @@ class PowerCut(pyfuse3.Operations):
         kept_ops = [op for op in self.ops if self.rng.random() < self.keep]
         total_ops = len(self.ops)
         self._make_durable(kept_ops)
-        kept_pages = total_pages = 0
+        kept_pages = total_pages = torn_pages = 0
         for ino, pages in self.dirty.items():
             live, node = self.live[ino], self._durable_node(ino)
             survivors = {index for index in pages if self.rng.random() < self.keep}
@@ -261,11 +265,21 @@ class PowerCut(pyfuse3.Operations):
                 size = live.size
             else:
                 size = max([node.size] + [min(live.size, (i + 1) * PAGE) for i in survivors if i in live.pages])
+            torn = {index: self._tear(node.pages.get(index, bytes(PAGE)), live.pages[index])
+                    for index in sorted(survivors) if index in live.pages and self.rng.random() < TORN}
             self._sync_data(ino, survivors, size)
+            for index, page in torn.items():
+                if index in node.pages:  # still within the size
+                    node.pages[index] = page
+            torn_pages += len(torn)
         self._save()
         return (f"powercut: kept {total_ops - len(self.ops)} of {total_ops} metadata operations "
-                f"({len(kept_ops)} drawn), {kept_pages} of {total_pages} pages; "
+                f"({len(kept_ops)} drawn), {kept_pages} of {total_pages} pages ({torn_pages} torn); "
                 f"{self.stats['fsync']} fsyncs, {self.stats['fsyncdir']} fsyncdirs before")
+
+    def _tear(self, old: bytes, new: bytes) -> bytes:
+        """A page whose write the power cut short: each sector the old one or the new one."""
+        return b"".join((new if self.rng.random() < 0.5 else old)[at:at + SECTOR] for at in range(0, PAGE, SECTOR))
 
     def shutdown(self) -> None:
         """A clean unmount: everything durable."""
