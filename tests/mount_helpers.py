@@ -86,6 +86,12 @@ class Mount:
             return "(no daemon log)"
 
     def blob_count(self) -> int:
+        """Blobs in the pool once the deletions waiting for a checkpoint are done (an fsync of / runs one)."""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return sum(1 for p in (self.store / "pool").rglob("*") if p.is_file())
 
     def pool_bytes(self) -> int:

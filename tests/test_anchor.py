@@ -37,7 +37,7 @@ PAGE = 4096
 WRITER = textwrap.dedent("""
     import io, os, shutil, sys
     from fusestore import Store
-    from fusestore.catalog.catalog import ANCHOR_EVERY
+    from fusestore.catalog.anchoring import ANCHOR_EVERY
     from fusestore.store.owners import Owner
 
     store = Store.open(sys.argv[1])

@@ -65,6 +65,8 @@ def commit(store: Store, staged: StagingFile) -> Attributes | None:
 
 
 def blobs(store: Store) -> list[bytes]:
+    """The pool once a checkpoint has done the deletions waiting for it."""
+    store.sync()
     return list(store.blobs.digests())
 
 

@@ -116,6 +116,25 @@ def _decode(raw: bytes, offset: int) -> Anchor | None:
     return Anchor(sequence, boot, bool(closed), txnid, raw[offset + _HEAD.size:end])
 
 
+def went_down_under(anchor: Anchor | None) -> bool:
+    """Whether the machine restarted while the catalog of ``anchor`` was open (a crash of the process is not)."""
+    return anchor is not None and not anchor.closed and anchor.boot != linux.boot_id()
+
+
+def rollback_due(path: Path) -> tuple[int, int] | None:
+    """(newest transaction on disk, anchored one) when a power loss left the catalog at ``path`` to be taken back.
+
+    Reads only: the check an inspection makes before it opens the catalog.
+    """
+    last = AnchorFile(path / "anchor", readonly=True).last()
+    if not went_down_under(last) or not (path / "data.mdb").exists():
+        return None
+    assert last is not None
+    with open(path / "data.mdb", "rb") as data:
+        found = data.read(len(last.metas))
+    return None if found == last.metas else (max(meta_txnids(found)), last.txnid)
+
+
 def restore(data_file: Path, anchor: Anchor) -> tuple[int, int] | None:
     """Put the anchored meta pages back, before LMDB opens the file; (txnid found, txnid restored) or None.
 

@@ -58,6 +58,8 @@ class Checkpoints:
 
     def checkpoint(self) -> None:
         """Make every committed change durable: blobs first, then the catalog, then retire staging files."""
+        if self.content.deleting():  # their releases anchored and the blobs gone, so that this barrier covers them
+            self.catalog.flush_commits()
         retired = self.writes.retired()  # committed before the catalog sync below, so covered by it
         with self.catalog.write() as tx:
             covering = self.content.covering_checkpoint

@@ -167,11 +167,19 @@ class Content:
         """After the commit that released the blob's last reference, once that commit is durable.
 
         A power loss takes the catalog back to its last anchor, which may
-        still name the blob: the commit is anchored first (one anchor serves
-        every deletion waiting for it).
+        still name the blob: the deletion waits for an anchor. Usually it is
+        left to the next one (made soon, on another thread: one serves many
+        deletions); on a nearly full disk the caller anchors and deletes at
+        once, so that the space is back when its unlink returns.
         """
-        try:
+        if self.catalog.disk_nearly_full():
             self.catalog.flush_commits()
+            self._delete_now(digest)
+        else:
+            self.catalog.when_durable(lambda: self._delete_now(digest))
+
+    def _delete_now(self, digest: bytes) -> None:
+        try:
             self.delete_unless_referenced(digest)
         finally:
             self._mark_deleting(digest, -1)

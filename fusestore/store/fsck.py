@@ -375,8 +375,9 @@ def complete_resources_have_blobs(ins: Inspection) -> Iterator[str]:
 def no_stray_blobs(ins: Inspection) -> Iterator[str]:
     """The pool holds no blob that no complete resource names (a release deletes the blob with the resource)."""
     wanted = _wanted_blobs(ins)
+    going = set(ins.freed()) if ins.live else set()  # the owner deletes them once their release is durable
     for blob in ins.blobs():
-        if blob.digest not in wanted:
+        if blob.digest not in wanted | going:
             res = ins.resource(blob.digest)
             why = ("not referenced" if res is None else "its resource is marked lost" if res.state == LOST
                    else "its resource is still pending")
