@@ -277,6 +277,7 @@ def test_an_explicit_commit_then_more_writes_commit_again_at_close(store: Store)
 
     run(main)
     assert read(store, "f") == b"first second"
+    store.sync()  # the deletion of "first" waits for it
     assert list(store.blobs.digests()) == [blake3.blake3(b"first second").digest()]
 
 
