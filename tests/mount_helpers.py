@@ -85,16 +85,20 @@ class Mount:
         except FileNotFoundError:
             return "(no daemon log)"
 
-    def blob_count(self) -> int:
-        """Blobs in the pool once the deletions waiting for a checkpoint are done (an fsync of / runs one)."""
+    def _settle(self) -> None:
+        """Blob deletions wait for a checkpoint: an fsync of / runs one, so the pool is then as it will stay."""
         fd = os.open(self.path, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+    def blob_count(self) -> int:
+        self._settle()
         return sum(1 for p in (self.store / "pool").rglob("*") if p.is_file())
 
     def pool_bytes(self) -> int:
+        self._settle()
         return sum(p.stat().st_size for p in (self.store / "pool").rglob("*") if p.is_file())
 
 

@@ -296,6 +296,7 @@ def test_a_refused_expected_hash_drops_the_created_entry(store: Store) -> None:
     run(main)
     with pytest.raises(errors.NotFound):
         store.namespace.lookup(f.env, b"f")
+    store.sync()  # deletions wait for it
     assert list(store.blobs.digests()) == []
     assert leftover_staging(store) == []
 
