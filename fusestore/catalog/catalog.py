@@ -30,7 +30,7 @@ from typing import cast, overload
 
 import lmdb
 
-from .. import errors, linux
+from .. import errors, linux, private
 from .anchor import Anchor, AnchorFile, meta_txnids, restore
 from .records import (
     COMPLETE,
@@ -99,7 +99,7 @@ class Catalog:
             self.power_lost = _went_down_under(AnchorFile(path / "anchor", readonly=True).last())
             self.env = _open_readonly(path, map_size, reader_lock)
         else:
-            path.mkdir(parents=True, exist_ok=True)
+            private.make_dirs(path)
             last = AnchorFile(path / "anchor", readonly=True).last()  # only this format writes one
             self.power_lost = _went_down_under(last)
             self._boot = linux.boot_id()  # what this process's anchors name; see ``recovered``
@@ -109,7 +109,7 @@ class Catalog:
                     self.rolled_back = restore(path / "data.mdb", last)
             self.env = lmdb.open(
                 str(path), map_size=map_size, max_dbs=16, max_readers=1024,
-                sync=False, readahead=False, lock=True,
+                sync=False, readahead=False, lock=True, mode=private.FILE_MODE,
             )
             self._refuse_a_foreign_format()
             self.env.reader_check()  # drop reader slots of dead processes

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import errors
+from .. import errors, private
 from ..catalog import ROOT_INO, Catalog, Inode, Resource, Txn, unknown_resource
 from ..digests import IO_BUFFER
 from ..pool import BlobMissing, BlobReader, BlobStore, LocalBlobStore, ShortRead, StagingArea, StagingFile
@@ -76,7 +76,7 @@ class Store:
         tenancy: Tenancy,
     ) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        private.store_directory(self.path)
         self._lock = StoreLock(self.path)
         try:
             self.catalog = Catalog(self.path / "catalog")
@@ -118,7 +118,10 @@ class Store:
         verify_limit: int = DEFAULT_VERIFY_LIMIT,
         tenancy: Tenancy = DEFAULT_TENANCY,
     ) -> "Store":
-        """Open the store at ``path``, creating it when missing.
+        """Open the store at ``path``, creating it (mode 0700) when missing.
+
+        A directory that group or others may enter is refused (``StoreExposed``,
+        see ``fusestore.private``).
 
         ``blobs`` is where blob bytes live; by default the local pool in the
         store directory (``<path>/pool``). The staging area stays local.
