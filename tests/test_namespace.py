@@ -15,7 +15,6 @@ from fusestore.store.attributes import Attributes
 from fusestore.store.fsck import find_problems
 from fusestore.store.namespace import GLOBAL_DIR, RENAME_EXCHANGE, RENAME_NOREPLACE, USERS_DIR, Namespace
 from fusestore.store.owners import Owner
-from fusestore.store.setid import cleared_by_write
 
 from .helpers import ENV, ENV2, leftover_staging, put, read
 
@@ -598,26 +597,6 @@ def test_setattr_changes_mode_bits_owner_and_times_and_keeps_the_type(ns: Namesp
     assert (changed.atime_ns, changed.mtime_ns) == (5, 6)
     assert changed.ctime_ns > f.ctime_ns
     assert ns.getattr(f.ino) == changed
-
-
-@pytest.mark.parametrize(("mode", "cleared"), [
-    (0o4755, 0o4000), (0o2775, 0o2000), (0o6777, 0o6000), (0o2765, 0), (0o6767, 0o4000), (0o1777, 0), (0o755, 0),
-], ids=lambda value: f"{value:o}")
-def test_a_write_without_cap_fsetid_clears_set_user_id_and_set_group_id_with_group_execute(
-    mode: int, cleared: int,
-) -> None:
-    assert cleared_by_write(stat.S_IFREG | mode) == cleared
-
-
-def test_clear_setid_is_one_change_of_the_mode_and_ctime_or_none(ns: Namespace, env: int) -> None:
-    f = ns.mknod(env, b"prog", stat.S_IFREG | 0o6775, 0, OWNER)
-    cleared = ns.clear_setid(f.ino)
-    assert cleared is not None and cleared.mode == stat.S_IFREG | 0o775
-    assert cleared.ctime_ns > f.ctime_ns and (cleared.mtime_ns, cleared.size) == (f.mtime_ns, f.size)
-    assert ns.getattr(f.ino) == cleared
-    assert ns.clear_setid(f.ino) is None and ns.getattr(f.ino) == cleared
-    locking = ns.mknod(env, b"locking", stat.S_IFREG | 0o2664, 0, OWNER)  # set-group-ID without group-execute
-    assert ns.clear_setid(locking.ino) is None and ns.getattr(locking.ino) == locking
 
 
 # -- extended attributes -------------------------------------------------------------------------

@@ -302,6 +302,25 @@ def test_chown_by_the_owner_clears_set_user_id(writable: Path) -> None:
     assert mode(path) == 0o755
 
 
+def test_a_proof_of_access_link_over_a_set_id_program_clears_its_bits(writable: Path) -> None:
+    from fusestore.client.link import link
+
+    payload = b"bytes bob holds and the store already has" * 100
+    (writable / "already-stored").write_bytes(payload)
+    local = writable.parent.parent / "bob.bin"  # outside the mount, readable by bob
+    local.write_bytes(payload)
+    local.chmod(0o644)
+    prog = setid_file(writable, 0o4777)
+    os.stat(prog)  # the kernel caches the mode: the link must drop that too
+
+    def action() -> bytes:
+        return link(writable.parent, ENV, "prog", local).kind.encode()
+
+    assert as_user(BOB, action) == (0, b"linked")
+    assert prog.read_bytes() == payload
+    assert mode(prog) == 0o777
+
+
 # -- names -------------------------------------------------------------------------------------------------------
 
 

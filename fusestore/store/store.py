@@ -42,6 +42,7 @@ from .locking import StoreLock
 from .namespace import GLOBAL_DIR, USERS_DIR, Namespace
 from .openinodes import OpenInodes
 from .owners import Owner, permits, process_owner
+from .setid import cleared_by_write
 from .tenancy import DEFAULT_TENANCY, Tenancy, holds_own_copy
 from .writes import Writes
 from .xattrs import Xattrs
@@ -248,6 +249,8 @@ class Store:
             parent, name = self._make_parents(tx, destination, owner)
             self._replace_special(tx, parent, name)
             node = self._file_at(tx, parent, name, owner)
+            if owner.uid != 0:  # new bytes under the name, as a write gives: the same set-ID rule
+                node.mode &= ~cleared_by_write(node.mode)
             tx.put(request.digest, resource.length)
             self.content.set_content(tx, node, request.digest, resource.length)
 
