@@ -3,7 +3,8 @@
 The layers, bottom up; each package imports only those below it (checked by
 ``tests/test_layers.py``):
 
-- ``errors``, ``digests``, ``linux``: shared by every layer, import nothing of ours.
+- ``errors``, ``digests``, ``linux``, ``private``: shared by every layer, import nothing of ours
+  but each other (``private``: the modes that keep a store's files from other uids).
 - ``client``: the ``/.requests`` wire format and ``fusestore link``; no LMDB, pyfuse3 or trio.
 - ``pool``: staging files and the blob store (bytes and digests).
 - ``catalog``: the LMDB records; one write transaction is one consistent change.

@@ -165,6 +165,16 @@ class StoreLocked(StoreError):
     errno = _errno.EBUSY
 
 
+class StoreExposed(StoreError):
+    """A store directory that group or others may enter: EACCES, as its permissions are what is wrong.
+
+    The store holds every tenant's bytes, names and hashes; fusestore will
+    not serve (or start filling) a directory another uid can read.
+    """
+
+    errno = _errno.EACCES
+
+
 class UnknownFormat(StoreError):
     """The store was written by a format this version does not know.
 

@@ -78,7 +78,7 @@ class Passthrough(pyfuse3.Operations):
 
 
 def _file_info(fd: int, flags: int) -> pyfuse3.FileInfo:
-    return pyfuse3.FileInfo(fh=fd, keep_cache=True, direct_io=uses_direct_io(flags))
+    return pyfuse3.FileInfo(fh=fd, keep_cache=True, direct_io=uses_direct_io(flags, os.fstat(fd).st_mode))
 
 
 def main() -> None:

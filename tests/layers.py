@@ -9,7 +9,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-BASE = {"errors", "digests", "linux"}
+BASE = {"errors", "digests", "linux", "private"}
 
 # What each layer may import of ours, besides itself and the base modules.
 MAY_IMPORT: dict[str, set[str]] = {

@@ -109,7 +109,8 @@ def test_store_of_unknown_format_is_refused_untouched(tmp_path: Path) -> None:
 
 
 def test_a_first_open_that_stopped_before_writing_the_format_opens_as_new(tmp_path: Path) -> None:
-    (tmp_path / "store" / "catalog").mkdir(parents=True)
+    (tmp_path / "store").mkdir(mode=0o700)  # as that first open made it
+    (tmp_path / "store" / "catalog").mkdir()
     env = lmdb.open(str(tmp_path / "store" / "catalog"), max_dbs=16)
     env.open_db(b"meta")
     env.open_db(b"inodes")

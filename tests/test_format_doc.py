@@ -190,6 +190,40 @@ def test_every_file_kind_under_a_store_is_documented(tmp_path: Path, doc: str) -
     assert documented == {kind for _, kind in KINDS}, "the table names exactly the kinds this test knows"
 
 
+def documented_modes(doc: str) -> dict[str, int]:
+    """Kind -> the permission bits the layout table's Mode column gives it."""
+    lines = doc.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| Path | Kind |"))
+    assert _cells(lines[at])[2] == "Mode", "the layout table's third column is the mode"
+    modes = {}
+    for line in lines[at + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = _cells(line)
+        modes[cells[0].strip("`")] = int(cells[2].strip("`"), 8)
+    return modes
+
+
+def test_every_path_under_a_store_has_its_documented_mode_whatever_the_umask(tmp_path: Path, doc: str) -> None:
+    root = tmp_path / "store"
+    old_umask = os.umask(0)  # the most open umask: every mode is the one fusestore asked for
+    try:
+        with Store.open(root) as store:
+            store.put_for_environment(ENV, "a.txt", io.BytesIO(b"a file"), 6)
+            store.staging.create().close()
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    modes = documented_modes(doc)
+    seen = {}
+    for path in root.rglob("*"):
+        relative = path.relative_to(root).as_posix() + ("/" if path.is_dir() else "")
+        kind = kind_of(relative)
+        assert kind is not None, relative
+        seen[relative] = (oct(stat.S_IMODE(path.stat().st_mode)), oct(modes[kind]))
+    assert all(actual == documented for actual, documented in seen.values()), seen
+
+
 # -- a store read through the document alone ------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import errors, linux
+from .. import errors, linux, private
 
 MAGIC = b"FSANCHOR"
 VERSION = 1
@@ -71,7 +71,7 @@ class AnchorFile:
         self._fd = -1
         if not readonly:
             new = not path.exists()
-            self._fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd = private.open_file(path, os.O_RDWR | os.O_CREAT)
             if new:
                 linux.fsync_path(path.parent)
 

@@ -29,7 +29,7 @@ from typing import overload
 
 import lmdb
 
-from .. import errors, linux
+from .. import errors, linux, private
 from .anchor import AnchorFile, restore, rollback_due, went_down_under
 from .anchoring import Anchoring, meta_pages
 from .records import READABLE_FORMATS
@@ -286,7 +286,7 @@ class Catalog:
 
 def _open_writable(path: Path, map_size: int) -> lmdb.Environment:
     return lmdb.open(str(path), map_size=map_size, max_dbs=16, max_readers=1024, sync=False, readahead=False,
-                     lock=True)
+                     lock=True, mode=private.FILE_MODE)
 
 
 def _create(path: Path, map_size: int) -> None:
@@ -303,7 +303,7 @@ def _create(path: Path, map_size: int) -> None:
         shutil.rmtree(path)
     building = path.with_name(path.name + ".new")
     shutil.rmtree(building, ignore_errors=True)  # what a creation cut short left
-    building.mkdir(parents=True)
+    private.make_dirs(building)
     env = _open_writable(building, map_size)
     try:
         for name in DATABASES:

@@ -101,7 +101,7 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
     if repair and problems:
         try:
             _repair(path, corrupt, out, recovered=bool(plan))
-        except errors.StoreLocked as exc:
+        except (errors.StoreLocked, errors.StoreExposed) as exc:
             return cannot(f"not repaired: {exc}")
     return 1 if problems else 0
 

@@ -20,7 +20,9 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         description="Mount STORE on MOUNTPOINT. Returns once the mount answers; the daemon then "
                     "runs in the background (log: STORE/fusestore.log unless --log is given).",
     )
-    mount.add_argument("store", type=Path, metavar="STORE", help="store directory (created when missing)")
+    mount.add_argument("store", type=Path, metavar="STORE",
+                       help="store directory (created with mode 0700 when missing; refused when group or "
+                            "others may enter it)")
     mount.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an existing empty directory")
     mount.add_argument("--foreground", action="store_true",
                        help="stay attached and log to stderr; SIGINT/SIGTERM unmount cleanly")
@@ -94,16 +96,29 @@ def run(args: argparse.Namespace) -> None:
         argv.append("--debug")
     if args.allow_other:
         argv.append("--allow-other")
+    _store_directory(args.store)  # before the log, which may be made inside it
     log_path = Path(args.log) if args.log else args.store / "fusestore.log"
     pid = mounts.start_background(argv + ["--log", str(log_path)], log_path)
     print(f"fusestore: mounted {args.store} on {args.mountpoint} (daemon pid {pid}, log {log_path})")
 
 
+def _store_directory(store: Path) -> None:
+    """Create the store directory (0700), or refuse one other uids may enter, before anything is written in it."""
+    from .. import errors, private
+
+    try:
+        private.store_directory(store)
+    except (errors.StoreExposed, errors.NotADirectory) as exc:
+        raise mounts.MountError(str(exc)) from None
+
+
 def _serve(args: argparse.Namespace) -> None:
+    _store_directory(args.store)
+    log = None if args.log is None else os.fdopen(mounts.open_log(Path(args.log)), "a", encoding="utf-8")
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        filename=args.log,
+        stream=log,
     )
     mountpoint = args.mountpoint.resolve()
     mounts.check_mountpoint(mountpoint)

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import private
 from ..fs.kernel import PID_XATTR
 
 
@@ -99,11 +100,20 @@ def check_fuse_device() -> None:
     os.close(fd)
 
 
+def open_log(path: Path) -> int:
+    """The daemon's log, appended to and readable by its owner only (it names paths and hashes)."""
+    try:
+        return private.open_log(path)
+    except OSError as exc:
+        raise MountError(f"cannot open the log {path} (mode 0600, appended to): {exc.strerror}") from None
+
+
 def start_background(argv: list[str], log_path: Path, timeout: float = 60.0) -> int:
     """Start ``fusestore mount --foreground`` as a daemon; its pid once the mount answers."""
-    read_end, write_end = os.pipe()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log_file:
+    log_fd = open_log(log_path)
+    read_end, write_end = os.pipe()
+    with os.fdopen(log_fd, "ab") as log_file:
         child = subprocess.Popen(
             [sys.executable, "-m", "fusestore", *argv, "--foreground", "--ready-fd", str(write_end)],
             pass_fds=[write_end], stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file,

@@ -12,6 +12,7 @@ import os
 
 from ..store import reserved
 from ..store.names import NAME_MAX
+from ..store.setid import cleared_by_write
 
 CACHE_SECONDS = 300.0  # entry and attribute timeouts
 BLOCK_SIZE = 1 << 17  # st_blksize: what tools use as their I/O size
@@ -20,12 +21,18 @@ PID_XATTR = reserved.PID_XATTR
 __all__ = ["BLOCK_SIZE", "CACHE_SECONDS", "NAME_MAX", "PID_XATTR", "uses_direct_io"]
 
 
-def uses_direct_io(flags: int) -> bool:
+def uses_direct_io(flags: int, mode: int) -> bool:
     """Write-only handles bypass the page cache: their writes reach the daemon straight from the writer's buffer.
 
     That about doubles their speed here, and caches no page that nobody
     reads. Such a handle cannot be mmapped anyway, and the kernel drops the
     cached pages of the ranges it writes, so readers through other handles
     stay coherent.
+
+    Not on a file with set-ID bits a write may clear (``mode``): through the
+    page cache the kernel clears them itself, for exactly the writers that
+    lack CAP_FSETID; a direct write only carries FUSE_WRITE_KILL_SUIDGID
+    for the filesystem to act on, and libfuse 3 does not pass that flag on
+    (``callers`` explains what the daemon does for bits set after the open).
     """
-    return flags & os.O_ACCMODE == os.O_WRONLY
+    return flags & os.O_ACCMODE == os.O_WRONLY and not cleared_by_write(mode)

@@ -59,6 +59,7 @@ class OpenInode:
     mtime_ns: int | None = None
     blob: BlobReader | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
+    setid: bool = False  # the mode has set-ID bits a write may clear (see ``callers``; kept by the adapter)
 
     @property
     def dirty(self) -> bool:

@@ -33,6 +33,8 @@ from .. import errors
 from ..store import Store
 from ..store.attributes import Attributes
 from ..store.owners import Owner
+from ..store.setid import cleared_by_write
+from .callers import Caller
 from .kernel import BLOCK_SIZE, CACHE_SECONDS, NAME_MAX, PID_XATTR, uses_direct_io
 from .openfiles import OpenFiles, OpenInode
 from .requests_dir import Requests, RequestsDir
@@ -73,6 +75,7 @@ def _errors(handler: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Corouti
 class Handle:
     state: OpenInode
     wrote: bool = False
+    direct_opener: Caller | None = None  # who opened it, for a direct-I/O handle (see ``callers``)
 
 
 @dataclass
@@ -184,11 +187,13 @@ class Operations(pyfuse3.Operations):
         if state is None or change.mtime_ns is None:
             node = self.tree.setattr(inode, mode=change.mode, uid=change.uid, gid=change.gid,
                                      atime_ns=change.atime_ns, mtime_ns=change.mtime_ns)
-            return self.stored(node)
-        async with state.lock:  # not during a commit (at release, after close returned): it would undo this time
-            node = self.tree.setattr(inode, mode=change.mode, uid=change.uid, gid=change.gid,
-                                     atime_ns=change.atime_ns, mtime_ns=change.mtime_ns)
-            self.files.set_mtime(state, change.mtime_ns)
+        else:
+            async with state.lock:  # not during a commit (at release, after close returned): it would undo this time
+                node = self.tree.setattr(inode, mode=change.mode, uid=change.uid, gid=change.gid,
+                                         atime_ns=change.atime_ns, mtime_ns=change.mtime_ns)
+                self.files.set_mtime(state, change.mtime_ns)
+        if state is not None:
+            state.setid = bool(cleared_by_write(node.mode))
         return self.stored(node)
 
     async def _truncate(self, inode: pyfuse3.InodeT, size: int) -> None:
@@ -260,8 +265,8 @@ class Operations(pyfuse3.Operations):
             return self._open_virtual(handle), self.entry(attributes)
         node, staged = self.tree.create(parent_inode, name, mode, self._owner(ctx))
         fh = self._new_fh()
-        self.handles[fh] = Handle(self.files.created(node.ino, staged))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=uses_direct_io(flags)), self.stored(node)
+        self.handles[fh] = created = Handle(self.files.created(node.ino, staged))
+        return self._file_info(fh, created, flags, node.mode, ctx), self.stored(node)
 
     # -- removal and renaming -----------------------------------------------------------
 
@@ -316,11 +321,23 @@ class Operations(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------------------------
 
-    def _open_handle(self, inode: pyfuse3.InodeT, flags: int) -> pyfuse3.FileInfo:
-        """A handle; the kernel keeps its page cache across opens, since content changes only through us."""
-        fh = self._new_fh()
-        self.handles[fh] = Handle(self.files.open(inode))
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=uses_direct_io(flags))
+    def _file_info(self, fh: int, handle: Handle, flags: int, mode: int,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        """The kernel keeps its page cache across opens, since content changes only through us."""
+        direct = uses_direct_io(flags, mode)
+        handle.state.setid = bool(cleared_by_write(mode))
+        if direct:
+            handle.direct_opener = Caller(ctx.uid, ctx.pid)
+        return pyfuse3.FileInfo(fh=fh, keep_cache=True, direct_io=direct)
+
+    def _clear_setid(self, state: OpenInode) -> None:
+        """A write or truncation by a caller without CAP_FSETID: the kernel's cached mode goes too."""
+        state.setid = False
+        if self.tree.clear_setid(state.ino) is not None:
+            try:
+                pyfuse3.invalidate_inode(pyfuse3.InodeT(state.ino), attr_only=True)
+            except OSError:
+                pass  # the kernel did not know the inode: nothing cached
 
     def _open_virtual(self, handle: VirtualHandle) -> pyfuse3.FileInfo:
         fh = self._new_fh()
@@ -335,13 +352,17 @@ class Operations(pyfuse3.Operations):
         node = self.tree.getattr(inode)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
-        info = self._open_handle(inode, flags)
-        state = self.handles[info.fh].state
+        fh = self._new_fh()
+        self.handles[fh] = handle = Handle(self.files.open(inode))
+        info = self._file_info(fh, handle, flags, node.mode, ctx)
+        state = handle.state
         try:
             if flags & os.O_TRUNC:
                 # libfuse negotiates atomic O_TRUNC, so the truncation arrives
                 # here, not as a setattr. It does not mark the handle as having
                 # written: the shell's `cmd > f` flushes before cmd writes.
+                if state.setid and not Caller(ctx.uid, ctx.pid).has_fsetid:
+                    self._clear_setid(state)
                 await self.files.truncate(state, 0)
             elif stat.S_ISREG(node.mode):
                 await self.files.check(state)
@@ -366,6 +387,9 @@ class Operations(pyfuse3.Operations):
                 await self._drop_linked_entries()
         handle = self.handles[fh]
         handle.wrote = True
+        opener = handle.direct_opener
+        if handle.state.setid and opener is not None and not opener.has_fsetid:
+            self._clear_setid(handle.state)
         return await self.files.write(handle.state, off, buf)
 
     @_errors

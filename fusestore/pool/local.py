@@ -24,7 +24,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import linux
+from .. import linux, private
 from .blobstore import BlobMissing, Promises
 from .staging import SPARE_SUFFIX, ShortRead, StagingFile
 
@@ -67,7 +67,7 @@ class LocalBlobStore:
     def __init__(self, root: str | os.PathLike[str], *, trust_syncfs: bool | None = None) -> None:
         """``trust_syncfs``: whether syncfs makes puts durable here (None: judge by the filesystem's type)."""
         self.root = os.fspath(root)
-        os.makedirs(self.root, exist_ok=True)
+        private.make_dirs(self.root)
         self.trust_syncfs = linux.syncfs_flushes(self.root) if trust_syncfs is None else trust_syncfs
         self._since_barrier: set[str] = set()  # paths put since the last barrier, when syncfs is not trusted
         self._unlinked_in: set[str] = set()  # directories a blob was deleted from since then (likewise)
@@ -85,7 +85,7 @@ class LocalBlobStore:
             try:
                 os.link(staged.path, target)
             except FileNotFoundError:  # the blob's directory is new
-                os.makedirs(os.path.dirname(target), exist_ok=True)
+                private.make_dirs(os.path.dirname(target))
                 os.link(staged.path, target)
             return
         except FileExistsError:

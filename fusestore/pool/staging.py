@@ -16,7 +16,7 @@ from typing import BinaryIO
 
 import blake3
 
-from .. import linux
+from .. import linux, private
 from ..digests import IO_BUFFER, hash_fd
 
 
@@ -104,7 +104,7 @@ class StagingArea:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.fspath(root)
-        os.makedirs(self.root, exist_ok=True)
+        private.make_dirs(self.root)
 
     def path_of(self, name: str) -> str:
         return f"{self.root}/{name}"  # a plain string: pathlib costs more than the syscalls here
@@ -114,7 +114,7 @@ class StagingArea:
         while True:
             name = secrets.token_hex(16)
             try:
-                fd = os.open(self.path_of(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                fd = private.open_file(self.path_of(name), os.O_RDWR | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
                 continue
             return StagingFile(self, name, fd)

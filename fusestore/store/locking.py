@@ -16,7 +16,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .. import errors
+from .. import errors, private
 
 
 def _pid_in(fd: int) -> str:
@@ -31,7 +31,7 @@ def _owner(pid: str) -> str:
 class StoreLock:
     def __init__(self, store_path: Path) -> None:
         self.path = Path(store_path) / "lock"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.fd = private.open_file(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

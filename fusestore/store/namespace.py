@@ -32,6 +32,7 @@ from . import names
 from .attributes import Attributes
 from .content import Content
 from .owners import Owner
+from .setid import cleared_by_write
 from .writes import Writes
 
 GLOBAL_DIR = b".global"
@@ -401,6 +402,22 @@ class Namespace:
                 node.atime_ns = atime_ns
             if mtime_ns is not None:
                 node.mtime_ns = mtime_ns
+            node.ctime_ns = self.now_ns()
+            tx.save_inode(node)
+            return Attributes.of(node)
+
+    def clear_setid(self, ino: int) -> Attributes | None:
+        """What a write by a caller without CAP_FSETID does to the mode (``setid.cleared_by_write``).
+
+        The new attributes, or None when there was nothing to clear (and
+        nothing was written).
+        """
+        with self.catalog.write() as tx:
+            node = self.inode(tx, ino)
+            bits = cleared_by_write(node.mode)
+            if not bits:
+                return None
+            node.mode &= ~bits
             node.ctime_ns = self.now_ns()
             tx.save_inode(node)
             return Attributes.of(node)

@@ -35,3 +35,4 @@ def permits(node: Inode, owner: Owner, mask: int) -> bool:
     else:
         bits = node.mode
     return bits & mask == mask
+

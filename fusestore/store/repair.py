@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .. import private
 from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO, Catalog, Resource
 from ..digests import EMPTY_DIGEST
 from ..pool.local import blob_path
@@ -344,12 +345,13 @@ def _to_lost_and_found(store: Store, digest: bytes) -> str | None:
     if not source.exists():
         return None
     directory = store.path / LOST_AND_FOUND
-    directory.mkdir(exist_ok=True)
+    private.make_dirs(directory)
     target, n = directory / h, 0
     while target.exists():
         n += 1
         target = directory / f"{h}.{n}"
     os.rename(source, target)
+    os.chmod(target, private.FILE_MODE)  # a blob of an older store may be more open
     return str(Path(LOST_AND_FOUND) / target.name)
 
 

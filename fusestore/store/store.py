@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from .. import errors, linux
+from .. import errors, linux, private
 from ..catalog import ROOT_INO, Catalog, Inode, Resource, Txn, unknown_resource
 from ..digests import IO_BUFFER
 from ..pool import BlobMissing, BlobReader, BlobStore, LocalBlobStore, ShortRead, StagingArea, StagingFile
@@ -42,6 +42,7 @@ from .locking import StoreLock
 from .namespace import GLOBAL_DIR, USERS_DIR, Namespace
 from .openinodes import OpenInodes
 from .owners import Owner, permits, process_owner
+from .setid import cleared_by_write
 from .tenancy import DEFAULT_TENANCY, Tenancy, holds_own_copy
 from .writes import Writes
 from .xattrs import Xattrs
@@ -76,7 +77,7 @@ class Store:
         tenancy: Tenancy,
     ) -> None:
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        private.store_directory(self.path)
         self._lock = StoreLock(self.path)
         try:
             self.catalog = Catalog(self.path / "catalog")
@@ -120,7 +121,10 @@ class Store:
         verify_limit: int = DEFAULT_VERIFY_LIMIT,
         tenancy: Tenancy = DEFAULT_TENANCY,
     ) -> "Store":
-        """Open the store at ``path``, creating it when missing.
+        """Open the store at ``path``, creating it (mode 0700) when missing.
+
+        A directory that group or others may enter is refused (``StoreExposed``,
+        see ``fusestore.private``).
 
         ``blobs`` is where blob bytes live; by default the local pool in the
         store directory (``<path>/pool``). The staging area stays local.
@@ -247,6 +251,8 @@ class Store:
             parent, name = self._make_parents(tx, destination, owner)
             self._replace_special(tx, parent, name)
             node = self._file_at(tx, parent, name, owner)
+            if owner.uid != 0:  # new bytes under the name, as a write gives: the same set-ID rule
+                node.mode &= ~cleared_by_write(node.mode)
             tx.put(request.digest, resource.length)
             self.content.set_content(tx, node, request.digest, resource.length)
 
