@@ -235,3 +235,17 @@ def test_permission_is_checked_again_when_answered(store: Store) -> None:
         store.proof_of_access_response(response.request_id, answer(DATA, response))
     with pytest.raises(errors.NotFound):
         store.get_for_environment(ENV, "dst")
+
+
+def test_a_link_for_a_caller_counts_its_supplementary_groups_as_the_kernel_does(store: Store) -> None:
+    from fusestore.store.owners import Owner
+
+    h = put(store, "src", DATA)
+    shared = store.namespace.mkdir(store.namespace.lookup(1, ENV.encode()).ino, b"team", 0o770, Owner(0, 4000))
+    assert (shared.uid, shared.gid) == (0, 4000)
+    with pytest.raises(errors.AccessDenied):  # neither owner nor in the group
+        store.put_for_environment_request(ENV, "team/f", h, owner=Owner(3001, 3001))
+    member = Owner(3001, 3001, groups=frozenset({4000}))
+    response = store.put_for_environment_request(ENV, "team/f", h, owner=member)
+    store.proof_of_access_response(response.request_id, answer(DATA, response))
+    assert read(store, "team/f") == DATA

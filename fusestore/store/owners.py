@@ -10,10 +10,15 @@ from ..catalog import Inode
 
 @dataclass(frozen=True)
 class Owner:
-    """Who creates an inode: its uid and gid (the caller's, or the setgid directory's)."""
+    """Who acts or creates an inode: its uid and gid (the caller's, or the setgid directory's).
+
+    ``groups``: the caller's supplementary groups, where a check the daemon
+    makes for it needs them (``permits``); empty elsewhere.
+    """
 
     uid: int
     gid: int
+    groups: frozenset[int] = frozenset()
 
 
 def process_owner() -> Owner:
@@ -24,13 +29,14 @@ def permits(node: Inode, owner: Owner, mask: int) -> bool:
     """Whether the mode bits of ``node`` grant ``mask`` (os.R_OK/W_OK/X_OK bits) to ``owner``.
 
     Only for checks the kernel cannot make (a proof-of-access link is written
-    by the daemon, not by the caller); supplementary groups are not known there.
+    by the daemon, not by the caller). As the kernel does, the group bits
+    apply to the caller's primary and supplementary groups.
     """
     if owner.uid == 0:
         return True
     if owner.uid == node.uid:
         bits = node.mode >> 6
-    elif owner.gid == node.gid:
+    elif owner.gid == node.gid or node.gid in owner.groups:
         bits = node.mode >> 3
     else:
         bits = node.mode
