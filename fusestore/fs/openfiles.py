@@ -31,17 +31,21 @@ This module is the filesystem layer's state; blocking work runs through ``trio.t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
+from .. import errors
 from ..pool import BlobReader, StagingFile
 from ..store import Store
 from ..store.attributes import Attributes
 from ..store.writes import Refused
 from .running_hash import RunningHash
+
+log = logging.getLogger(__name__)
 
 QUICK_COMMIT = 1 << 20  # files up to this size commit on the loop, without a thread hop
 
@@ -143,6 +147,9 @@ class OpenFiles:
         return RunningHash(on_progress=start_writeback)
 
     async def write(self, state: OpenInode, offset: int, data: bytes) -> int:
+        allowed = self.store.writes.writable(offset, len(data))
+        if allowed < len(data):
+            data = data[:allowed]
         async with state.lock:
             staged = await self._ensure_staged(state, keep=1 << 63)
             written = staged.write(data, offset)
@@ -157,6 +164,7 @@ class OpenFiles:
             return written
 
     async def truncate(self, state: OpenInode, size: int) -> None:
+        self.store.writes.check_size(size)
         async with state.lock:
             staged = await self._ensure_staged(state, keep=size)
             staged.truncate(size)
@@ -221,6 +229,10 @@ class OpenFiles:
                 if self._is_quick_commit(state):
                     return self._commit_blocking(state, staged)
                 return await trio.to_thread.run_sync(self._commit_blocking, state, staged)
+            except errors.Interrupted:
+                log.warning("the commit of inode %d (%d bytes) was cut short by the stop; recovery at the next "
+                            "mount finishes it", state.ino, state.size)
+                raise
             finally:
                 state.staged = None
                 self._drop_hash(state)
@@ -248,7 +260,7 @@ class OpenFiles:
             digest, size = state.hasher.digest(), state.size
         else:
             self._drop_hash(state)
-            digest, size = staged.hash()
+            digest, size = staged.hash(self.store.stopping.check)  # a huge file's hashing gives up at a stop
         try:
             return writes.commit(staged, digest, size, mtime_ns=state.mtime_ns)
         except Refused as refused:  # a file created only to receive refused content disappears with it
