@@ -256,11 +256,19 @@ class OpenFiles:
             self._drop_hash(state)  # its thread may touch the staging file: stop it first
             writes.abandon(staged, remove_created=False)
             return None
-        if state.hasher is not None and state.hashed == state.size:
-            digest, size = state.hasher.digest(), state.size
-        else:
-            self._drop_hash(state)
-            digest, size = staged.hash(self.store.stopping.check)  # a huge file's hashing gives up at a stop
+        try:
+            if state.hasher is not None and state.hashed == state.size:
+                digest, size = state.hasher.digest(), state.size
+            else:
+                self._drop_hash(state)
+                digest, size = staged.hash(self.store.stopping.check)  # a huge file's hashing gives up at a stop
+        except errors.Interrupted:
+            raise  # the staging file stays recorded: recovery finishes the commit
+        except BaseException:
+            # As a failed commit (Writes.commit): the file keeps its last content. A record left
+            # behind would have recovery commit these bytes over whatever is written next.
+            writes.abandon(staged, remove_created=False)
+            raise
         try:
             return writes.commit(staged, digest, size, mtime_ns=state.mtime_ns)
         except Refused as refused:  # a file created only to receive refused content disappears with it

@@ -57,7 +57,11 @@ class Checkpoints:
         self.writes = writes
 
     def checkpoint(self) -> None:
-        """Make every committed change durable: blobs first, then the catalog, then retire staging files."""
+        """Make every committed change durable: blobs first, then the catalog, then retire staging files.
+
+        Freed blobs whose deletion failed are tried again first, so that their deletion is covered too.
+        """
+        self.content.retry_deletions()
         retired = self.writes.retired()  # committed before the catalog sync below, so covered by it
         with self.catalog.write() as tx:
             covering = self.content.covering_checkpoint

@@ -84,6 +84,7 @@ class Content:
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
         self._deleting: Counter[bytes] = Counter()  # freed digests whose blob deletion has not finished
         self._deleting_lock = threading.Lock()
+        self._undeleted: set[bytes] = set()  # freed blobs whose deletion failed (see ``_delete_blob``)
         self.covering_checkpoint = 0  # the number of the checkpoint that will cover blobs published now
 
     def stripe(self, digest: bytes) -> threading.Lock:
@@ -180,8 +181,22 @@ class Content:
         try:
             self.catalog.flush_commits()
             self.delete_unless_referenced(digest)
-        finally:
-            self._mark_deleting(digest, -1)
+        except Exception:
+            # The change that freed it committed, so its caller succeeded: failing it now would tell a
+            # lie. The digest stays listed as freed (still "deleting" for the checkpoints), each
+            # checkpoint tries again (``retry_deletions``), and failing that, the next open's recovery.
+            log.exception("could not delete the blob %s; the next checkpoint tries again", digest.hex())
+            with self._deleting_lock:
+                self._undeleted.add(digest)
+            return
+        self._mark_deleting(digest, -1)
+
+    def retry_deletions(self) -> None:
+        """Delete the freed blobs whose deletion failed (a checkpoint calls this before its barrier)."""
+        with self._deleting_lock:
+            digests, self._undeleted = self._undeleted, set()
+        for digest in digests:
+            self._delete_blob(digest)
 
     def delete_unless_referenced(self, digest: bytes) -> bool:
         """Delete the blob of ``digest`` unless the catalog holds it as complete content; True when it did."""
