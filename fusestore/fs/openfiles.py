@@ -107,7 +107,9 @@ class OpenFiles:
             if state.dirty:
                 await self.commit(state)
         finally:
-            if state.handles == 0:
+            # While the commit ran, the inode may have been opened and closed again: that last
+            # close forgot it already (and the next open makes a new state).
+            if state.handles == 0 and self.inodes.get(state.ino) is state:
                 self._close_blob(state)
                 del self.inodes[state.ino]
                 if self.store.opens.is_orphan(state.ino):  # deleting it may delete a large blob
