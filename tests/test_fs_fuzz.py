@@ -8,7 +8,8 @@ the mount and on one of a plain directory of the same ext4 disk, and
 returns each step's outcome (a value, or the errno) for both; they must be
 equal step by step, and so must the trees at the end (kinds, sizes,
 contents, modes, link counts, hard-link groups, user xattrs). After each
-test the daemon still answers and fsck finds nothing.
+example the daemon still answers; after each test its log holds no
+traceback (a release's error reaches no caller) and fsck finds nothing.
 
 What is not compared, because a FUSE filesystem cannot or need not give
 ext4's answer: times (the kernel and ext4 round differently; other tests
@@ -297,6 +298,7 @@ def sides(request: pytest.FixtureRequest, mount_with: Callable[..., Mount]) -> I
     finally:
         made.close()
     assert made.examples > 0
+    assert "Traceback" not in mount.log_text(), "an operation failed in the daemon (its log says which)"
     mount.umount()
     with Inspection.open(mount.store) as inspection:
         assert [str(problem) for problem in run_checks(inspection)] == []
