@@ -50,6 +50,16 @@ def test_max_file_size_gives_efbig_past_it_and_short_writes_across_it(mount_with
     with pytest.raises(OSError) as raised:
         os.truncate(env / "f", 10 * MiB)
     assert raised.value.errno == errno.EFBIG
+    # pyfuse3 has no fallocate: fallocate(2) is EOPNOTSUPP, and glibc's posix_fallocate falls back to writes
+    result = subprocess.run(["fallocate", "-l", "2M", str(env / "f")], capture_output=True, text=True)
+    assert result.returncode != 0 and "not supported" in result.stderr
+    fd = os.open(env / "f", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as raised:
+            os.posix_fallocate(fd, 0, 2 * MiB)
+        assert raised.value.errno == errno.EFBIG
+    finally:
+        os.close(fd)
     assert os.stat(env / "f").st_size == MiB
     assert (env / "f").read_bytes()[-10:] == b"a" * 10
     mount.umount()
