@@ -159,6 +159,21 @@ class NoSpace(StoreError):
     errno = _errno.ENOSPC
 
 
+class FileTooLarge(StoreError):
+    """A file would grow past the mount's ``--max-file-size`` (EFBIG, as ext4 answers past its own maximum)."""
+
+    errno = _errno.EFBIG
+
+
+class Interrupted(StoreError):
+    """Long work (hashing, copying) given up because the process is stopping.
+
+    EIO to that call: its staging file stays recorded, and recovery at the
+    next open finishes the commit. EINTR would invite a retry that cannot
+    succeed, since the daemon is going away.
+    """
+
+
 class StoreLocked(StoreError):
     """Another live process holds the store (EBUSY, as mount(8) says of a device in use)."""
 

@@ -1,4 +1,4 @@
-"""Linux calls that Python's os module lacks, through libc: writeback hints, syncfs, space reservation, statfs.
+"""Linux calls that Python's os module lacks (writeback hints, syncfs, space reservation, statfs), and extents.
 
 Each is None (or falls back) where libc lacks it, so the store still runs,
 more slowly or with less protection, elsewhere.
@@ -10,7 +10,7 @@ import ctypes
 import errno
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import cast
 
 SYNC_FILE_RANGE_WRITE = 2
@@ -97,3 +97,32 @@ def boot_id() -> bytes:
     """The 16 bytes that name this boot of the kernel: they change with every restart, power losses included."""
     with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as file:
         return bytes.fromhex(file.read().strip().replace("-", ""))
+
+
+def extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+    """(offset, length, is_data) of the data and the holes of a file between ``start`` and ``end``.
+
+    From SEEK_DATA/SEEK_HOLE: a hole reads as zeros and takes no disk, so
+    whoever hashes or copies a sparse file need not read it. Where the
+    filesystem cannot tell (EINVAL), everything is data.
+    """
+    offset = start
+    while offset < end:
+        try:
+            data = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # nothing but a hole up to the end of the file
+                data = end
+            elif exc.errno == errno.EINVAL:
+                yield offset, end - offset, True
+                return
+            else:
+                raise
+        data = min(data, end)
+        if data > offset:
+            yield offset, data - offset, False
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data, hole - data, True
+        offset = hole

@@ -463,6 +463,15 @@ def test_rename_noreplace_over_an_existing_name_is_eexist(store: Store, ns: Name
     assert (read(store, "a"), read(store, "b")) == (b"aaa", b"bbb")
 
 
+@pytest.mark.parametrize("flags", [4, RENAME_NOREPLACE | 2, 1 << 20], ids=["whiteout", "noreplace|exchange", "unknown"])
+def test_rename_with_flags_it_cannot_honour_is_einval(store: Store, ns: Namespace, env: int, flags: int) -> None:
+    put(store, "a", b"aaa")
+    with pytest.raises(errors.InvalidArgument) as caught:
+        ns.rename(env, b"a", env, b"b", flags)
+    assert caught.value.errno == errno.EINVAL
+    assert names_in(ns, env) == [b"a"]
+
+
 def test_rename_noreplace_to_a_free_name_renames(ns: Namespace, env: int) -> None:
     f = mkfile(ns, env, b"a")
     ns.rename(env, b"a", env, b"b", RENAME_NOREPLACE)

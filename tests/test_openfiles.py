@@ -14,6 +14,7 @@ from pathlib import Path
 import blake3
 import pytest
 import trio
+import trio.testing
 
 from fusestore import Store, errors
 from fusestore.catalog import ROOT_INO
@@ -394,3 +395,40 @@ def test_a_failed_put_at_close_of_a_created_file_keeps_the_file_with_its_last_co
         assert leftover_staging(store) == []
         assert find_problems(store) == []
         assert f.dropped == []
+
+
+def test_an_open_and_close_during_the_commit_of_the_last_close_forget_the_inode_once(store_path: Path) -> None:
+    """The fuzzer's find: the inode reopened and closed while its last close commits in a thread.
+
+    Both closes found no handle left and forgot the inode: the second raised
+    KeyError (an EIO and a traceback for a release that had done nothing wrong).
+    """
+    blob_store = FailingBlobStore(LocalBlobStore(store_path / "pool"))
+    with Store.open(store_path, blobs=blob_store) as store:
+        f = Files(store)
+
+        async def main() -> None:
+            state = f.create(b"f")
+            await f.files.write(state, 5, DATA)  # out of order: the commit hashes in a worker thread
+            in_put, reopened = trio.Event(), trio.Event()
+            token = trio.lowlevel.current_trio_token()
+
+            def during_put() -> None:
+                trio.from_thread.run_sync(in_put.set, trio_token=token)
+                trio.from_thread.run(reopened.wait, trio_token=token)
+
+            blob_store.on("put", during_put)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(f.files.close, state)
+                await in_put.wait()
+                again = f.open(b"f")
+                assert again is state
+                nursery.start_soon(f.files.close, again)  # it waits for the commit's lock
+                await trio.testing.wait_all_tasks_blocked()
+                reopened.set()
+            assert f.files.get(state.ino) is None
+
+        run(main)
+        assert read(store, "f") == bytes(5) + DATA
+        assert not store.opens.is_open(store.namespace.lookup(f.env, b"f").ino)
+        assert find_problems(store) == []

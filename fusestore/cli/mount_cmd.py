@@ -45,20 +45,23 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     mount.add_argument("--verify-limit", type=size, default="256M", metavar="BYTES",
                        help="hash a blob at its first open when it is at most this large (K, M, G: 2^10, 2^20, "
                             "2^30 bytes; default 256M; 0: never; larger ones: fusestore fsck --verify)")
+    mount.add_argument("--max-file-size", type=size, metavar="BYTES",
+                       help="no file grows past this size: writes and truncations past it fail with EFBIG "
+                            "(K, M, G, T: powers of 2^10; default: what the store's filesystem allows)")
     mount.add_argument("--log", metavar="FILE", help="log file (default: stderr with --foreground, "
                                                      "else STORE/fusestore.log)")
     mount.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     mount.set_defaults(run=run)
 
 
-SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
 def size(text: str) -> int:
-    """``256M`` and the like: a byte count with an optional K, M or G (powers of 2^10)."""
+    """``256M`` and the like: a byte count with an optional K, M, G or T (powers of 2^10)."""
     number, suffix = (text[:-1], text[-1].upper()) if text[-1:].isalpha() else (text, "")
-    if suffix not in SUFFIXES or not number.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use digits with an optional K, M or G")
+    if suffix not in SUFFIXES or not number.isascii() or not number.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: use digits with an optional K, M, G or T")
     return int(number) * SUFFIXES[suffix]
 
 
@@ -88,6 +91,8 @@ def run(args: argparse.Namespace) -> None:
     argv = ["mount", str(args.store), str(args.mountpoint), "--request-ttl", str(args.request_ttl),
             "--max-requests-per-uid", str(args.max_requests_per_uid), "--request-rate", str(args.request_rate),
             "--verify-limit", str(args.verify_limit)]
+    if args.max_file_size is not None:
+        argv += ["--max-file-size", str(args.max_file_size)]
     if args.requests_off:
         argv.append("--requests-off")
     if args.requests_same_owner:
@@ -128,6 +133,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     try:
         daemon.serve(args.store, mountpoint, allow_other=args.allow_other, request_ttl=args.request_ttl,
-                     tenancy=tenancy(args), verify_limit=args.verify_limit, ready_fd=args.ready_fd)
+                     tenancy=tenancy(args), verify_limit=args.verify_limit,
+                     max_file_size=args.max_file_size, ready_fd=args.ready_fd)
     except (errors.StoreLocked, errors.UnknownFormat, daemon.MountFailed) as exc:
         raise mounts.MountError(str(exc)) from None

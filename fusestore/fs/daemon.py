@@ -4,6 +4,13 @@
 mounts, reports readiness once the mount answers, serves, checkpoints every
 ``CHECKPOINT_SECONDS``, then commits what is still open and closes the
 store. The command line checks the mount point and /dev/fuse before.
+
+Stopping never waits on a user: pyfuse3's main loop returns only once every
+request in flight is answered, and a commit may hash a huge file for
+minutes. So at SIGTERM/SIGINT, and once the mount is seen gone (an unmount
+that the main loop has not yet noticed), long work gets ``STOP_GRACE``
+seconds and then gives up (``store.stopping``): those calls fail with EIO,
+and recovery at the next mount finishes their commits.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from ..pool import BlobStore
 from ..store import Store
 from ..store.content import DEFAULT_VERIFY_LIMIT
 from ..store.tenancy import DEFAULT_TENANCY, Tenancy
@@ -24,6 +32,8 @@ from .operations import Operations
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 5.0
+STOP_GRACE = 5.0  # seconds that commits in flight keep once the daemon is asked to stop
+UNMOUNT_POLL = 1.0  # seconds between two looks at whether the mount is still there
 
 
 class MountFailed(Exception):
@@ -32,10 +42,12 @@ class MountFailed(Exception):
 
 def serve(
     store_path: Path, mountpoint: Path, *, allow_other: bool = False, request_ttl: float = 60.0,
-    tenancy: Tenancy = DEFAULT_TENANCY, verify_limit: int = DEFAULT_VERIFY_LIMIT, ready_fd: int | None = None,
+    tenancy: Tenancy = DEFAULT_TENANCY, verify_limit: int = DEFAULT_VERIFY_LIMIT, max_file_size: int | None = None,
+    ready_fd: int | None = None, blobs: BlobStore | None = None,
 ) -> None:
-    """Run the daemon in this process until it is unmounted or signalled."""
-    store = Store.open(store_path, request_ttl=request_ttl, verify_limit=verify_limit, tenancy=tenancy)
+    """Run the daemon in this process until it is unmounted or signalled (``blobs``: see ``Store.open``)."""
+    store = Store.open(store_path, request_ttl=request_ttl, verify_limit=verify_limit, tenancy=tenancy,
+                       max_file_size=max_file_size, blobs=blobs)
     try:
         operations = Operations(store)
         options = set(pyfuse3.default_options) | {"fsname=fusestore", "subtype=fusestore", "default_permissions"}
@@ -67,6 +79,7 @@ async def _serve(operations: Operations, mountpoint: Path, ready_fd: int | None)
                 async for signum in signals:
                     log.info("signal %d: unmounting", signum)
                     signalled = True
+                    operations.store.stopping.stop_after(STOP_GRACE)
                     pyfuse3.terminate()
                     return
 
@@ -80,10 +93,15 @@ async def _serve(operations: Operations, mountpoint: Path, ready_fd: int | None)
                     log.exception("checkpoint failed, retrying in %d s", CHECKPOINT_SECONDS)
 
         async def announce_ready() -> None:
-            await trio.to_thread.run_sync(os.stat, mountpoint)
+            """Say the mount answers, then watch for its unmount (which may leave long requests in flight)."""
+            device = (await trio.to_thread.run_sync(os.stat, mountpoint)).st_dev
             if ready_fd is not None:
                 os.write(ready_fd, b"ok\n")
                 os.close(ready_fd)
+            while (await trio.to_thread.run_sync(os.stat, mountpoint, abandon_on_cancel=True)).st_dev == device:
+                await trio.sleep(UNMOUNT_POLL)
+            log.info("%s was unmounted", mountpoint)
+            operations.store.stopping.stop_after(STOP_GRACE)
 
         nursery.start_soon(watch_signals)
         nursery.start_soon(checkpoint)

@@ -31,17 +31,21 @@ This module is the filesystem layer's state; blocking work runs through ``trio.t
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
+from .. import errors
 from ..pool import BlobReader, StagingFile
 from ..store import Store
 from ..store.attributes import Attributes
 from ..store.writes import Refused
 from .running_hash import RunningHash
+
+log = logging.getLogger(__name__)
 
 QUICK_COMMIT = 1 << 20  # files up to this size commit on the loop, without a thread hop
 
@@ -104,7 +108,9 @@ class OpenFiles:
             if state.dirty:
                 await self.commit(state)
         finally:
-            if state.handles == 0:
+            # While the commit ran, the inode may have been opened and closed again: that last
+            # close forgot it already (and the next open makes a new state).
+            if state.handles == 0 and self.inodes.get(state.ino) is state:
                 self._close_blob(state)
                 del self.inodes[state.ino]
                 if self.store.opens.is_orphan(state.ino):  # deleting it may delete a large blob
@@ -144,6 +150,9 @@ class OpenFiles:
         return RunningHash(on_progress=start_writeback)
 
     async def write(self, state: OpenInode, offset: int, data: bytes) -> int:
+        allowed = self.store.writes.writable(offset, len(data))
+        if allowed < len(data):
+            data = data[:allowed]
         async with state.lock:
             staged = await self._ensure_staged(state, keep=1 << 63)
             written = staged.write(data, offset)
@@ -158,6 +167,7 @@ class OpenFiles:
             return written
 
     async def truncate(self, state: OpenInode, size: int) -> None:
+        self.store.writes.check_size(size)
         async with state.lock:
             staged = await self._ensure_staged(state, keep=size)
             staged.truncate(size)
@@ -222,6 +232,10 @@ class OpenFiles:
                 if self._is_quick_commit(state):
                     return self._commit_blocking(state, staged)
                 return await trio.to_thread.run_sync(self._commit_blocking, state, staged)
+            except errors.Interrupted:
+                log.warning("the commit of inode %d (%d bytes) was cut short by the stop; recovery at the next "
+                            "mount finishes it", state.ino, state.size)
+                raise
             finally:
                 state.staged = None
                 self._drop_hash(state)
@@ -245,11 +259,19 @@ class OpenFiles:
             self._drop_hash(state)  # its thread may touch the staging file: stop it first
             writes.abandon(staged, remove_created=False)
             return None
-        if state.hasher is not None and state.hashed == state.size:
-            digest, size = state.hasher.digest(), state.size
-        else:
-            self._drop_hash(state)
-            digest, size = staged.hash()
+        try:
+            if state.hasher is not None and state.hashed == state.size:
+                digest, size = state.hasher.digest(), state.size
+            else:
+                self._drop_hash(state)
+                digest, size = staged.hash(self.store.stopping.check)  # a huge file's hashing gives up at a stop
+        except errors.Interrupted:
+            raise  # the staging file stays recorded: recovery finishes the commit
+        except BaseException:
+            # As a failed commit (Writes.commit): the file keeps its last content. A record left
+            # behind would have recovery commit these bytes over whatever is written next.
+            writes.abandon(staged, remove_created=False)
+            raise
         try:
             return writes.commit(staged, digest, size, mtime_ns=state.mtime_ns)
         except Refused as refused:  # a file created only to receive refused content disappears with it

@@ -9,7 +9,7 @@ store can each implement it:
 - ``put`` stores a complete staging file under its digest (replacing a blob
   of that name is harmless: it holds the same bytes, or is debris nothing
   references);
-- ``open`` gives a ``BlobReader`` (``pread`` and ``size``), ``BlobMissing``
+- ``open`` gives a ``BlobReader`` (``pread``, ``hash``, ``copy_to`` and ``size``), ``BlobMissing``
   when there is no such blob;
 - ``delete`` (of a missing blob: nothing), ``contains``, ``digests``;
 - ``barrier`` makes every ``put`` so far durable, names included;
@@ -20,11 +20,13 @@ Empty content has no blob: the store never asks a blob store for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
 from .staging import StagingFile
+
+Progress = Callable[[int], object]
 
 
 class BlobMissing(FileNotFoundError):
@@ -53,8 +55,15 @@ class BlobReader(Protocol):
 
     def pread(self, length: int, offset: int) -> bytes: ...
 
-    def copy_to(self, target: StagingFile, length: int) -> None:
-        """Copy the first ``length`` bytes into an empty staging file (an open file's starting content)."""
+    def hash(self, on_read: Progress | None = None) -> tuple[bytes, int]:
+        """BLAKE3 and size of the whole blob (``on_read(n)`` after each piece, as ``digests.hash_fd``)."""
+
+    def copy_to(self, target: StagingFile, length: int, on_copied: Progress | None = None) -> None:
+        """Copy the first ``length`` bytes into an empty staging file (an open file's starting content).
+
+        Holes stay holes: a sparse file's copy costs no more disk than it.
+        ``on_copied(n)`` after each piece; it may raise to stop the copy.
+        """
 
     def close(self) -> None: ...
 

@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import linux, private
-from .blobstore import BlobMissing, Promises
+from ..digests import hash_fd
+from .blobstore import BlobMissing, Progress, Promises
 from .staging import SPARE_SUFFIX, ShortRead, StagingFile
 
 
@@ -44,14 +45,24 @@ class LocalBlobReader:
     def pread(self, length: int, offset: int) -> bytes:
         return os.pread(self._fd, length, offset)
 
-    def copy_to(self, target: StagingFile, length: int) -> None:
-        """In the kernel (copy_file_range): no byte passes through Python."""
-        copied = 0
-        while copied < length:
-            n = os.copy_file_range(self._fd, target.fileno(), length - copied, copied, copied)
-            if n == 0:
-                raise ShortRead(f"blob {self.digest.hex()} ended after {copied} of {length} bytes")
-            copied += n
+    def hash(self, on_read: Progress | None = None) -> tuple[bytes, int]:
+        return hash_fd(self._fd, on_read)
+
+    def copy_to(self, target: StagingFile, length: int, on_copied: Progress | None = None) -> None:
+        """In the kernel (copy_file_range), extent by extent: no byte passes through Python, no hole is filled."""
+        if length > self.size:
+            raise ShortRead(f"blob {self.digest.hex()} holds {self.size} bytes, not the {length} to copy")
+        for start, extent, is_data in linux.extents(self._fd, 0, length):
+            copied = 0
+            while is_data and copied < extent:
+                want = min(COPY_STEP, extent - copied)
+                n = os.copy_file_range(self._fd, target.fileno(), want, start + copied, start + copied)
+                if n == 0:
+                    raise ShortRead(f"blob {self.digest.hex()} ended after {start + copied} of {length} bytes")
+                copied += n
+                if on_copied is not None:
+                    on_copied(n)
+        target.truncate(length)  # the holes, the last one included
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -145,6 +156,7 @@ class LocalBlobStore:
 
 
 SYNC_THREADS = 8
+COPY_STEP = 64 << 20  # bytes per copy_file_range: how often a long copy reports, and may be stopped
 
 
 def blob_path(root: str | os.PathLike[str], digest: bytes) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Callable
 from typing import BinaryIO
 
 import blake3
@@ -66,9 +67,9 @@ class StagingFile:
         """Start writing a range to disk without waiting, so that a later sync finds little to do."""
         linux.start_writeback(self._fd, offset, length)
 
-    def hash(self) -> tuple[bytes, int]:
-        """BLAKE3 and size of the whole file (for files not written in order)."""
-        return hash_fd(self._fd)
+    def hash(self, on_read: Callable[[int], object] | None = None) -> tuple[bytes, int]:
+        """BLAKE3 and size of the whole file (for files not written in order); ``on_read`` as ``hash_fd``'s."""
+        return hash_fd(self._fd, on_read)
 
     def fill(self, reader: BinaryIO, length: int) -> tuple[bytes, int]:
         """Copy ``reader`` into this (empty) file, hashing as it goes: (digest, size).

@@ -57,7 +57,11 @@ class Checkpoints:
         self.writes = writes
 
     def checkpoint(self) -> None:
-        """Make every committed change durable: blobs first, then the catalog, then retire staging files."""
+        """Make every committed change durable: blobs first, then the catalog, then retire staging files.
+
+        Freed blobs whose deletion failed are tried again first, so that their deletion is covered too.
+        """
+        self.content.retry_deletions()
         if self.content.deleting():  # their releases anchored and the blobs gone, so that this barrier covers them
             self.catalog.flush_commits()
         retired = self.writes.retired()  # committed before the catalog sync below, so covered by it

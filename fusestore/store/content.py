@@ -40,7 +40,9 @@ from .. import errors
 from ..catalog import COMPLETE, LOST, Catalog, Inode, Txn
 from ..digests import EMPTY_DIGEST, hash_ranges
 from ..pool import BlobMissing, BlobReader, BlobStore, StagingFile
+from ..pool.blobstore import Progress
 from .openinodes import OpenInodes
+from .stopping import Stopping
 
 STRIPES = 64
 DEFAULT_VERIFY_LIMIT = 256 << 20
@@ -56,7 +58,10 @@ class EmptyReader:
     def pread(self, length: int, offset: int) -> bytes:
         return b""
 
-    def copy_to(self, target: StagingFile, length: int) -> None:
+    def hash(self, on_read: Progress | None = None) -> tuple[bytes, int]:
+        return EMPTY_DIGEST, 0
+
+    def copy_to(self, target: StagingFile, length: int, on_copied: Progress | None = None) -> None:
         pass
 
     def close(self) -> None:
@@ -67,16 +72,19 @@ class Content:
     """References to contents over one catalog and blob store."""
 
     def __init__(self, catalog: Catalog, blobs: BlobStore, opens: OpenInodes,
-                 now_ns: Callable[[], int] = time.time_ns, verify_limit: int = DEFAULT_VERIFY_LIMIT) -> None:
+                 now_ns: Callable[[], int] = time.time_ns, verify_limit: int = DEFAULT_VERIFY_LIMIT,
+                 stopping: Stopping | None = None) -> None:
         self.catalog = catalog
         self.blobs = blobs
         self.opens = opens
         self.now_ns = now_ns
         self.verify_limit = verify_limit
+        self.stopping = stopping or Stopping()
         self._verified: set[bytes] = set()  # blobs hashed once in this process (their bytes never change)
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
         self._deleting: Counter[bytes] = Counter()  # freed digests whose blob deletion has not finished
         self._deleting_lock = threading.Lock()
+        self._undeleted: set[bytes] = set()  # freed blobs whose deletion failed (see ``_delete_blob``)
         self.covering_checkpoint = 0  # the number of the checkpoint that will cover blobs published now
 
     def stripe(self, digest: bytes) -> threading.Lock:
@@ -181,8 +189,22 @@ class Content:
     def _delete_now(self, digest: bytes) -> None:
         try:
             self.delete_unless_referenced(digest)
-        finally:
-            self._mark_deleting(digest, -1)
+        except Exception:
+            # The change that freed it committed, so its caller succeeded: failing it now would tell a
+            # lie. The digest stays listed as freed (still "deleting" for the checkpoints), each
+            # checkpoint tries again (``retry_deletions``), and failing that, the next open's recovery.
+            log.exception("could not delete the blob %s; the next checkpoint tries again", digest.hex())
+            with self._deleting_lock:
+                self._undeleted.add(digest)
+            return
+        self._mark_deleting(digest, -1)
+
+    def retry_deletions(self) -> None:
+        """Delete the freed blobs whose deletion failed (a checkpoint calls this before its barrier)."""
+        with self._deleting_lock:
+            digests, self._undeleted = self._undeleted, set()
+        for digest in digests:
+            self._delete_blob(digest)
 
     def delete_unless_referenced(self, digest: bytes) -> bool:
         """Delete the blob of ``digest`` unless the catalog holds it as complete content; True when it did."""
@@ -225,7 +247,12 @@ class Content:
 
     def hash_check(self, ino: int, reader: BlobReader, digest: bytes) -> None:
         """The blob hashes to its name (remembered for the life of the process), or BadContent; closes it then."""
-        if hash_ranges(reader.pread, _whole(reader.size)) != digest:
+        try:
+            hashed = reader.hash(self.stopping.check)[0]
+        except BaseException:
+            reader.close()
+            raise
+        if hashed != digest:
             reader.close()
             self._refuse(ino, digest, "does not hash to its name")
         self._verified.add(digest)
@@ -276,13 +303,7 @@ class Content:
         except FileNotFoundError:
             return False
         try:
-            return reader.size == length and hash_ranges(reader.pread, _whole(length)) == digest
-        except EOFError:
-            return False
+            return reader.size == length and reader.hash(self.stopping.check) == (digest, length)
         finally:
             reader.close()
 
-
-def _whole(length: int, step: int = 1 << 20) -> list[tuple[int, int]]:
-    """``length`` bytes as consecutive ranges (hashing them in order hashes the whole)."""
-    return [(offset, min(step, length - offset)) for offset in range(0, length, step)]

@@ -301,6 +301,9 @@ class Namespace:
         tx.delete_inode(node.ino)
 
     def rename(self, old_parent: int, old_name: bytes, new_parent: int, new_name: bytes, flags: int) -> None:
+        if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
+            # RENAME_WHITEOUT (overlayfs) and unknown flags: EINVAL, as rename2(2) on a filesystem without them
+            raise errors.InvalidArgument(f"rename flags {flags:#x} are not supported")
         with self.catalog.write() as tx:
             src_dir, node = self._entry(tx, old_parent, old_name)
             dst_dir = self.directory(tx, new_parent) if new_parent != old_parent else src_dir

@@ -43,6 +43,7 @@ from .namespace import GLOBAL_DIR, USERS_DIR, Namespace
 from .openinodes import OpenInodes
 from .owners import Owner, permits, process_owner
 from .setid import cleared_by_write
+from .stopping import Stopping
 from .tenancy import DEFAULT_TENANCY, Tenancy, holds_own_copy
 from .writes import Writes
 from .xattrs import Xattrs
@@ -75,6 +76,7 @@ class Store:
         blobs: BlobStore | None,
         verify_limit: int,
         tenancy: Tenancy,
+        max_file_size: int | None,
     ) -> None:
         self.path = Path(path)
         private.store_directory(self.path)
@@ -88,8 +90,9 @@ class Store:
         self.staging = StagingArea(self.path / "staging")
         self.blobs = blobs if blobs is not None else LocalBlobStore(self.path / "pool")
         self.opens = OpenInodes()
-        self.content = Content(self.catalog, self.blobs, self.opens, verify_limit=verify_limit)
-        self.writes = Writes(self.catalog, self.staging, self.content)
+        self.stopping = Stopping()
+        self.content = Content(self.catalog, self.blobs, self.opens, verify_limit=verify_limit, stopping=self.stopping)
+        self.writes = Writes(self.catalog, self.staging, self.content, max_file_size=max_file_size)
         self.namespace = Namespace(self.catalog, self.content, self.writes)
         self.xattrs = Xattrs(self.catalog, self.writes)
         self.checkpoints = Checkpoints(self.catalog, self.staging, self.content, self.writes)
@@ -120,6 +123,7 @@ class Store:
         blobs: BlobStore | None = None,
         verify_limit: int = DEFAULT_VERIFY_LIMIT,
         tenancy: Tenancy = DEFAULT_TENANCY,
+        max_file_size: int | None = None,
     ) -> "Store":
         """Open the store at ``path``, creating it (mode 0700) when missing.
 
@@ -132,11 +136,13 @@ class Store:
         open in this process (see ``content``); 0 hashes none.
         ``tenancy``: the rules between users (``store.tenancy``): caps on
         proof-of-access asks per uid, and what an ask or ``/.stats`` reveals.
+        ``max_file_size``: no file grows past it (FileTooLarge, EFBIG); None
+        leaves the limit to the filesystem that holds the staging area.
         """
         return cls(
             Path(path), clock=clock, request_ttl=request_ttl, challenge_ranges=challenge_ranges,
             max_open_requests=max_open_requests, randbelow=randbelow, blobs=blobs, verify_limit=verify_limit,
-            tenancy=tenancy,
+            tenancy=tenancy, max_file_size=max_file_size,
         )
 
     def __enter__(self) -> "Store":
@@ -353,6 +359,7 @@ class Store:
     def _put(self, parts: list[bytes], reader: BinaryIO, length: int, check: bytes | None) -> str:
         if length < -1:
             raise errors.LengthMismatch(f"length must be -1 (unknown) or >= 0, not {length}")
+        self.writes.check_size(length)
         staged = self._begin_upload(parts, check, length)
         try:
             try:

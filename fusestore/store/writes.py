@@ -67,8 +67,10 @@ class Writes:
     """Staging files of the changes in flight, and their commit."""
 
     def __init__(self, catalog: Catalog, staging: StagingArea, content: Content,
-                 now_ns: Callable[[], int] = time.time_ns) -> None:
+                 now_ns: Callable[[], int] = time.time_ns, max_file_size: int | None = None) -> None:
+        """``max_file_size``: no file grows past it (None: as far as the staging area's filesystem allows)."""
         self.catalog = catalog
+        self.max_file_size = max_file_size
         self.staging = staging
         self.content = content
         self.now_ns = now_ns
@@ -115,7 +117,7 @@ class Writes:
             if copy_length:  # an in-place edit: what it starts from is checked whole, whatever the limit
                 reader = self.content.checked_open(ino, whole=True)
                 try:
-                    reader.copy_to(staged, copy_length)
+                    reader.copy_to(staged, copy_length, self.content.stopping.check)
                 finally:
                     reader.close()
             with self.catalog.write() as tx:
@@ -127,6 +129,23 @@ class Writes:
             self.staging.discard(staged)
             raise
         return staged
+
+    def writable(self, offset: int, length: int) -> int:
+        """How many of ``length`` bytes may be written at ``offset``: all, or those below the size limit.
+
+        As ext4 at its own maximum: a write that crosses the limit is short,
+        one that starts at or past it fails with FileTooLarge (EFBIG).
+        """
+        if self.max_file_size is None or offset + length <= self.max_file_size:
+            return length
+        if offset >= self.max_file_size:
+            raise errors.FileTooLarge(f"a file may not grow past {self.max_file_size} bytes")
+        return self.max_file_size - offset
+
+    def check_size(self, size: int) -> None:
+        """A truncation to ``size``, or an upload of that length: FileTooLarge past the size limit."""
+        if self.max_file_size is not None and size > self.max_file_size:
+            raise errors.FileTooLarge(f"a file may not grow past {self.max_file_size} bytes")
 
     def _remember(self, ino: int, name: str) -> None:
         with self._lock:

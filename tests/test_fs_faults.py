@@ -1,0 +1,139 @@
+"""The daemon survives faults nobody expected: EIO to that call, a traceback in the log, and it serves on.
+
+The faults are real exceptions from the blob store under a real mount
+(``tests/failing_daemon.py``: a ``FailingBlobStore`` that raises while a
+cue file exists), not mocks. After each, the mount still answers and, once
+unmounted, fsck finds the catalog consistent: every change of catalog state
+is one transaction, aborted when anything inside it raises.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fusestore.store.fsck import run_checks
+from fusestore.store.inspect import Inspection
+
+from .helpers import ENV
+from .mount_helpers import require_fuse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class FailingMount:
+    def __init__(self, base: Path) -> None:
+        self.store, self.path, self.log, self.cues = base / "store", base / "mnt", base / "daemon.log", base / "cues"
+        self.path.mkdir()
+        self.cues.mkdir()
+        self.daemon = subprocess.Popen(
+            [sys.executable, "-m", "tests.failing_daemon", str(self.store), str(self.path), str(self.log),
+             str(self.cues)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self.daemon.stdout is not None
+        ready = self.daemon.stdout.readline()
+        assert ready == b"ok\n", f"the daemon did not start: {ready!r}\n{self.log_text()}"
+
+    def fail(self, op: str) -> None:
+        (self.cues / op).touch()
+
+    def heal(self, op: str) -> None:
+        (self.cues / op).unlink()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else "(no log)"
+
+    def unmount(self) -> None:
+        if self.daemon.poll() is None:
+            subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True, timeout=30)
+            try:
+                self.daemon.wait(60)
+            except subprocess.TimeoutExpired:
+                self.daemon.kill()
+                self.daemon.wait()
+                subprocess.run(["fusermount3", "-u", "-z", str(self.path)], capture_output=True, timeout=30)
+
+    def answers(self) -> bool:
+        """The daemon is alive and serves: a file written, read back and removed."""
+        probe = self.path / ENV / "probe"
+        probe.write_bytes(b"still here")
+        data = probe.read_bytes()
+        probe.unlink()
+        return self.daemon.poll() is None and data == b"still here"
+
+
+@pytest.fixture
+def failing(tmp_path: Path) -> Iterator[FailingMount]:
+    require_fuse()
+    mounted = FailingMount(tmp_path)
+    try:
+        yield mounted
+    finally:
+        mounted.unmount()
+
+
+def fsck_problems(store: Path) -> list[str]:
+    with Inspection.open(store) as inspection:
+        return [str(problem) for problem in run_checks(inspection)]
+
+
+def tracebacks(mount: FailingMount, op: str) -> int:
+    return mount.log_text().count(f"RuntimeError: injected fault in the blob store's {op}")
+
+
+def expect_eio(action: object) -> None:
+    assert callable(action)
+    with pytest.raises(OSError) as raised:
+        action()
+    assert raised.value.errno == errno.EIO, raised.value
+
+
+def test_unexpected_faults_give_eio_a_logged_traceback_and_a_consistent_catalog(failing: FailingMount) -> None:
+    env = failing.path / ENV
+    env.mkdir()
+    (env / "kept").write_bytes(b"committed before any fault")
+    (env / "doomed").write_bytes(b"the only copy of these bytes")
+
+    # A commit whose blob cannot be stored: close() fails, the new file stays, empty, as on any close() that fails.
+    failing.fail("put")
+    expect_eio(lambda: (env / "new").write_bytes(b"never stored"))
+    expect_eio(lambda: (env / "kept").write_bytes(b"nor this"))
+    failing.heal("put")
+    assert tracebacks(failing, "put") >= 2 and "Traceback (most recent call last)" in failing.log_text()
+    assert (env / "new").read_bytes() == b""
+    assert (env / "kept").read_bytes() == b"committed before any fault"
+    assert failing.answers()
+
+    # A blob that cannot be opened: open() fails, nothing changes.
+    (env / "fresh").write_bytes(b"opened for the first time under the fault")
+    failing.fail("open")
+    expect_eio(lambda: (env / "fresh").read_bytes())
+    failing.heal("open")
+    assert tracebacks(failing, "open") >= 1
+    assert (env / "fresh").read_bytes() == b"opened for the first time under the fault"
+
+    # A blob that cannot be deleted: the unlink is done (its transaction committed), the blob is left for later.
+    failing.fail("delete")
+    os.unlink(env / "doomed")
+    assert not (env / "doomed").exists()
+    assert failing.answers()
+    failing.heal("delete")
+
+    # A checkpoint whose barrier fails: fsync fails, the checkpoint is retried.
+    failing.fail("barrier")
+    fd = os.open(env / "kept", os.O_RDONLY)
+    try:
+        expect_eio(lambda: os.fsync(fd))
+    finally:
+        os.close(fd)
+    failing.heal("barrier")
+    assert failing.answers()
+
+    failing.unmount()
+    assert failing.daemon.returncode == 0, failing.log_text()
+    assert fsck_problems(failing.store) == [], failing.log_text()
