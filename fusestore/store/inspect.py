@@ -201,7 +201,11 @@ class Inspection:
                 self._walk_pool(item.path, depth + 1, prefix + name, blobs, debris)
             elif (depth == 2 and item.is_file(follow_symlinks=False) and len(name) == 64
                   and set(name) <= HEX and name.startswith(prefix)):
-                blobs.append(BlobFile(bytes.fromhex(name), item.path, item.stat(follow_symlinks=False).st_size))
+                try:
+                    size = item.stat(follow_symlinks=False).st_size
+                except FileNotFoundError:  # deleted since the scan began (a live store's deletions go on)
+                    continue
+                blobs.append(BlobFile(bytes.fromhex(name), item.path, size))
             else:
                 debris.append(item.path)
 
