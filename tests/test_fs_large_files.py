@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import blake3
 import pytest
 
 from fusestore.cli.mounts import process_alive
@@ -19,7 +20,7 @@ from fusestore.store.fsck import run_checks
 from fusestore.store.inspect import Inspection
 
 from .helpers import ENV
-from .mount_helpers import Mount, eventually
+from .mount_helpers import Child, Mount, eventually
 
 MiB = 1 << 20
 HUGE = 1 << 40  # hashing its zeros takes minutes here: the commit is still running when the test stops it
@@ -112,6 +113,45 @@ def test_a_long_commit_blocks_neither_others_nor_sigterm(mount: Mount, env_dir: 
     print(f"the daemon exited {time.monotonic() - signalled:.1f} s after SIGTERM")
     assert "recovery at the next mount finishes it" in mount.log_text()
     _left_to_recovery(mount.store)
+
+
+def test_many_long_commits_stall_no_reader_and_no_other_request(mount: Mount, env_dir: Path) -> None:
+    """More huge commits at once than the kernel has background slots (12) and trio has threads (40).
+
+    Releases that waited for their commit filled the kernel's background
+    slots, and every read through the page cache (readahead) waited behind
+    them; commits that took all of trio's threads would hold up unlinks,
+    renames and checkpoints. A reader and those still answer at once.
+    """
+    data = os.urandom(20 * MiB)
+    (env_dir / "x").write_bytes(data)
+    for index in range(45):
+        subprocess.run(["truncate", "-s", str(HUGE), str(env_dir / f"huge{index}")], check=True, timeout=30)
+    time.sleep(0.5)
+
+    def read_uncached() -> bytes:
+        fd = os.open(env_dir / "x", os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # so that the read goes through readahead
+            return blake3.blake3(os.pread(fd, 2 * len(data), 0)).digest()
+        finally:
+            os.close(fd)
+
+    started = time.monotonic()
+    reader = Child(read_uncached)  # a process of its own: a stalled FUSE read cannot be interrupted
+    assert eventually(lambda: not reader.running(), timeout=10), "a read waited behind the long commits"
+    assert reader.wait() == (0, blake3.blake3(data).digest())
+    (env_dir / "other").write_bytes(os.urandom(3 * MiB))  # more than a quick commit: a worker thread of its own
+    os.rename(env_dir / "other", env_dir / "renamed")
+    fd = os.open(env_dir / "renamed", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.unlink(env_dir / "renamed")
+    elapsed = time.monotonic() - started
+    assert elapsed < 5.0, f"other requests waited {elapsed:.1f} s behind the long commits"
+    mount.umount()
 
 
 def test_a_long_commit_does_not_hold_up_an_unmount(mount: Mount, env_dir: Path) -> None:

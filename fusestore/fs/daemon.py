@@ -10,7 +10,8 @@ request in flight is answered, and a commit may hash a huge file for
 minutes. So at SIGTERM/SIGINT, and once the mount is seen gone (an unmount
 that the main loop has not yet noticed), long work gets ``STOP_GRACE``
 seconds and then gives up (``store.stopping``): those calls fail with EIO,
-and recovery at the next mount finishes their commits.
+and recovery at the next mount finishes their commits. (A long commit at a
+release runs in the ``commits`` nursery: see ``Operations.release``.)
 """
 
 from __future__ import annotations
@@ -106,7 +107,11 @@ async def _serve(operations: Operations, mountpoint: Path, ready_fd: int | None)
         nursery.start_soon(watch_signals)
         nursery.start_soon(checkpoint)
         nursery.start_soon(announce_ready)
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as commits:  # never cancelled: a commit gives up only at a stop
+            operations.background = commits
+            await pyfuse3.main()
+            operations.store.stopping.stop_after(STOP_GRACE)  # unmounted or signalled: commits in flight get that long
+            nursery.cancel_scope.cancel()
+        operations.background = None
     await operations.commit_all()
     return signalled

@@ -48,6 +48,10 @@ from .running_hash import RunningHash
 log = logging.getLogger(__name__)
 
 QUICK_COMMIT = 1 << 20  # files up to this size commit on the loop, without a thread hop
+# Worker threads for commits nobody waits for (at a release answered already), apart from trio's default
+# ones: however many huge files anyone closes at once, the rest (a writer's close, unlink, rename, fsync,
+# the checkpoints) still finds threads. Beyond this many, those commits queue.
+BACKGROUND_COMMIT_THREADS = 16
 
 
 @dataclass
@@ -78,6 +82,7 @@ class OpenFiles:
         self.store = store
         self.on_dropped = on_dropped
         self.inodes: dict[int, OpenInode] = {}
+        self.background_commits = trio.CapacityLimiter(BACKGROUND_COMMIT_THREADS)
 
     def get(self, ino: int) -> OpenInode | None:
         return self.inodes.get(ino)
@@ -99,14 +104,17 @@ class OpenFiles:
         state.hasher = self._running_hash(staged)
         return state
 
-    async def close(self, state: OpenInode) -> None:
-        """Drop one handle; the last one commits what is still dirty and forgets the inode."""
+    async def close(self, state: OpenInode, *, background: bool = False) -> None:
+        """Drop one handle; the last one commits what is still dirty and forgets the inode.
+
+        ``background``: nobody waits for this close (a release answered already); see ``commit``.
+        """
         state.handles -= 1
         if state.handles > 0:
             return
         try:
             if state.dirty:
-                await self.commit(state)
+                await self.commit(state, background=background)
         finally:
             # While the commit ran, the inode may have been opened and closed again: that last
             # close forgot it already (and the next open makes a new state).
@@ -222,16 +230,20 @@ class OpenFiles:
                 await trio.to_thread.run_sync(self.store.writes.sync_staged, state.staged)
         await trio.to_thread.run_sync(self.store.sync)
 
-    async def commit(self, state: OpenInode) -> Attributes | None:
-        """Publish the staged content (one transaction); errors reach the caller's close()."""
+    async def commit(self, state: OpenInode, *, background: bool = False) -> Attributes | None:
+        """Publish the staged content (one transaction); errors reach the caller's close().
+
+        ``background`` commits take threads of their own, a bounded number.
+        """
         async with state.lock:
             staged = state.staged
             if staged is None:
                 return None
             try:
-                if self._is_quick_commit(state):
+                if self.is_quick_commit(state):
                     return self._commit_blocking(state, staged)
-                return await trio.to_thread.run_sync(self._commit_blocking, state, staged)
+                limiter = self.background_commits if background else trio.to_thread.current_default_thread_limiter()
+                return await trio.to_thread.run_sync(self._commit_blocking, state, staged, limiter=limiter)
             except errors.Interrupted:
                 log.warning("the commit of inode %d (%d bytes) was cut short by the stop; recovery at the next "
                             "mount finishes it", state.ino, state.size)
@@ -241,7 +253,11 @@ class OpenFiles:
                 self._drop_hash(state)
                 self._close_blob(state)
 
-    def _is_quick_commit(self, state: OpenInode) -> bool:
+    def is_long_close(self, state: OpenInode) -> bool:
+        """Whether dropping this handle commits, and the commit may take long (see ``is_quick_commit``)."""
+        return state.handles == 1 and state.dirty and not self.is_quick_commit(state)
+
+    def is_quick_commit(self, state: OpenInode) -> bool:
         """Whether the commit is short work: small bytes, already hashed, replacing small content.
 
         Those run on the loop: a worker thread would cost more than the

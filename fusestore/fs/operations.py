@@ -112,6 +112,7 @@ class Operations(pyfuse3.Operations):
         self.virtual_handles: dict[int, VirtualHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        self.background: trio.Nursery | None = None  # where long commits at a release run (the daemon's)
 
     def _new_fh(self) -> int:
         fh = self._next_fh
@@ -415,7 +416,21 @@ class Operations(pyfuse3.Operations):
             self.virtual_handles.pop(fh).release()
             return
         handle = self.handles.pop(fh)
+        if self.background is not None and self.files.is_long_close(handle.state):
+            # Answered at once: the kernel has 12 slots for background requests (releases, readahead,
+            # async direct I/O) for the whole mount, and 12 huge files closed would stall every reader.
+            # Nobody waits for a release's answer anyway; the commit goes on, and logs its errors.
+            self.background.start_soon(self._close_in_background, handle.state)
+            return
         await self.files.close(handle.state)
+
+    async def _close_in_background(self, state: OpenInode) -> None:
+        try:
+            await self.files.close(state, background=True)
+        except errors.StoreError as exc:
+            log.warning("the commit of inode %d at its last release failed: %s", state.ino, exc)
+        except Exception:
+            log.exception("the commit of inode %d at its last release failed", state.ino)
 
     @_errors
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
