@@ -89,9 +89,6 @@ def operations(modes: st.SearchStrategy[int]) -> st.SearchStrategy[Op]:
 
 
 SEQUENCES = st.lists(operations(MODES), min_size=10, max_size=40)
-# Another uid's write does not yet clear set-user-ID on the mount (issue 11, part A, a separate branch;
-# xfailed below): until it does, that uid's random sequences leave set-id bits out, so as to find the rest.
-UNPRIVILEGED_SEQUENCES = st.lists(operations(st.sampled_from(PLAIN_MODES)), min_size=10, max_size=40)
 PRELUDE: list[Op] = [("create", "a", 0o644), ("write", "a", 0, b"hello"), ("mkdir", "d", 0o755),
                      ("create", "d/b", 0o644), ("setxattr", "d/b", "user.x", b"1", 0), ("hold", 0, "a", os.O_RDWR)]
 
@@ -308,7 +305,7 @@ def sides(request: pytest.FixtureRequest, mount_with: Callable[..., Mount]) -> I
                                                                   HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_random_operations_answer_as_ext4_does(sides: Sides, data: st.DataObject) -> None:
-    ops = data.draw(SEQUENCES if sides.uid is None else UNPRIVILEGED_SEQUENCES, label="ops")
+    ops = data.draw(SEQUENCES, label="ops")
     sides.run(PRELUDE + ops)
 
 
@@ -335,8 +332,6 @@ def test_sequences_random_ones_rarely_reach_answer_as_ext4_does(sides: Sides) ->
         sides.run(PRELUDE + seed)
 
 
-@pytest.mark.xfail(reason="issue 11 part A (another branch): a write by another uid leaves set-user-ID on the mount",
-                   strict=False)
 def test_a_write_by_another_uid_clears_set_id_bits_as_ext4_does(mount_with: Callable[..., Mount]) -> None:
     sides = Sides(mount_with("--allow-other", shared=True), TENANT)
     try:
