@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import random
 import secrets
 import subprocess
@@ -466,3 +467,10 @@ def test_a_put_line_into_a_file_that_asked_already_counts_too(tree: RequestsDir,
         handle.write(0, (wire.ask_line(ENV, "other", digest) + "\n").encode())
     assert capped.value.errno == errno.EBUSY
     assert wire.parse_status(handle.read(0, 4096).decode()).state == "challenged"  # still answerable
+
+
+def test_a_callers_supplementary_groups_come_from_its_status() -> None:
+    from fusestore.fs.callers import supplementary_groups
+
+    assert supplementary_groups(os.getpid()) == frozenset(os.getgroups())
+    assert supplementary_groups(2**22 + 12345) == frozenset()  # no such process: none known, so refused more

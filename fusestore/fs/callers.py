@@ -53,3 +53,22 @@ class Caller:
         except (OSError, ValueError, IndexError):
             pass
         return False
+
+
+def supplementary_groups(pid: int) -> frozenset[int]:
+    """The supplementary groups of process ``pid`` (``/proc/<pid>/status``), for the checks the daemon makes for it.
+
+    A link made through a control file is the daemon's write on the
+    caller's behalf (``store.owners.permits``): the group bits apply to
+    these groups too, as the kernel's own checks apply them. None are known
+    for a process whose status cannot be read: the check then refuses more,
+    never less.
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Groups:"):
+                    return frozenset(int(group) for group in line.split()[1:])
+    except (OSError, ValueError):
+        pass
+    return frozenset()

@@ -34,7 +34,7 @@ from ..store import Store
 from ..store.attributes import Attributes
 from ..store.owners import Owner
 from ..store.setid import cleared_by_write
-from .callers import Caller
+from .callers import Caller, supplementary_groups
 from .kernel import BLOCK_SIZE, CACHE_SECONDS, NAME_MAX, PID_XATTR, uses_direct_io
 from .openfiles import OpenFiles, OpenInode
 from .requests_dir import Requests, RequestsDir
@@ -122,6 +122,11 @@ class Operations(pyfuse3.Operations):
     @staticmethod
     def _owner(ctx: pyfuse3.RequestContext) -> Owner:
         return Owner(ctx.uid, ctx.gid)
+
+    @staticmethod
+    def _acting(ctx: pyfuse3.RequestContext) -> Owner:
+        """The caller of a control file, with its groups: its writes are checks the daemon makes for it."""
+        return Owner(ctx.uid, ctx.gid, supplementary_groups(ctx.pid))
 
     def stored(self, node: Attributes) -> pyfuse3.EntryAttributes:
         """A catalog inode, with the size and mtime of writes not yet committed."""
@@ -262,7 +267,7 @@ class Operations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         virtual = self.virtual.by_entry(parent_inode, name)
         if virtual is not None:
-            handle, attributes = virtual.create(parent_inode, name, self._owner(ctx))
+            handle, attributes = virtual.create(parent_inode, name, self._acting(ctx))
             return self._open_virtual(handle), self.entry(attributes)
         node, staged = self.tree.create(parent_inode, name, mode, self._owner(ctx))
         fh = self._new_fh()
@@ -349,7 +354,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: pyfuse3.InodeT, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         virtual = self.virtual.by_inode(inode)
         if virtual is not None:
-            return self._open_virtual(virtual.open(inode, flags, self._owner(ctx)))
+            return self._open_virtual(virtual.open(inode, flags, self._acting(ctx)))
         node = self.tree.getattr(inode)
         if stat.S_ISDIR(node.mode):
             raise pyfuse3.FUSEError(errno.EISDIR)
