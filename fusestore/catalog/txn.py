@@ -312,14 +312,6 @@ class Txn:
         raw = self._get(name.encode("ascii"), self.catalog.synced)
         return Synced.decode(raw) if raw is not None else None
 
-    def synced_items(self) -> Iterator[tuple[str, Synced]]:
-        """Every fsynced change's staging name and what its fsync made durable (inspection)."""
-        if self.catalog.synced is None:
-            return
-        with self.raw.cursor(db=self.catalog.synced) as cur:
-            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
-                yield bytes(key).decode("ascii"), Synced.decode(raw)
-
     def staging_records(self) -> Iterator[StagingRecord]:
         with self.raw.cursor(db=self.catalog.staging) as cur:
             for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
