@@ -25,6 +25,8 @@ import sys
 import textwrap
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,6 +193,31 @@ def start_simulator(backing: Path, mnt: Path, seed: int, keep: float) -> subproc
     return sim
 
 
+@contextmanager
+def simulated(backing: Path, mnt: Path, seed: int, keep: float) -> Iterator[subprocess.Popen[bytes]]:
+    """The simulator over ``backing`` on ``mnt``; stopped and unmounted afterwards, whatever happened."""
+    sim = start_simulator(backing, mnt, seed, keep)
+    try:
+        yield sim
+    finally:
+        if sim.poll() is None:
+            sim.kill()
+            sim.wait()
+        if str(mnt) in mounted_paths():
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
+
+
+def cut(sim: subprocess.Popen[bytes], victim: subprocess.Popen[bytes], what: str) -> str:
+    """The power goes: ``victim``, which writes to the simulated disk, dies with it. The simulator's report."""
+    victim.kill()
+    _, stderr = victim.communicate(timeout=60)
+    assert victim.returncode == -signal.SIGKILL, f"the {what} failed: {stderr.decode()}"
+    sim.send_signal(signal.SIGUSR1)
+    _, sim_err = sim.communicate(timeout=120)
+    assert sim.returncode == 0, f"the simulator failed: {sim_err.decode()}"
+    return sim_err.decode()
+
+
 def lmdb_verify(catalog: Path) -> str | None:
     """``python -m lmdb verify``'s complaint about the catalog, or None when it says OK."""
     result = subprocess.run([sys.executable, "-m", "lmdb", "verify", "-e", str(catalog)],
@@ -295,9 +322,8 @@ def one_round(number: int, rng: random.Random, backing: Path, mnt: Path, tmp: Pa
     shutil.rmtree(tmp / "before", ignore_errors=True)
     shutil.copytree(backing, tmp / "before", symlinks=True)
     keep = float(os.environ["POWERCUT_KEEP"]) if "POWERCUT_KEEP" in os.environ else rng.choice(KEEP)
-    sim = start_simulator(backing, mnt, rng.randrange(1 << 30), keep)
     log_path = tmp / f"writer-{number}.log"
-    try:
+    with simulated(backing, mnt, rng.randrange(1 << 30), keep) as sim:
         assert not linux.syncfs_flushes(str(mnt)), "syncfs(2) never reaches a FUSE daemon"
         seed = rng.randrange(1 << 30)
         writer = subprocess.Popen(
@@ -306,19 +332,8 @@ def one_round(number: int, rng: random.Random, backing: Path, mnt: Path, tmp: Pa
         wait_for(lambda: log_path.exists() and log_path.stat().st_size > 0 or writer.poll() is not None, 60,
                  "the writer")
         time.sleep(rng.uniform(0.05, 1.5))
-        writer.kill()  # the power goes: the writer dies with it
-        _, stderr = writer.communicate(timeout=60)
-        assert writer.returncode == -signal.SIGKILL, f"the writer failed: {stderr.decode()}"
-        sim.send_signal(signal.SIGUSR1)
-        _, sim_err = sim.communicate(timeout=120)
-        assert sim.returncode == 0, f"the simulator failed: {sim_err.decode()}"
-    finally:
-        if sim.poll() is None:
-            sim.kill()
-            sim.wait()
-        if str(mnt) in mounted_paths():
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
-    tally.cut_lines += [line for line in sim_err.decode().splitlines() if line.startswith("powercut:")]
+        sim_err = cut(sim, writer, "writer")
+    tally.cut_lines += [line for line in sim_err.splitlines() if line.startswith("powercut:")]
     restart_machine(backing / "store" / "catalog")
     expected = expectations(base, log_path.read_text().splitlines())
     assert expected.trust_syncfs == "False", "the store must fsync each blob on the simulator"
@@ -452,25 +467,13 @@ def test_a_power_cut_while_a_store_is_created_leaves_one_that_opens(tmp_path: Pa
     for number in range(12):
         backing, log_path = tmp_path / f"backing-{number}", tmp_path / f"creator-{number}.log"
         backing.mkdir()
-        sim = start_simulator(backing, mnt, rng.randrange(1 << 30), rng.choice(KEEP))
-        try:
+        with simulated(backing, mnt, rng.randrange(1 << 30), rng.choice(KEEP)) as sim:
             creator = subprocess.Popen([sys.executable, "-c", CREATOR, str(mnt / "store"), str(log_path), ENV],
                                        cwd=REPO, stderr=subprocess.PIPE)
             wait_for(lambda log=log_path, started=creator: log.exists() or started.poll() is not None,
                      60, "the creator")
             time.sleep(rng.uniform(0, 0.015) if number % 4 else rng.uniform(0.015, 0.3))  # mostly during creation
-            creator.kill()
-            _, stderr = creator.communicate(timeout=60)
-            assert creator.returncode == -signal.SIGKILL, f"the creator failed: {stderr.decode()}"
-            sim.send_signal(signal.SIGUSR1)
-            _, sim_err = sim.communicate(timeout=120)
-            assert sim.returncode == 0, f"the simulator failed: {sim_err.decode()}"
-        finally:
-            if sim.poll() is None:
-                sim.kill()
-                sim.wait()
-            if str(mnt) in mounted_paths():
-                subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True, timeout=30)
+            cut(sim, creator, "creator")
         if (backing / "store" / "catalog" / "anchor").exists():
             restart_machine(backing / "store" / "catalog")
         with Store.open(backing / "store") as store:
