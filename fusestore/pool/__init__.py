@@ -1,13 +1,21 @@
-"""The pool layer: the local staging area and the blob store behind a narrow protocol.
+"""The pool layer: the local staging area, the blob store behind a narrow protocol, and chunks in packs.
 
 Bytes and digests only: the pool knows nothing of refcounts or names; the
-store decides when a blob is stored or deleted.
+store decides when a blob or a chunk is stored or deleted. For chunked
+content it gives the pieces: ``chunker`` finds content-defined boundaries,
+``codec`` stores a chunk raw or compressed, ``packs`` keeps stored chunks
+back to back in pack files.
 """
 
 from .blobstore import BlobMissing, BlobReader, BlobStore, Promises
+from .chunker import DEFAULT_PARAMS, ChunkParams, StreamChunker, chunks
+from .codec import DEFAULT_COMPRESSION, RAW, ZSTD, Compression, DamagedChunk, decode, encode
 from .failing import FailingBlobStore
 from .local import LocalBlobStore
+from .packs import LocalPackStore, PackMissing, PackSealed, PackStore
 from .staging import ShortRead, StagingArea, StagingFile
 
-__all__ = ["BlobMissing", "BlobReader", "BlobStore", "FailingBlobStore", "LocalBlobStore", "Promises",
-           "ShortRead", "StagingArea", "StagingFile"]
+__all__ = ["BlobMissing", "BlobReader", "BlobStore", "ChunkParams", "Compression", "DEFAULT_COMPRESSION",
+           "DEFAULT_PARAMS", "DamagedChunk", "FailingBlobStore", "LocalBlobStore", "LocalPackStore", "PackMissing",
+           "PackSealed", "PackStore", "Promises", "RAW", "ShortRead", "StagingArea", "StagingFile", "StreamChunker",
+           "ZSTD", "chunks", "decode", "encode"]
