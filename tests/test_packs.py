@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import random
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,6 +117,37 @@ def test_concurrent_appends_get_disjoint_ranges_that_read_back(packs: LocalPackS
     assert packs.end(1) == position == os.stat(packs.path_of(1)).st_size
     for offset, data in placed:
         assert packs.read(1, offset, len(data)) == data
+
+
+FAILED_WRITE = """
+import errno, os, resource, signal, sys
+from fusestore.pool import LocalPackStore
+packs = LocalPackStore(sys.argv[1])
+packs.create(1)
+assert packs.append(1, b"a" * 1000) == 0
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+try:
+    packs.append(1, b"b" * 10000)
+except OSError as exc:
+    assert exc.errno == errno.EFBIG, exc
+else:
+    raise AssertionError("the append past the file size limit succeeded")
+resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+assert packs.end(1) == 11000  # the failed append's range is not given out again
+assert packs.append(1, b"c" * 100) == 11000
+assert packs.read(1, 0, 1000) == b"a" * 1000
+assert packs.read(1, 11000, 100) == b"c" * 100
+"""
+
+
+def test_a_failed_write_leaves_its_range_dead_and_the_pack_usable(root: Path) -> None:
+    """A real failing write (the file size limit, as a full disk would): the error propagates, later appends work."""
+    result = subprocess.run([sys.executable, "-c", FAILED_WRITE, str(root)], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert os.stat(root / "0000000000000001").st_size == 11100
 
 
 def test_a_restarted_store_continues_a_pack_at_its_end(root: Path) -> None:

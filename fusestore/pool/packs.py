@@ -11,8 +11,10 @@ other at its end, such as one that a crashed process was filling.
 
 ``LocalPackStore`` keeps packs as files ``<root>/<16 hex digits>``, one flat
 directory. Appends from many threads reserve their ranges under one lock
-and write outside it (pwrite), so that they overlap; a write that fails (a
-full disk) leaves its range as dead bytes that nothing references. A crash
+and write outside it (pwrite), so that their writes run side by side; a
+write that fails (a full disk) leaves its range as dead bytes that nothing
+references, and later appends start after it. Each unsealed pack keeps its
+append descriptor until it is sealed or deleted: the store keeps few open. A crash
 may leave part of an unfinished append at a pack's end, dead bytes too:
 an append is not atomic, only durable once ``barrier`` returns after it,
 and the store references no chunk before that (``promises``).
@@ -79,7 +81,7 @@ class PackStore(Protocol):
     def barrier(self) -> None: ...
 
 
-class Descriptor:
+class _Descriptor:
     """An open file descriptor, closed when the last reference to it goes."""
 
     __slots__ = ("fd",)
@@ -96,7 +98,7 @@ class _Appending:
 
     __slots__ = ("file", "end")
 
-    def __init__(self, file: Descriptor, end: int) -> None:
+    def __init__(self, file: _Descriptor, end: int) -> None:
         self.file = file
         self.end = end
 
@@ -116,7 +118,7 @@ class LocalPackStore:
         self._lock = threading.Lock()
         self._appending: dict[int, _Appending] = {}
         self._sealed: set[int] = set()
-        self._readers: OrderedDict[int, Descriptor] = OrderedDict()
+        self._readers: OrderedDict[int, _Descriptor] = OrderedDict()
         self._since_barrier: set[int] = set()  # packs written since the last barrier, when syncfs is not trusted
         self._names_changed = False  # a pack was created or deleted since then (likewise)
 
@@ -129,7 +131,7 @@ class LocalPackStore:
         path = self.path_of(pack)
         with self._lock:
             fd = private.open_file(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-            self._appending[pack] = _Appending(Descriptor(fd), 0)
+            self._appending[pack] = _Appending(_Descriptor(fd), 0)
             self._sealed.discard(pack)
             self._written(pack, named=True)
 
@@ -223,17 +225,17 @@ class LocalPackStore:
             fd = private.open_file(self.path_of(pack), os.O_WRONLY)
         except FileNotFoundError:
             raise _missing(pack) from None
-        file = Descriptor(fd)
+        file = _Descriptor(fd)
         return _Appending(file, os.fstat(fd).st_size)
 
-    def _reader(self, pack: int) -> Descriptor:
+    def _reader(self, pack: int) -> _Descriptor:
         with self._lock:
             file = self._readers.get(pack)
             if file is not None:
                 self._readers.move_to_end(pack)
                 return file
             try:
-                file = Descriptor(os.open(self.path_of(pack), os.O_RDONLY | os.O_CLOEXEC))
+                file = _Descriptor(os.open(self.path_of(pack), os.O_RDONLY | os.O_CLOEXEC))
             except FileNotFoundError:
                 raise _missing(pack) from None
             self._readers[pack] = file
