@@ -324,6 +324,33 @@ def test_a_failed_barrier_keeps_its_list_for_the_next(root: Path) -> None:
     packs.barrier()  # the list is empty now: the pack is not flushed again
 
 
+def test_a_new_pack_directory_has_its_name_flushed_by_the_first_barrier(tmp_path: Path) -> None:
+    parent = tmp_path / "store"
+    packs = LocalPackStore(parent / "packs", trust_syncfs=False)
+
+    def break_parent() -> None:  # a symlink loop where the parent was: opening it fails with ELOOP
+        parent.rename(tmp_path / "moved")
+        parent.symlink_to(parent.name)
+
+    def mend_parent() -> None:
+        parent.unlink()
+        (tmp_path / "moved").rename(parent)
+
+    break_parent()
+    with pytest.raises(OSError):
+        packs.barrier()
+    with pytest.raises(OSError):
+        packs.barrier()  # still to do
+    mend_parent()
+    packs.barrier()
+    break_parent()
+    packs.barrier()  # done once: not again
+    mend_parent()
+    again = LocalPackStore(parent / "packs", trust_syncfs=False)  # an existing directory: its name is not its to flush
+    break_parent()
+    again.barrier()
+
+
 def test_a_trusted_syncfs_barrier_flushes_the_filesystem_not_each_pack(root: Path) -> None:
     packs = LocalPackStore(root, trust_syncfs=True)
     packs.create(1)

@@ -22,7 +22,8 @@ and the store references no chunk before that (``promises``).
 ``barrier`` works as ``LocalBlobStore``'s: one ``syncfs`` where the
 filesystem's is trusted, otherwise an fsync of each pack appended to or
 created since the last barrier, then of the directory if a pack was created
-or deleted since; what a failed barrier did not finish, the next one redoes.
+or deleted since (and once of its parent, if this store made the directory);
+what a failed barrier did not finish, the next one redoes.
 A pack is added to that list once its write has returned, never before: a
 barrier that runs during a write must not forget the pack it could not yet
 flush.
@@ -112,6 +113,7 @@ class LocalPackStore:
                  read_cache: int = READ_CACHE) -> None:
         """``trust_syncfs``: whether syncfs makes appends durable here (None: judge by the filesystem's type)."""
         self.root = os.fspath(root)
+        new_root = not os.path.isdir(self.root)
         private.make_dirs(self.root)
         self.trust_syncfs = linux.syncfs_flushes(self.root) if trust_syncfs is None else trust_syncfs
         self._read_cache = read_cache
@@ -121,6 +123,7 @@ class LocalPackStore:
         self._readers: OrderedDict[int, _Descriptor] = OrderedDict()
         self._since_barrier: set[int] = set()  # packs written since the last barrier, when syncfs is not trusted
         self._names_changed = False  # a pack was created or deleted since then (likewise)
+        self._new_root = new_root and not self.trust_syncfs  # the root's own name is still to flush, once
 
     def path_of(self, pack: int) -> str:
         if not 0 <= pack <= MAX_PACK_ID:
@@ -202,6 +205,7 @@ class LocalPackStore:
         with self._lock:
             packs, self._since_barrier = self._since_barrier, set()
             names_changed, self._names_changed = self._names_changed, False
+            new_root, self._new_root = self._new_root, False
         try:
             # Sequentially: few packs are open at once, so there are few to flush.
             for pack in sorted(packs):
@@ -211,10 +215,13 @@ class LocalPackStore:
                     pass
             if names_changed:
                 linux.fsync_path(self.root)
+            if new_root:  # a store that gains a pack directory (the store fsyncs a new store's own directory)
+                linux.fsync_path(os.path.dirname(self.root))
         except BaseException:
             with self._lock:
                 self._since_barrier |= packs  # the next barrier tries them again
                 self._names_changed |= names_changed
+                self._new_root |= new_root
             raise
 
     def _continue(self, pack: int) -> _Appending:
