@@ -77,6 +77,7 @@ class StreamChunker:
 
     ``feed`` returns the chunks it has found final, ``finish`` the rest.
     ``pending`` (fed, not yet returned) stays at most ``max_size`` plus one feed.
+    One stream: one thread at a time.
     """
 
     def __init__(self, params: ChunkParams, start: int = 0) -> None:

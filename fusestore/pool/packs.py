@@ -63,23 +63,33 @@ class PackSealed(Exception):
 
 
 class PackStore(Protocol):
+    """What the store needs of wherever packs live; every operation but ``delete`` raises PackMissing for none."""
+
     promises: Promises
 
-    def create(self, pack: int) -> None: ...
+    def create(self, pack: int) -> None:
+        """A new, empty pack (FileExistsError if there is one of that id)."""
 
-    def append(self, pack: int, data: bytes | memoryview) -> int: ...
+    def append(self, pack: int, data: bytes | memoryview) -> int:
+        """Add ``data`` at the end of an unsealed pack and give the offset it starts at (safe on many threads)."""
 
-    def end(self, pack: int) -> int: ...
+    def end(self, pack: int) -> int:
+        """Where the next append would start."""
 
-    def seal(self, pack: int) -> None: ...
+    def seal(self, pack: int) -> None:
+        """No more appends to the pack (PackSealed after)."""
 
-    def read(self, pack: int, offset: int, length: int) -> bytes: ...
+    def read(self, pack: int, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes (ShortRead where the pack ends before)."""
 
-    def delete(self, pack: int) -> None: ...
+    def delete(self, pack: int) -> None:
+        """Remove the whole pack (none: nothing)."""
 
-    def packs(self) -> Iterator[int]: ...
+    def packs(self) -> Iterator[int]:
+        """The ids of the packs present, in order."""
 
-    def barrier(self) -> None: ...
+    def barrier(self) -> None:
+        """Make every create, append and delete so far durable, names included."""
 
 
 class _Descriptor:
