@@ -1,6 +1,6 @@
 """Content-defined chunk boundaries: FastCDC 2020 (pyfastcdc), over a range of a file or a stream.
 
-A boundary is where a rolling hash of the bytes before it hits a mask, so an
+A boundary is where a rolling hash of the bytes around it hits a mask, so an
 insertion moves only the boundaries near it and the chunks after it are the
 same chunks again (they deduplicate). FastCDC skips the first ``min_size``
 bytes of every chunk and cuts at ``max_size`` at the latest; its actual mean
