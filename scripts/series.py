@@ -539,12 +539,23 @@ def copy_in(series: Series, env: Path) -> dict[str, float]:
 
 
 def verify(series: Series, env: Path) -> dict[str, bool]:
-    """Every snapshot read back through the mount and compared with its original, byte for byte."""
+    """Every snapshot read back through the mount and compared with its original, byte for byte.
+
+    ``diff -r`` compares the trees' names, contents and symlink targets; a dry ``rsync -a`` run
+    (``-i``: list what differs) then compares what rsync copied besides: modes, owners and times.
+    """
     def same(command: list[str | Path]) -> bool:
         return subprocess.run([str(part) for part in command], stdout=subprocess.DEVNULL).returncode == 0
+
+    def same_metadata(original: Path, copy: Path) -> bool:
+        dry = subprocess.run(["rsync", "-a", "-i", "-n", f"{original}/", f"{copy}/"], capture_output=True,
+                             text=True, check=True)
+        return dry.stdout == ""
     return {"s1": same(["diff", "-r", "--no-dereference", series.s1, env / "s1"]),
             "s2": same(["diff", "-r", "--no-dereference", series.s2, env / "s2"]),
-            "s3.tar": same(["cmp", series.s3, env / "s3.tar"])}
+            "s3.tar": same(["cmp", series.s3, env / "s3.tar"]),
+            "s1 metadata": same_metadata(series.s1, env / "s1"),
+            "s2 metadata": same_metadata(series.s2, env / "s2")}
 
 
 def stats(store: Path) -> Any:
@@ -654,7 +665,10 @@ def main() -> None:
     argv, options = split_mount_options(sys.argv[1:])
     args = parser().parse_args(argv)
     args.mount_options = options
-    report = study(args) if args.what == "study" else mount_series(args)
+    try:
+        report = study(args) if args.what == "study" else mount_series(args)
+    except subprocess.CalledProcessError as failed:
+        raise SystemExit(f"series.py: {' '.join(map(str, failed.cmd))} failed (exit status {failed.returncode})")
     if args.json:
         print(json.dumps(report, indent=1, default=str))
 
