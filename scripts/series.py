@@ -668,7 +668,8 @@ def main() -> None:
     try:
         report = study(args) if args.what == "study" else mount_series(args)
     except subprocess.CalledProcessError as failed:
-        raise SystemExit(f"series.py: {' '.join(map(str, failed.cmd))} failed (exit status {failed.returncode})")
+        command = " ".join(map(str, failed.cmd))
+        raise SystemExit(f"series.py: {command} failed (exit status {failed.returncode})") from None
     if args.json:
         print(json.dumps(report, indent=1, default=str))
 
