@@ -494,16 +494,16 @@ def store_usage(store: Path) -> Usage:
 
 
 def run(command: Sequence[str | Path]) -> float:
-    """Run ``command`` (failing loudly) and return its wall-clock seconds."""
+    """Run ``command`` (failing loudly) and return its wall-clock seconds; its output goes to stderr."""
     start = time.perf_counter()
-    subprocess.run([str(part) for part in command], check=True)
+    subprocess.run([str(part) for part in command], check=True, stdout=sys.stderr)
     return time.perf_counter() - start
 
 
 def umount(mnt: Path) -> float:
     """``fusestore umount`` (which commits and checkpoints); ``fusermount3 -u`` when that fails."""
     start = time.perf_counter()
-    if subprocess.run([*FUSESTORE, "umount", str(mnt)]).returncode != 0 and os.path.ismount(mnt):
+    if subprocess.run([*FUSESTORE, "umount", str(mnt)], stdout=sys.stderr).returncode != 0 and os.path.ismount(mnt):
         subprocess.run(["fusermount3", "-u", str(mnt)], check=False)
     return time.perf_counter() - start
 
