@@ -10,7 +10,10 @@ The series is the one the chunking issue measures, rebuilt deterministically
 
 - snapshot 1: the library tree (``sysconfig.get_paths()["stdlib"]`` of the
   system Python, ``--python``), its ``__pycache__`` directories included and
-  site-packages/dist-packages left out;
+  site-packages/dist-packages left out. Debian's /usr/lib/python3.11 is then
+  52.2 MB and the three snapshots 158.4 MB, the issue's 158.6 MB; without
+  ``__pycache__`` it would be 39.6 MB. (The pyenv Python the venv runs on
+  ships test/ and a 45 MB libpython.a: 102 MB without ``__pycache__``.)
 - snapshot 2: a copy with 1% of the tree's files edited (one small edit in
   the middle of each: some bytes replaced by a line of a different length, as
   a person's edit would, drawn from the ``.py`` sources) and 20 new
