@@ -19,7 +19,7 @@ The series is the one the chunking issue measures, rebuilt deterministically
   a person's edit would, drawn from the ``.py`` sources) and 20 new
   source-like files, each as large as a file of the tree drawn at random;
 - snapshot 3: an uncompressed tar of snapshot 2 (one file, GNU format,
-  sorted, owners and times normalised so that it is the same on every build).
+  sorted, owners and directory times normalised: the same bytes on every build).
 
 ``study`` is offline and in-process (fusestore is not imported): for each
 FastCDC parameter choice it chunks every file on its own (the tar as one
