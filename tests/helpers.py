@@ -37,6 +37,18 @@ def read(store: Store, path: str, env: str = ENV) -> bytes:
     return data
 
 
+def stored_contents(store: Store) -> list[bytes]:
+    """The digests of the contents whose chunks the store holds, sorted (a content of no bytes has none)."""
+    with store.catalog.read() as tx:
+        return sorted({digest for digest, _ in tx.all_extents()})
+
+
+def live_chunk_bytes(store: Store) -> int:
+    """The stored bytes of every chunk the catalog holds: what a deletion gives back once packs are compacted."""
+    with store.catalog.read() as tx:
+        return sum(chunk.stored for chunk in tx.chunks())
+
+
 def leftover_staging(store: Store) -> list[str]:
     """Staging files that are neither in use nor waiting for a checkpoint to retire them: leaks."""
     return sorted(set(store.staging.names()) - set(store.writes.retired()))

@@ -94,12 +94,20 @@ class Mount:
             os.close(fd)
 
     def blob_count(self) -> int:
+        """How many distinct non-empty contents the store holds (read through a live inspection)."""
         self._settle()
-        return sum(1 for p in (self.store / "pool").rglob("*") if p.is_file())
+        from fusestore.store.inspect import Inspection
+
+        with Inspection.open(self.store, allow_live=True) as ins:
+            return len({digest for digest, _ in ins.extents()})
 
     def pool_bytes(self) -> int:
+        """The stored bytes of the chunks the catalog holds (what dedup saves and a deletion gives back)."""
         self._settle()
-        return sum(p.stat().st_size for p in (self.store / "pool").rglob("*") if p.is_file())
+        from fusestore.store.inspect import Inspection
+
+        with Inspection.open(self.store, allow_live=True) as ins:
+            return sum(chunk.stored for chunk in ins.chunks())
 
 
 def in_child(action: Callable[[], bytes | None], *, fsuid: int | None = None,

@@ -36,7 +36,7 @@ from .records import READABLE_FORMATS
 from .txn import Txn
 
 DATABASES = (b"meta", b"resources", b"inodes", b"dirents", b"xattrs", b"staging", b"synced", b"orphans", b"unsynced",
-             b"freed")
+             b"freed", b"chunks", b"extents", b"packs", b"packchunks")
 MAP_SIZE = 1 << 40  # address space only: the file grows with its content
 NEARLY_FULL = 16 << 20  # free bytes below which a failed commit is taken for a full disk
 SHORT_OF_SPACE = 64 << 20  # free bytes below which freed space must come back at once (``disk_nearly_full``)
@@ -104,6 +104,10 @@ class Catalog:
         self.orphans = self._open_db(b"orphans")
         self.unsynced = self._open_db(b"unsynced")
         self.freed = self._open_db(b"freed")
+        self.chunks = self._open_db(b"chunks", optional=readonly)  # formats 1 and 2 have none until upgraded
+        self.extents = self._open_db(b"extents", optional=readonly)
+        self.packs = self._open_db(b"packs", optional=readonly)
+        self.packchunks = self._open_db(b"packchunks", optional=readonly)
         self._can_reserve = not readonly
         self.reserve_space()
         if not readonly:
@@ -285,7 +289,7 @@ class Catalog:
 
 
 def _open_writable(path: Path, map_size: int) -> lmdb.Environment:
-    return lmdb.open(str(path), map_size=map_size, max_dbs=16, max_readers=1024, sync=False, readahead=False,
+    return lmdb.open(str(path), map_size=map_size, max_dbs=32, max_readers=1024, sync=False, readahead=False,
                      lock=True, mode=private.FILE_MODE)
 
 
@@ -329,7 +333,7 @@ def _open_readonly(path: Path, map_size: int, reader_lock: bool) -> lmdb.Environ
         raise errors.NoStore(f"no catalog at {path}: not a fusestore store")
     try:
         return lmdb.open(
-            str(path), map_size=map_size, max_dbs=16, max_readers=1024,
+            str(path), map_size=map_size, max_dbs=32, max_readers=1024,
             readonly=True, lock=reader_lock, readahead=False, create=False,
         )
     except (lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.CorruptedError) as exc:

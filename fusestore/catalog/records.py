@@ -9,20 +9,25 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-FORMAT_VERSION = 2  # the one place it is written: a change of any encoding here changes it
-READABLE_FORMATS = (str(FORMAT_VERSION).encode(), b"1")  # what a store may hold; the first is what is written
+FORMAT_VERSION = 3  # the one place it is written: a change of any encoding here changes it
+READABLE_FORMATS = (str(FORMAT_VERSION).encode(), b"2", b"1")  # what a store may hold; the first is what is written
 ROOT_INO = 1
 
 PENDING = 0
 COMPLETE = 1
 LOST = 2  # fsck --repair took away a damaged or missing blob: reads fail until the content is written again
-LAYOUT_WHOLE_BLOB = 0  # the resource's bytes are one blob named by its digest
+LAYOUT_WHOLE_BLOB = 0  # the resource's bytes are one blob named by its digest (written by formats 1 and 2)
+LAYOUT_CHUNKS = 1  # the resource's bytes are the chunks its ``extents`` rows list, in order
 
 U64 = struct.Struct(">Q")
 _RESOURCE = struct.Struct(">QQBB")
 _INODE = struct.Struct(">IIIIQqqqQQQ")
 _STAGING = struct.Struct(">QBQB")
 _SYNCED = struct.Struct(">Qq")
+_CHUNK = struct.Struct(">QQIIBQ")
+_EXTENT = struct.Struct(">IQ")
+_PACK = struct.Struct(">QQB")
+_CHUNKING = struct.Struct(">III")
 
 STAGING_RESERVED = 1  # the upload holds one reference to its expected digest
 STAGING_KEEP = 2  # bytes of an open file: recovery commits them (an unfinished put is undone)
@@ -152,3 +157,91 @@ class Synced:
     @classmethod
     def decode(cls, raw: bytes) -> "Synced":
         return cls(*_SYNCED.unpack(raw))
+
+
+@dataclass
+class Chunk:
+    """One distinct chunk: where its stored bytes are, how they are stored, and how many extents use it.
+
+    ``stored`` bytes at ``offset`` in pack ``pack`` decode (``codec``) to
+    ``length`` bytes whose BLAKE3 is ``digest``. ``refcount`` counts every
+    use: an extent of ``count`` copies counts ``count`` times.
+    """
+
+    digest: bytes
+    pack: int
+    offset: int
+    stored: int
+    length: int
+    codec: int
+    refcount: int = 0
+
+    def encode(self) -> bytes:
+        return _CHUNK.pack(self.pack, self.offset, self.stored, self.length, self.codec, self.refcount)
+
+    @classmethod
+    def decode(cls, digest: bytes, raw: bytes) -> "Chunk":
+        return cls(digest, *_CHUNK.unpack(raw))
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A run of ``count`` copies of one chunk (of ``length`` bytes) in a content, ending at offset ``end``.
+
+    Runs keep a sparse file's holes, and any repeated chunk, to one row.
+    """
+
+    end: int
+    chunk: bytes
+    length: int
+    count: int = 1
+
+    @property
+    def start(self) -> int:
+        return self.end - self.length * self.count
+
+    def encode(self) -> bytes:
+        return self.chunk + _EXTENT.pack(self.length, self.count)
+
+    @classmethod
+    def decode(cls, end: int, raw: bytes) -> "Extent":
+        length, count = _EXTENT.unpack_from(raw, 32)
+        return cls(end, bytes(raw[:32]), length, count)
+
+
+@dataclass
+class Pack:
+    """One pack file: sealed (immutable) or still taking appends, and the stored bytes still live in it.
+
+    ``size`` is the pack's length once sealed (0 while open); it includes
+    dead bytes (chunks whose last use went, appends no commit took).
+    """
+
+    pack: int
+    size: int = 0
+    live: int = 0
+    sealed: bool = False
+
+    def encode(self) -> bytes:
+        return _PACK.pack(self.size, self.live, int(self.sealed))
+
+    @classmethod
+    def decode(cls, pack: int, raw: bytes) -> "Pack":
+        size, live, sealed = _PACK.unpack(raw)
+        return cls(pack, size, live, bool(sealed))
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """The FastCDC bounds a store cuts its contents with, fixed when it is made (``meta`` key ``chunking``)."""
+
+    min_size: int
+    avg_size: int
+    max_size: int
+
+    def encode(self) -> bytes:
+        return _CHUNKING.pack(self.min_size, self.avg_size, self.max_size)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> "Chunking":
+        return cls(*_CHUNKING.unpack(raw))

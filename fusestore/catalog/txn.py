@@ -9,7 +9,21 @@ from typing import TYPE_CHECKING, cast
 import lmdb
 
 from .. import errors
-from .records import COMPLETE, LOST, ROOT_INO, U64, Inode, Resource, StagingRecord, Synced, u64
+from .records import (
+    COMPLETE,
+    LOST,
+    ROOT_INO,
+    U64,
+    Chunk,
+    Chunking,
+    Extent,
+    Inode,
+    Pack,
+    Resource,
+    StagingRecord,
+    Synced,
+    u64,
+)
 
 if TYPE_CHECKING:
     from .catalog import Catalog
@@ -110,17 +124,17 @@ class Txn:
         res.state = COMPLETE
         self.save_resource(res)
 
-    def remove(self, digest: bytes) -> bool:
-        """Drop one reference; True when that was the last and the resource is gone."""
+    def remove(self, digest: bytes) -> Resource | None:
+        """Drop one reference; the resource when that was the last and its row is gone, else None."""
         res = self.resource(digest)
         if res is None:
             raise unknown_resource(digest)
         res.refcount -= 1
         if res.refcount <= 0:
             self.delete_resource(digest)
-            return True
+            return res
         self.save_resource(res)
-        return False
+        return None
 
     def delete_resource(self, digest: bytes) -> None:
         """The resource's row goes, whatever its refcount (its blob is the caller's to delete)."""
@@ -131,6 +145,125 @@ class Txn:
         with self.raw.cursor(db=self.catalog.resources) as cur:
             for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
                 yield Resource.decode(bytes(key), raw)
+
+    # -- chunks, extents and packs ---------------------------------------------
+
+    def chunking(self) -> Chunking | None:
+        raw = self.meta_get(b"chunking")
+        return Chunking.decode(raw) if raw is not None else None
+
+    def set_chunking(self, chunking: Chunking) -> None:
+        self.meta_put(b"chunking", chunking.encode())
+
+    def chunk(self, digest: bytes) -> Chunk | None:
+        if self.catalog.chunks is None:
+            return None
+        raw = self._get(digest, self.catalog.chunks)
+        return Chunk.decode(digest, raw) if raw is not None else None
+
+    def add_chunk(self, chunk: Chunk) -> None:
+        """A new chunk row, and its pack's index row."""
+        self.save_chunk(chunk)
+        self.raw.put(u64(chunk.pack) + u64(chunk.offset), chunk.digest, db=self._table(self.catalog.packchunks))
+
+    def save_chunk(self, chunk: Chunk) -> None:
+        """Another refcount for a chunk in place (``add_chunk`` and ``move_chunk`` change its place)."""
+        self.raw.put(chunk.digest, chunk.encode(), db=self._table(self.catalog.chunks))
+
+    def move_chunk(self, chunk: Chunk, pack: int, offset: int, stored: int, codec: int) -> None:
+        """The chunk's bytes are now at ``offset`` in ``pack`` (compaction, or a copy that replaces lost bytes)."""
+        self.raw.delete(u64(chunk.pack) + u64(chunk.offset), db=self._table(self.catalog.packchunks))
+        chunk.pack, chunk.offset, chunk.stored, chunk.codec = pack, offset, stored, codec
+        self.add_chunk(chunk)
+
+    def delete_chunk(self, chunk: Chunk) -> None:
+        self.raw.delete(chunk.digest, db=self._table(self.catalog.chunks))
+        self.raw.delete(u64(chunk.pack) + u64(chunk.offset), db=self._table(self.catalog.packchunks))
+
+    def chunks(self) -> Iterator[Chunk]:
+        if self.catalog.chunks is None:
+            return
+        with self.raw.cursor(db=self.catalog.chunks) as cur:
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
+                yield Chunk.decode(bytes(key), raw)
+
+    def chunks_in_pack(self, pack: int) -> Iterator[bytes]:
+        """The digests of the chunks located in ``pack``, in offset order."""
+        prefix = u64(pack)
+        if self.catalog.packchunks is None:
+            return
+        with self.raw.cursor(db=self.catalog.packchunks) as cur:
+            if not cur.set_range(prefix):
+                return
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
+                if not key.startswith(prefix):
+                    return
+                yield bytes(raw)
+
+    def pack_index(self) -> Iterator[tuple[int, int, bytes]]:
+        """Every pack index row as (pack, offset, chunk digest) (inspection)."""
+        if self.catalog.packchunks is None:
+            return
+        with self.raw.cursor(db=self.catalog.packchunks) as cur:
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
+                pack, offset = U64.unpack_from(key)[0], U64.unpack_from(key, 8)[0]
+                yield pack, offset, bytes(raw)
+
+    def add_extents(self, digest: bytes, extents: list[Extent]) -> None:
+        for extent in extents:
+            self.raw.put(digest + u64(extent.end), extent.encode(), db=self._table(self.catalog.extents))
+
+    def extents(self, digest: bytes, offset: int = 0) -> Iterator[Extent]:
+        """The extents of a content in order, from the one holding byte ``offset``."""
+        if self.catalog.extents is None:
+            return
+        with self.raw.cursor(db=self.catalog.extents) as cur:
+            if not cur.set_range(digest + u64(offset + 1)):  # the first extent ending past ``offset``
+                return
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
+                if key[:32] != digest:
+                    return
+                yield Extent.decode(U64.unpack_from(key, 32)[0], raw)
+
+    def delete_extents(self, digest: bytes) -> list[Extent]:
+        """The content's extents, which are deleted."""
+        extents = list(self.extents(digest))
+        for extent in extents:
+            self.raw.delete(digest + u64(extent.end), db=self._table(self.catalog.extents))
+        return extents
+
+    def all_extents(self) -> Iterator[tuple[bytes, Extent]]:
+        """Every extent as (content digest, extent) (inspection)."""
+        if self.catalog.extents is None:
+            return
+        with self.raw.cursor(db=self.catalog.extents) as cur:
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
+                yield bytes(key[:32]), Extent.decode(U64.unpack_from(key, 32)[0], raw)
+
+    def new_pack_id(self) -> int:
+        raw = self.meta_get(b"next_pack")
+        pack = U64.unpack(raw)[0] if raw else 1
+        self.meta_put(b"next_pack", u64(pack + 1))
+        return pack
+
+    def pack(self, pack: int) -> Pack | None:
+        if self.catalog.packs is None:
+            return None
+        raw = self._get(u64(pack), self.catalog.packs)
+        return Pack.decode(pack, raw) if raw is not None else None
+
+    def save_pack(self, pack: Pack) -> None:
+        self.raw.put(u64(pack.pack), pack.encode(), db=self._table(self.catalog.packs))
+
+    def delete_pack(self, pack: int) -> None:
+        self.raw.delete(u64(pack), db=self._table(self.catalog.packs))
+
+    def packs(self) -> Iterator[Pack]:
+        if self.catalog.packs is None:
+            return
+        with self.raw.cursor(db=self.catalog.packs) as cur:
+            for key, raw in cast("Iterator[tuple[bytes, bytes]]", cur):
+                yield Pack.decode(U64.unpack(key)[0], raw)
 
     # -- inodes -------------------------------------------------------------
 
@@ -246,10 +379,11 @@ class Txn:
         with self.raw.cursor(db=self.catalog.orphans) as cur:
             return [U64.unpack(key)[0] for key in cur.iternext(values=False)]
 
-    # -- blobs published since the last checkpoint -----------------------------
+    # -- packs (and, in older stores, blobs) written since the last checkpoint ---------
+    # A key is a pack's u64 id (8 bytes) or a whole-file blob's digest (32 bytes, left by format 2).
 
-    def add_unsynced(self, digest: bytes, checkpoint: int) -> None:
-        self.raw.put(digest, u64(checkpoint), db=self.catalog.unsynced)
+    def add_unsynced(self, key: bytes, checkpoint: int) -> None:
+        self.raw.put(key, u64(checkpoint), db=self.catalog.unsynced)
 
     def remove_unsynced_up_to(self, checkpoint: int) -> None:
         """Forget the blobs that checkpoints up to number ``checkpoint`` covered."""
@@ -271,10 +405,10 @@ class Txn:
             for key, value in cast("Iterator[tuple[bytes, bytes]]", cur):
                 yield bytes(key), U64.unpack(value)[0]
 
-    # -- blobs freed since the last checkpoint ------------------------------------
+    # -- packs (or whole-file blobs) freed since the last checkpoint; keys as ``unsynced``'s --
 
-    def add_freed(self, digest: bytes) -> None:
-        self.raw.put(digest, b"", db=self.catalog.freed)
+    def add_freed(self, key: bytes) -> None:
+        self.raw.put(key, b"", db=self.catalog.freed)
 
     def freed(self) -> list[bytes]:
         with self.raw.cursor(db=self.catalog.freed) as cur:
@@ -297,6 +431,11 @@ class Txn:
     def remove_staging(self, name: str) -> None:
         self.raw.delete(name.encode("ascii"), db=self.catalog.staging)
         self.raw.delete(name.encode("ascii"), db=self._synced_db())
+
+    @staticmethod
+    def _table(db: "lmdb._Database | None") -> "lmdb._Database":
+        assert db is not None, "only a read-only catalog of an older format lacks it"
+        return db
 
     def _synced_db(self) -> "lmdb._Database":
         assert self.catalog.synced is not None, "only a read-only catalog of format 1 lacks it"

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from . import mounts
 
 if TYPE_CHECKING:
+    from ..store import Compression
     from ..store.tenancy import RequestMode, Tenancy
 
 
@@ -43,8 +44,12 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                           help="an ask finds only content a file of the caller's own environments holds "
                                "(else ENOENT); /.stats totals for root only")
     mount.add_argument("--verify-limit", type=size, default="256M", metavar="BYTES",
-                       help="hash a blob at its first open when it is at most this large (K, M, G: 2^10, 2^20, "
-                            "2^30 bytes; default 256M; 0: never; larger ones: fusestore fsck --verify)")
+                       help="hash each chunk of a file at its first read when the file is at most this large (K, "
+                            "M, G: 2^10, 2^20, 2^30 bytes; default 256M; 0: never; larger ones: fusestore fsck "
+                            "--verify)")
+    mount.add_argument("--compression", type=compression, metavar="zstd[:LEVEL]|none",
+                       help="how chunks stored from now on are compressed, each only where that saves space "
+                            "(default: zstd at the level docs/FORMAT.md gives); a store may hold both kinds")
     mount.add_argument("--max-file-size", type=size, metavar="BYTES",
                        help="no file grows past this size: writes and truncations past it fail with EFBIG "
                             "(K, M, G, T: powers of 2^10; default: what the store's filesystem allows)")
@@ -63,6 +68,15 @@ def size(text: str) -> int:
     if suffix not in SUFFIXES or not number.isascii() or not number.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r} is not a size: use digits with an optional K, M, G or T")
     return int(number) * SUFFIXES[suffix]
+
+
+def compression(text: str) -> "Compression":
+    from ..store import Compression
+
+    try:
+        return Compression.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive(text: str) -> int:
@@ -91,6 +105,8 @@ def run(args: argparse.Namespace) -> None:
     argv = ["mount", str(args.store), str(args.mountpoint), "--request-ttl", str(args.request_ttl),
             "--max-requests-per-uid", str(args.max_requests_per_uid), "--request-rate", str(args.request_rate),
             "--verify-limit", str(args.verify_limit)]
+    if args.compression is not None:
+        argv += ["--compression", str(args.compression)]
     if args.max_file_size is not None:
         argv += ["--max-file-size", str(args.max_file_size)]
     if args.requests_off:
@@ -133,7 +149,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     try:
         daemon.serve(args.store, mountpoint, allow_other=args.allow_other, request_ttl=args.request_ttl,
-                     tenancy=tenancy(args), verify_limit=args.verify_limit,
+                     tenancy=tenancy(args), verify_limit=args.verify_limit, compression=args.compression,
                      max_file_size=args.max_file_size, ready_fd=args.ready_fd)
     except (errors.StoreLocked, errors.UnknownFormat, daemon.MountFailed) as exc:
         raise mounts.MountError(str(exc)) from None

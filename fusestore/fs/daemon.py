@@ -24,7 +24,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from ..pool import BlobStore
+from ..pool import DEFAULT_COMPRESSION, Compression, PackStore
 from ..store import Store
 from ..store.content import DEFAULT_VERIFY_LIMIT
 from ..store.tenancy import DEFAULT_TENANCY, Tenancy
@@ -44,11 +44,12 @@ class MountFailed(Exception):
 def serve(
     store_path: Path, mountpoint: Path, *, allow_other: bool = False, request_ttl: float = 60.0,
     tenancy: Tenancy = DEFAULT_TENANCY, verify_limit: int = DEFAULT_VERIFY_LIMIT, max_file_size: int | None = None,
-    ready_fd: int | None = None, blobs: BlobStore | None = None,
+    ready_fd: int | None = None, packs: PackStore | None = None, compression: Compression | None = None,
 ) -> None:
-    """Run the daemon in this process until it is unmounted or signalled (``blobs``: see ``Store.open``)."""
+    """Run the daemon in this process until it is unmounted or signalled (``packs``, ``compression``: Store.open's)."""
     store = Store.open(store_path, request_ttl=request_ttl, verify_limit=verify_limit, tenancy=tenancy,
-                       max_file_size=max_file_size, blobs=blobs)
+                       max_file_size=max_file_size, packs=packs,
+                       compression=compression or DEFAULT_COMPRESSION)
     try:
         operations = Operations(store)
         options = set(pyfuse3.default_options) | {"fsname=fusestore", "subtype=fusestore", "default_permissions"}

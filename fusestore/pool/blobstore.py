@@ -82,3 +82,27 @@ class BlobStore(Protocol):
     def digests(self) -> Iterator[bytes]: ...
 
     def barrier(self) -> None: ...
+
+
+class NoBlobs:
+    """The whole-file blob store of a store made with chunks: it holds nothing and never will."""
+
+    promises = Promises(durable_on_put=True, atomic_put=True)
+
+    def put(self, staged: StagingFile, digest: bytes) -> None:
+        raise NotImplementedError("a store made with chunks stores no whole-file blobs")
+
+    def open(self, digest: bytes) -> BlobReader:
+        raise BlobMissing(f"no blob {digest.hex()}")
+
+    def delete(self, digest: bytes) -> None:
+        pass
+
+    def contains(self, digest: bytes) -> bool:
+        return False
+
+    def digests(self) -> Iterator[bytes]:
+        return iter(())
+
+    def barrier(self) -> None:
+        pass

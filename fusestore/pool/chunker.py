@@ -69,7 +69,7 @@ class ChunkParams:
                        normalized_chunking=NORMALIZED_CHUNKING, seed=SEED)
 
 
-DEFAULT_PARAMS = ChunkParams(4096, 16384, 65536)
+DEFAULT_PARAMS = ChunkParams(2048, 16384, 65536)
 
 
 class StreamChunker:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..pool.codec import Compression
     from .access import RequestResponse
     from .store import Store
 
-__all__ = ["RequestResponse", "Store"]
+__all__ = ["Compression", "RequestResponse", "Store"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from .store import Store
 
         return Store
+    if name == "Compression":  # what ``fusestore mount --compression`` parses
+        from ..pool.codec import Compression
+
+        return Compression
     if name == "RequestResponse":
         from .access import RequestResponse
 

@@ -37,10 +37,10 @@ import logging
 import stat
 
 from .. import errors
-from ..catalog import PENDING, Catalog, StagingRecord, Txn
+from ..catalog import LAYOUT_CHUNKS, PENDING, U64, Catalog, Resource, StagingRecord, Txn
 from ..digests import EMPTY_DIGEST
 from ..pool import StagingArea, StagingFile
-from .content import Content
+from .content import Content, describe_key
 from .inspect import Inspection
 from .writes import Writes
 
@@ -72,7 +72,7 @@ class Checkpoints:
             deleted = set(tx.freed()) - self.content.deleting()  # their deletions ran: the barrier covers them
             pending = tx.has_unsynced() or bool(deleted)
         if pending:
-            self.content.blobs.barrier()
+            self.content.barrier()
             with self.catalog.write() as tx:
                 tx.remove_unsynced_up_to(covering)
                 tx.forget_freed(deleted - self.content.deleting())
@@ -134,9 +134,10 @@ class Checkpoints:
         for name in self.staging.names():
             if name not in recorded:
                 self.staging.discard_name(name)
-        for digest in candidates:
-            if self.content.blobs.contains(digest) and self.content.delete_unless_referenced(digest):
-                log.info("recovery: deleted blob %s, which nothing references", digest.hex())
+        for key in candidates:
+            is_pack = len(key) == U64.size
+            if (is_pack or self.content.blobs.contains(key)) and self.content.delete_unless_referenced(key):
+                log.info("recovery: deleted %s, which nothing references", describe_key(key))
 
     def _drop_pending(self, tx: Txn) -> set[bytes]:
         """Resources still pending once every upload is finished or undone: nothing will complete them.
@@ -151,6 +152,7 @@ class Checkpoints:
                           resource.digest.hex())
                 continue
             tx.delete_resource(resource.digest)
+            self.content.chunks.release(tx, resource.digest)
             dropped.add(resource.digest)
             log.info("recovery: dropped the content %s (%d bytes), still pending with no upload left to finish it",
                      resource.digest.hex(), resource.length)
@@ -189,49 +191,65 @@ class Checkpoints:
                  path, size, digest.hex())
 
     def _check_unsynced(self) -> list[int]:
-        """Check the blobs no checkpoint covered; the inodes whose content did not survive become empty.
+        """Check the packs (and older stores' blobs) no checkpoint covered; files whose content is lost become empty.
 
-        A blob whose bytes are gone may still be in a staging file: an fsync
-        made the file durable, its commit reached the disk and its pool name
-        did not. It is stored again from there. After a crash of the process
-        alone every blob checks out; a barrier then makes them durable, and
-        the list starts empty (its checkpoint numbers were the crashed
-        process's).
+        A chunk whose bytes are gone may still be in a staging file: an fsync
+        made the file durable, its commit reached the disk and the pack's
+        bytes did not. It is stored again from there. After a crash of the
+        process alone every chunk checks out; a barrier then makes them
+        durable, and the list starts empty (its checkpoint numbers were the
+        crashed process's).
         """
         with self.catalog.read() as tx:
             unsynced = tx.unsynced()
-            damaged = [res for digest in unsynced
+            packs = [int.from_bytes(key, "big") for key in unsynced if len(key) == U64.size]
+            damaged_chunks = {chunk.digest for pack in packs for digest in tx.chunks_in_pack(pack)
+                              if (chunk := tx.chunk(digest)) is not None and not self.content.chunks.intact(chunk)}
+            damaged = [res for digest in unsynced if len(digest) != U64.size
                        if (res := tx.resource(digest)) is not None and not self.content.verify(digest, res.length)]
+            if damaged_chunks:
+                using = {digest for digest, extent in tx.all_extents() if extent.chunk in damaged_chunks}
+                damaged += [res for digest in sorted(using) if (res := tx.resource(digest)) is not None]
             recorded = {record.name for record in tx.staging_records()}
-        damaged = [res for res in damaged if not self._restore_from_staging(res.digest, res.length, recorded)]
+        damaged = [res for res in damaged if not self._restore_from_staging(res, recorded, damaged_chunks)]
         lost: list[int] = []
         if not unsynced:
             return lost
-        self.content.blobs.barrier()
+        self.content.barrier()
         with self.catalog.write() as tx:
             tx.remove_unsynced_up_to(UNSYNCED_ALL)
             for resource in damaged:
                 lost += self._empty_files_of(tx, resource.digest)
                 remaining = tx.resource(resource.digest)
                 if remaining is not None:  # reserved by an unfinished upload, which recovery undoes
+                    self.content.drop_bytes(tx, remaining)
                     remaining.state = PENDING
                     tx.save_resource(remaining)
         for resource in damaged:
-            self.content.blobs.delete(resource.digest)
+            if resource.layout != LAYOUT_CHUNKS:
+                self.content.blobs.delete(resource.digest)
         return lost
 
-    def _restore_from_staging(self, digest: bytes, length: int, recorded: set[str]) -> bool:
-        """Store the blob ``digest`` again from a staging file no record names that holds its bytes."""
+    def _restore_from_staging(self, resource: Resource, recorded: set[str], lost_chunks: set[bytes]) -> bool:
+        """Store the lost bytes of ``resource`` again from a staging file no record names that holds its content."""
+        digest, length = resource.digest, resource.length
         for name in self.staging.names():
             staged = self.staging.reopen(name) if name not in recorded else None
             if staged is None:
                 continue
             try:
-                if staged.size() == length and staged.hash() == (digest, length):
+                if staged.size() != length or staged.hash() != (digest, length):
+                    continue
+                if resource.layout == LAYOUT_CHUNKS:
+                    replaced = self.content.chunks.replace_lost(staged.read, length, lost_chunks)
+                    lost_chunks -= replaced
+                    if not self.content.verify(digest, length):
+                        continue
+                else:
                     self.content.blobs.put(staged, digest)
-                    log.warning("recovery: the blob %s was lost in a crash; stored it again from staging file %s",
-                                digest.hex(), name)
-                    return True
+                log.warning("recovery: the bytes of %s were lost in a crash; stored them again from staging file %s",
+                            digest.hex(), name)
+                return True
             finally:
                 staged.close()
         return False

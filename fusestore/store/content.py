@@ -1,29 +1,30 @@
-"""Content references: every refcount change, and when a blob is stored or deleted.
+"""Content references: every refcount change, and when stored bytes are deleted.
 
 A resource (one distinct content) is referenced once by every inode that
 points at it and once by every checked upload that reserved it; the
 catalog changes a refcount only inside the transaction that adds or drops
 the reference. When the last reference goes, the resource's row goes in
-the same transaction and its digest is listed as *freed* (so that recovery
-deletes the blob if a crash comes first); the blob itself is deleted right
-after the commit, outside the catalog's writer lock.
+the same transaction, with its extents and the chunk uses they held
+(``chunks``); a pack left with nothing live is *freed*: listed in ``freed``
+(so that recovery deletes it if a crash comes first) and deleted once that
+transaction is durable, outside the catalog's writer lock.
 
-Publishing and deleting one digest can race: a writer stores a blob the
-catalog does not reference yet while the last reference to the same content
-goes. Both sides take the digest's stripe lock, and the catalog decides: a
-writer holds it from storing the blob until its transaction has made the
-resource complete, and a deleter, holding it, deletes only when the catalog
-shows no complete resource of that digest. So a blob is never deleted under
-a committed reference, and no file system check decides anything.
+Stores written before chunks (format 2) hold whole-file blobs, one per
+resource (``LAYOUT_WHOLE_BLOB``), until the upgrade has chunked them; they
+are read, and freed, in the same way. For them a stripe lock per digest
+orders a writer and a deleter of one blob: a deleter deletes only when the
+catalog shows no complete resource of that digest. Writers of one content
+hold the same lock while they store its chunks.
 
-Empty content is a resource without a blob (``EmptyReader`` reads it).
+Empty content is a resource without bytes (``EmptyReader`` reads it).
 
-Wrong bytes are never served: every ``checked_open`` compares the blob's
-length with the catalog's, and the first one of each blob in this process
-also hashes it, for blobs up to ``verify_limit`` bytes (larger ones are
-left to ``fsck --verify``); a blob copied into a staging file for an
-in-place edit is hashed whatever its size. A blob that fails is
-``BadContent`` (EIO), with a log line naming the file.
+Wrong bytes are never served: every ``checked_open`` compares the
+content's length with the catalog's; a chunked content's reader hashes each
+chunk the first time this process reads it, for files up to
+``verify_limit`` bytes (larger ones are left to ``fsck --verify``); a
+whole-file blob is hashed whole at its first open under the same limit. A
+content copied into a staging file for an in-place edit is checked whatever
+its size. Damage is ``BadContent`` (EIO), with a log line naming the file.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ from collections.abc import Callable
 from typing import NoReturn
 
 from .. import errors
-from ..catalog import COMPLETE, LOST, Catalog, Inode, Txn
+from ..catalog import COMPLETE, LAYOUT_CHUNKS, LOST, U64, Catalog, Inode, Resource, Txn
 from ..digests import EMPTY_DIGEST, hash_ranges
 from ..pool import BlobMissing, BlobReader, BlobStore, StagingFile
 from ..pool.blobstore import Progress
+from .chunks import Chunks
 from .openinodes import OpenInodes
 from .stopping import Stopping
 
@@ -71,21 +73,23 @@ class EmptyReader:
 class Content:
     """References to contents over one catalog and blob store."""
 
-    def __init__(self, catalog: Catalog, blobs: BlobStore, opens: OpenInodes,
+    def __init__(self, catalog: Catalog, blobs: BlobStore, chunks: Chunks, opens: OpenInodes,
                  now_ns: Callable[[], int] = time.time_ns, verify_limit: int = DEFAULT_VERIFY_LIMIT,
                  stopping: Stopping | None = None) -> None:
         self.catalog = catalog
         self.blobs = blobs
+        self.chunks = chunks
+        chunks.on_freed = self._free
         self.opens = opens
         self.now_ns = now_ns
         self.verify_limit = verify_limit
         self.stopping = stopping or Stopping()
-        self._verified: set[bytes] = set()  # blobs hashed once in this process (their bytes never change)
+        self._verified: set[bytes] = set()  # whole-file blobs hashed once in this process (their bytes never change)
         self._stripes = [threading.Lock() for _ in range(STRIPES)]
-        self._deleting: Counter[bytes] = Counter()  # freed digests whose blob deletion has not finished
+        self._deleting: Counter[bytes] = Counter()  # freed keys (``freed``) whose deletion has not finished
         self._deleting_lock = threading.Lock()
-        self._undeleted: set[bytes] = set()  # freed blobs whose deletion failed (see ``_delete_blob``)
-        self.covering_checkpoint = 0  # the number of the checkpoint that will cover blobs published now
+        self._undeleted: set[bytes] = set()  # freed keys whose deletion failed (see ``_delete_freed``)
+        self.covering_checkpoint = 0  # the number of the checkpoint that will cover packs appended to now
 
     def stripe(self, digest: bytes) -> threading.Lock:
         """The lock a writer and a deleter of ``digest`` both hold (see the module docstring)."""
@@ -102,13 +106,24 @@ class Content:
             tx.save_resource(resource)
 
     def complete(self, tx: Txn, digest: bytes) -> None:
-        """Mark a resource complete: its blob was stored (by a writer holding its stripe)."""
+        """Mark a resource complete: its extents were stored (by a writer holding its stripe)."""
         resource = tx.resource(digest)
         assert resource is not None, f"no resource {digest.hex()} to complete"
         resource.state = COMPLETE
         tx.save_resource(resource)
-        if not self.blobs.promises.durable_on_put:
-            tx.add_unsynced(digest, self.covering_checkpoint)
+
+    def barrier(self) -> None:
+        """Every pack append (and, in an older store, blob put) so far durable."""
+        self.chunks.packs.barrier()
+        self.blobs.barrier()
+
+    def store(self, digest: bytes, size: int, read: Callable[[int, int], bytes]) -> None:
+        """Store the chunks of a content the catalog lacks (the caller holds its stripe, then completes it)."""
+        try:
+            self.chunks.store(digest, size, read, self.stopping.check)
+        except BaseException:
+            self.chunks.drop_partial(digest)
+            raise
 
     def set_content(self, tx: Txn, node: Inode, digest: bytes, length: int, mtime_ns: int | None = None) -> None:
         """Point ``node`` at ``digest`` (already referenced) and release its old content."""
@@ -123,13 +138,19 @@ class Content:
             self.release(tx, old)
 
     def release(self, tx: Txn, digest: bytes) -> None:
-        """Drop one reference; when it was the last, the blob is deleted once the transaction commits."""
-        if not tx.remove(digest) or digest == EMPTY_DIGEST:
+        """Drop one reference; the last one releases the content's chunks (or, in an older store, its blob)."""
+        gone = tx.remove(digest)
+        if gone is None or digest == EMPTY_DIGEST:
             return
-        tx.add_freed(digest)
-        self._mark_deleting(digest, +1)
-        tx.after_abort(lambda: self._mark_deleting(digest, -1))
-        tx.after_commit(lambda: self._delete_blob(digest))
+        self.drop_bytes(tx, gone)
+
+    def drop_bytes(self, tx: Txn, resource: Resource) -> None:
+        """The resource's bytes are no longer its: its chunk uses go, or its whole-file blob is freed."""
+        if resource.layout == LAYOUT_CHUNKS:
+            self.chunks.release(tx, resource.digest)
+        else:
+            tx.add_freed(resource.digest)
+            self._free(tx, resource.digest)
 
     def drop_link(self, tx: Txn, node: Inode, now: int) -> None:
         """One name of ``node`` went: delete it with its last name, unless it is still open."""
@@ -158,64 +179,72 @@ class Content:
             if node is not None and node.nlink <= 0 and not self.opens.is_open(ino):
                 self.delete(tx, node)
 
-    # -- blobs ------------------------------------------------------------------------
+    # -- deleting freed packs and blobs -------------------------------------------------
 
-    def _mark_deleting(self, digest: bytes, step: int) -> None:
+    def _free(self, tx: Txn, key: bytes) -> None:
+        """``key`` (a pack's id or a blob's digest) was listed as freed in ``tx``: delete it once that is durable."""
+        self._mark_deleting(key, +1)
+        tx.after_abort(lambda: self._mark_deleting(key, -1))
+        tx.after_commit(lambda: self._delete_freed(key))
+
+    def _mark_deleting(self, key: bytes, step: int) -> None:
         with self._deleting_lock:
-            self._deleting[digest] += step
-            if self._deleting[digest] <= 0:
-                del self._deleting[digest]
+            self._deleting[key] += step
+            if self._deleting[key] <= 0:
+                del self._deleting[key]
 
     def deleting(self) -> set[bytes]:
-        """Freed digests whose blob may still be there: a checkpoint keeps them listed as freed."""
+        """Freed keys whose pack or blob may still be there: a checkpoint keeps them listed as freed."""
         with self._deleting_lock:
             return set(self._deleting)
 
-    def _delete_blob(self, digest: bytes) -> None:
-        """After the commit that released the blob's last reference, once that commit is durable.
+    def _delete_freed(self, key: bytes) -> None:
+        """After the commit that freed a pack or blob, once that commit is durable.
 
         A power loss takes the catalog back to its last anchor, which may
-        still name the blob: the deletion waits for an anchor. Usually it is
-        left to the next one (made soon, on another thread: one serves many
+        still name it: the deletion waits for an anchor. Usually it is left
+        to the next one (made soon, on another thread: one serves many
         deletions); on a nearly full disk the caller anchors and deletes at
         once, so that the space is back when its unlink returns.
         """
         if self.catalog.disk_nearly_full():
             self.catalog.flush_commits()
-            self._delete_now(digest)
+            self._delete_now(key)
         else:
-            self.catalog.when_durable(lambda: self._delete_now(digest))
+            self.catalog.when_durable(lambda: self._delete_now(key))
 
-    def _delete_now(self, digest: bytes) -> None:
+    def _delete_now(self, key: bytes) -> None:
         try:
-            self.delete_unless_referenced(digest)
+            self.delete_unless_referenced(key)
         except Exception:
             # The change that freed it committed, so its caller succeeded: failing it now would tell a
-            # lie. The digest stays listed as freed (still "deleting" for the checkpoints), each
+            # lie. The key stays listed as freed (still "deleting" for the checkpoints), each
             # checkpoint tries again (``retry_deletions``), and failing that, the next open's recovery.
-            log.exception("could not delete the blob %s; the next checkpoint tries again", digest.hex())
+            log.exception("could not delete the freed %s; the next checkpoint tries again", describe_key(key))
             with self._deleting_lock:
-                self._undeleted.add(digest)
+                self._undeleted.add(key)
             return
-        self._mark_deleting(digest, -1)
+        self._mark_deleting(key, -1)
 
     def retry_deletions(self) -> None:
-        """Delete the freed blobs whose deletion failed (a checkpoint calls this before its barrier)."""
+        """Delete the freed packs and blobs whose deletion failed (a checkpoint calls this before its barrier)."""
         with self._deleting_lock:
-            digests, self._undeleted = self._undeleted, set()
-        for digest in digests:
-            self._delete_blob(digest)
+            keys, self._undeleted = self._undeleted, set()
+        for key in keys:
+            self._delete_freed(key)
 
-    def delete_unless_referenced(self, digest: bytes) -> bool:
-        """Delete the blob of ``digest`` unless the catalog holds it as complete content; True when it did."""
-        if digest == EMPTY_DIGEST:
+    def delete_unless_referenced(self, key: bytes) -> bool:
+        """Delete a freed pack, or the blob of a digest, unless the catalog holds it; True when it did."""
+        if len(key) == U64.size:
+            return self.chunks.delete_pack_unless_known(int.from_bytes(key, "big"))
+        if key == EMPTY_DIGEST:
             return False
-        with self.stripe(digest):
+        with self.stripe(key):
             with self.catalog.read() as tx:
-                resource = tx.resource(digest)
-            if resource is not None and resource.complete:
+                resource = tx.resource(key)
+            if resource is not None and resource.complete and resource.layout != LAYOUT_CHUNKS:
                 return False
-            self.blobs.delete(digest)
+            self.blobs.delete(key)
             return True
 
     def checked_open(self, ino: int, *, whole: bool = False) -> BlobReader:
@@ -226,15 +255,25 @@ class Content:
         return reader
 
     def length_checked_open(self, ino: int, *, whole: bool = False) -> tuple[BlobReader, bytes | None]:
-        """``checked_open`` but for the hashing: the reader, and the digest still to check with ``hash_check``.
+        """``checked_open`` but for hashing a whole-file blob: the reader, and the digest still to check.
 
-        The split lets a caller hash off its event loop, and only when needed.
+        The split lets a caller hash off its event loop, and only when needed
+        (a chunked content's reader checks each chunk as it reads it).
         """
         with self.catalog.read() as tx:
             node = tx.existing_inode(ino)
+            resource = tx.resource(node.content) if node.content is not None else None
         if node.content is None or node.content == EMPTY_DIGEST or not stat.S_ISREG(node.mode):
             return EmptyReader(), None
         digest = node.content
+        verify = whole or node.size <= self.verify_limit
+        if resource is not None and resource.layout == LAYOUT_CHUNKS:
+            if resource.state == LOST:
+                raise _lost(ino)
+            if resource.length != node.size:
+                self._refuse(ino, digest, f"holds {resource.length} bytes, not {node.size}")
+            return self.chunks.open(digest, node.size, verify=verify,
+                                    on_damage=lambda what: self._refuse(ino, digest, what)), None
         try:
             reader = self.reader(node)
         except BlobMissing:
@@ -242,8 +281,7 @@ class Content:
         if reader.size != node.size:
             reader.close()
             self._refuse(ino, digest, f"holds {reader.size} bytes, not {node.size}")
-        hash_it = digest not in self._verified and (whole or node.size <= self.verify_limit)
-        return reader, digest if hash_it else None
+        return reader, digest if verify and digest not in self._verified else None
 
     def hash_check(self, ino: int, reader: BlobReader, digest: bytes) -> None:
         """The blob hashes to its name (remembered for the life of the process), or BadContent; closes it then."""
@@ -262,12 +300,12 @@ class Content:
 
         with Inspection.over(self.catalog, self.catalog.path.parent) as inspection:
             where = inspection.describe(ino)
-        log.error("the blob %s of %s %s: reads of the file fail with EIO (fusestore fsck --repair)",
+        log.error("the content %s of %s %s: reads of the file fail with EIO (fusestore fsck --repair)",
                   digest.hex(), where, what)
-        raise errors.BadContent(f"the content of inode {ino} is damaged: its blob {what}")
+        raise errors.BadContent(f"the content of inode {ino} is damaged: it {what}")
 
     def reader(self, node: Inode) -> BlobReader:
-        """A reader of the node's committed content (BlobMissing when its blob is gone).
+        """A whole-file blob's reader of the node's committed content (BlobMissing when its blob is gone).
 
         ContentLost (EIO) when fsck took the blob away: asked only when the
         blob is missing, so reading costs no catalog lookup.
@@ -280,30 +318,56 @@ class Content:
             with self.catalog.read() as tx:
                 resource = tx.resource(node.content)
             if resource is not None and resource.state == LOST:
-                raise errors.ContentLost(f"the content of inode {node.ino} is lost (fsck found its blob "
-                                         "damaged or missing); write it again to restore it") from None
+                raise _lost(node.ino) from None
             raise
+
+    def open_content(self, digest: bytes) -> BlobReader:
+        """A reader of a stored content by digest, unchecked (proof of access and recovery check what they read)."""
+        with self.catalog.read() as tx:
+            resource = tx.resource(digest)
+        if digest == EMPTY_DIGEST or resource is None:
+            if resource is None and digest != EMPTY_DIGEST:
+                raise BlobMissing(f"no content {digest.hex()}")
+            return EmptyReader()
+        if resource.layout == LAYOUT_CHUNKS:
+            return self.chunks.open(digest, resource.length, verify=True, on_damage=_damaged)
+        return self.blobs.open(digest)
 
     def read_ranges(self, digest: bytes, ranges: list[tuple[int, int]]) -> bytes:
         """The BLAKE3 of ranges of a stored content, in order (a proof-of-access answer)."""
         if digest == EMPTY_DIGEST or not ranges:
             return hash_ranges(lambda size, offset: b"", ranges)
-        reader = self.blobs.open(digest)
+        reader = self.open_content(digest)
         try:
             return hash_ranges(reader.pread, ranges)
         finally:
             reader.close()
 
     def verify(self, digest: bytes, length: int) -> bool:
-        """Whether the blob is there and holds exactly the ``length`` bytes that hash to ``digest``."""
+        """Whether the content's bytes are there, and are exactly the ``length`` bytes that hash to ``digest``."""
         if digest == EMPTY_DIGEST:
             return length == 0
         try:
-            reader = self.blobs.open(digest)
+            reader = self.open_content(digest)
         except FileNotFoundError:
             return False
         try:
             return reader.size == length and reader.hash(self.stopping.check) == (digest, length)
+        except (errors.BadContent, FileNotFoundError):
+            return False
         finally:
             reader.close()
 
+
+def _lost(ino: int) -> errors.ContentLost:
+    return errors.ContentLost(f"the content of inode {ino} is lost (fsck found its bytes damaged or missing); "
+                              "write it again to restore it")
+
+
+def _damaged(what: str) -> NoReturn:
+    raise errors.BadContent(f"a stored content {what}")
+
+
+def describe_key(key: bytes) -> str:
+    """A ``freed`` or ``unsynced`` key for a log line: a pack's id or a blob's digest."""
+    return f"pack {int.from_bytes(key, 'big'):016x}" if len(key) == U64.size else f"blob {key.hex()}"

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from .. import errors
-from ..catalog import ROOT_INO, Catalog, Inode, Resource, StagingRecord, Txn
+from ..catalog import ROOT_INO, Catalog, Chunk, Extent, Inode, Pack, Resource, StagingRecord, Txn
 from ..catalog import rollback_due as catalog_rollback_due
 from .locking import InspectionLock
 
@@ -49,10 +49,28 @@ class Xattr(NamedTuple):
 
 
 class Unsynced(NamedTuple):
-    """A blob published since the last checkpoint, and the checkpoint that will cover it."""
+    """A pack appended to (or, in an older store, a blob stored) since the last checkpoint, and the checkpoint
+    that will cover it: ``key`` is the pack's u64 id (8 bytes) or the blob's digest (32 bytes)."""
 
-    digest: bytes
+    key: bytes
     checkpoint: int
+
+
+class PackIndexRow(NamedTuple):
+    """A row of the index of chunks by place: the chunk ``digest`` is at ``offset`` in ``pack``."""
+
+    pack: int
+    offset: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class PackFile:
+    """A file in ``packs/`` named as a pack (16 hex digits)."""
+
+    pack: int
+    path: str
+    size: int
 
 
 @dataclass(frozen=True)
@@ -86,6 +104,7 @@ class Inspection:
         self._names: dict[int, list[tuple[int, bytes]]] | None = None
         self._users: dict[bytes, list[int]] | None = None
         self._pool: tuple[list[BlobFile], list[str]] | None = None
+        self._packs: tuple[list[PackFile], list[str]] | None = None
 
     @classmethod
     @contextmanager
@@ -162,6 +181,25 @@ class Inspection:
     def meta(self) -> dict[bytes, bytes]:
         return dict(self.tx.meta_items())
 
+    def chunks(self) -> Iterator[Chunk]:
+        return self.tx.chunks()
+
+    def chunk(self, digest: bytes) -> Chunk | None:
+        return self.tx.chunk(digest)
+
+    def extents(self) -> Iterator[tuple[bytes, Extent]]:
+        """Every extent as (content digest, extent), by content then offset."""
+        return self.tx.all_extents()
+
+    def extents_of(self, digest: bytes) -> list[Extent]:
+        return list(self.tx.extents(digest))
+
+    def pack_rows(self) -> Iterator[Pack]:
+        return self.tx.packs()
+
+    def pack_index(self) -> Iterator[PackIndexRow]:
+        return (PackIndexRow(*row) for row in self.tx.pack_index())
+
     # -- the directories --------------------------------------------------------------
 
     def blobs(self) -> list[BlobFile]:
@@ -171,6 +209,34 @@ class Inspection:
     def pool_debris(self) -> list[str]:
         """Paths under the pool that are not blobs where they belong (anything a blob's name does not explain)."""
         return self._scan_pool()[1]
+
+    def pack_files(self) -> list[PackFile]:
+        """Every file of ``packs/`` named as a pack, in id order."""
+        return self._scan_packs()[0]
+
+    def pack_debris(self) -> list[str]:
+        """Paths under ``packs/`` that are not named as packs."""
+        return self._scan_packs()[1]
+
+    def _scan_packs(self) -> tuple[list[PackFile], list[str]]:
+        if self._packs is None:
+            files: list[PackFile] = []
+            debris: list[str] = []
+            try:
+                found = list(os.scandir(self.path / "packs"))
+            except FileNotFoundError:
+                found = []
+            for item in found:
+                if item.is_file(follow_symlinks=False) and len(item.name) == 16 and set(item.name) <= HEX:
+                    try:
+                        size = item.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:  # deleted since the scan began (a live store goes on)
+                        continue
+                    files.append(PackFile(int(item.name, 16), item.path, size))
+                else:
+                    debris.append(item.path)
+            self._packs = (sorted(files, key=lambda f: f.pack), sorted(debris))
+        return self._packs
 
     def staging_files(self) -> list[str]:
         """Names in the staging directory (none when it is missing), but those the owner retires."""

@@ -33,10 +33,23 @@ from typing import BinaryIO
 from .. import errors, linux, private
 from ..catalog import ROOT_INO, Catalog, Inode, Resource, Txn, unknown_resource
 from ..digests import IO_BUFFER
-from ..pool import BlobMissing, BlobReader, BlobStore, LocalBlobStore, ShortRead, StagingArea, StagingFile
+from ..pool import (
+    DEFAULT_COMPRESSION,
+    BlobMissing,
+    BlobReader,
+    Compression,
+    LocalBlobStore,
+    LocalPackStore,
+    NoBlobs,
+    PackStore,
+    ShortRead,
+    StagingArea,
+    StagingFile,
+)
 from . import names
 from .access import RequestResponse, RequestTable, choose_ranges
 from .checkpoints import Checkpoints
+from .chunks import Chunks
 from .content import DEFAULT_VERIFY_LIMIT, Content
 from .locking import StoreLock
 from .namespace import GLOBAL_DIR, USERS_DIR, Namespace
@@ -73,7 +86,8 @@ class Store:
         challenge_ranges: int,
         max_open_requests: int,
         randbelow: Callable[[int], int],
-        blobs: BlobStore | None,
+        packs: PackStore | None,
+        compression: Compression,
         verify_limit: int,
         tenancy: Tenancy,
         max_file_size: int | None,
@@ -88,10 +102,15 @@ class Store:
             self._lock.release()
             raise
         self.staging = StagingArea(self.path / "staging")
-        self.blobs = blobs if blobs is not None else LocalBlobStore(self.path / "pool")
+        legacy = self.path / "pool"  # whole-file blobs of a store made before chunks, until upgraded
+        self.blobs = LocalBlobStore(legacy) if legacy.is_dir() else NoBlobs()
+        self.packs = packs if packs is not None else LocalPackStore(self.path / "packs")
         self.opens = OpenInodes()
         self.stopping = Stopping()
-        self.content = Content(self.catalog, self.blobs, self.opens, verify_limit=verify_limit, stopping=self.stopping)
+        self.chunks = Chunks(self.catalog, self.packs, compression=compression,
+                             covering=lambda: self.content.covering_checkpoint)
+        self.content = Content(self.catalog, self.blobs, self.chunks, self.opens, verify_limit=verify_limit,
+                               stopping=self.stopping)
         self.writes = Writes(self.catalog, self.staging, self.content, max_file_size=max_file_size)
         self.namespace = Namespace(self.catalog, self.content, self.writes)
         self.xattrs = Xattrs(self.catalog, self.writes)
@@ -105,8 +124,9 @@ class Store:
         self._upload_inodes: dict[str, int] = {}  # staging name -> ino of each put in flight
         if new:
             self.namespace.initialise()
-            for directory in (self.path, self.path.parent):  # the names of staging/ and pool/, and its own
+            for directory in (self.path, self.path.parent):  # the names of staging/ and packs/, and its own
                 linux.fsync_path(directory)
+        self.chunks.settle()
         self.checkpoints.recover()
         self.catalog.recovered()
 
@@ -120,7 +140,8 @@ class Store:
         challenge_ranges: int = 32,
         max_open_requests: int = 10000,
         randbelow: Callable[[int], int] = secrets.randbelow,
-        blobs: BlobStore | None = None,
+        packs: PackStore | None = None,
+        compression: Compression = DEFAULT_COMPRESSION,
         verify_limit: int = DEFAULT_VERIFY_LIMIT,
         tenancy: Tenancy = DEFAULT_TENANCY,
         max_file_size: int | None = None,
@@ -130,10 +151,12 @@ class Store:
         A directory that group or others may enter is refused (``StoreExposed``,
         see ``fusestore.private``).
 
-        ``blobs`` is where blob bytes live; by default the local pool in the
-        store directory (``<path>/pool``). The staging area stays local.
-        ``verify_limit``: blobs up to this size are hashed at their first
-        open in this process (see ``content``); 0 hashes none.
+        ``packs`` is where chunks live; by default pack files in the store
+        directory (``<path>/packs``). The staging area stays local.
+        ``compression``: how chunks stored from now on are compressed (a
+        store may hold chunks of several kinds).
+        ``verify_limit``: files up to this size have their chunks hashed at
+        their first read in this process (see ``content``); 0 hashes none.
         ``tenancy``: the rules between users (``store.tenancy``): caps on
         proof-of-access asks per uid, and what an ask or ``/.stats`` reveals.
         ``max_file_size``: no file grows past it (FileTooLarge, EFBIG); None
@@ -141,7 +164,8 @@ class Store:
         """
         return cls(
             Path(path), clock=clock, request_ttl=request_ttl, challenge_ranges=challenge_ranges,
-            max_open_requests=max_open_requests, randbelow=randbelow, blobs=blobs, verify_limit=verify_limit,
+            max_open_requests=max_open_requests, randbelow=randbelow, packs=packs, compression=compression,
+            verify_limit=verify_limit,
             tenancy=tenancy, max_file_size=max_file_size,
         )
 
@@ -155,12 +179,13 @@ class Store:
         """A last checkpoint, then the store is free for another process."""
         if self._lock.fd < 0:
             return
+        self.chunks.close()
         self.sync()
         self.catalog.close()
         self._lock.release()
 
     def sync(self) -> None:
-        """Make every committed change durable: a checkpoint (blobs first, then the catalog)."""
+        """Make every committed change durable: a checkpoint (packs first, then the catalog)."""
         self.checkpoints.checkpoint()
 
     # -- the managed storage: environments, users, global ---------------------

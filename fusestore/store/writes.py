@@ -11,16 +11,15 @@ through the mount, recovery of what a crash left) goes the same way:
 2. *Fill*: the bytes go to the staging file, hashed as they come (no lock).
 3. *Commit* (``Writes.commit``): a content the catalog holds complete
    already is referenced in one transaction, and nothing is stored.
-   Otherwise the staging file is stored as the blob, under the digest's
-   stripe lock and outside the catalog's writer lock, then one transaction
-   takes the reference, marks the resource complete (listing its blob as
-   not yet durable), points the inode at it, releases the old content and
-   removes the staging record. The staging file goes after the commit.
+   Otherwise, under the digest's stripe lock, the staging file's chunks
+   that the store lacks are appended to packs and its extents recorded, in
+   batches (``chunks``), then one transaction takes the reference, marks
+   the resource complete, points the inode at it, releases the old content
+   and removes the staging record. The staging file goes after the commit.
 4. *Refuse or fail*: content that does not hash to the expected hash is
    never stored; on that and on any failure one transaction undoes step 1
    (the record, a reservation, and the entry a new file got: on a failure,
-   only a put's), and a blob stored for nothing is deleted unless the
-   catalog references it meanwhile.
+   only a put's), and the extents recorded for nothing are released.
 
 Durability is the checkpoints' job (``checkpoints``): a commit waits for no disk.
 """
@@ -60,7 +59,7 @@ class Refused(errors.HashMismatch):
 
 
 class _NeedsBlob(Exception):
-    """The transaction found the content incomplete: its blob must be stored first."""
+    """The transaction found the content incomplete: its chunks must be stored first."""
 
 
 class Writes:
@@ -230,7 +229,6 @@ class Writes:
         if record.expected is not None and digest != record.expected:
             dropped = self.abandon(staged, remove_created=remove_created)
             raise Refused(f"content hashes to {digest.hex()}, expected {record.expected.hex()}", dropped)
-        stored = False
         committed: tuple[Attributes | None, Txn] | None = None
         try:
             if digest == EMPTY_DIGEST or (resource is not None and resource.complete):
@@ -239,22 +237,29 @@ class Writes:
                 except _NeedsBlob:  # its last reference went meanwhile
                     pass
             if committed is None:
-                with self.content.stripe(digest):
-                    stored = True  # from here on the blob may exist, even when put raises
-                    self.content.blobs.put(staged, digest)
-                    committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
+                committed = self._store_and_commit(record, staged, digest, size, mtime_ns)
         except BaseException:
-            # A put that fails promised nothing, and the file it made goes; a file made through
+            # A store that fails promised nothing, and the file it made goes; a file made through
             # the mount stays, with its last content, as on any filesystem whose close() fails.
             self.abandon(staged, remove_created=remove_created and not record.keep)
-            if stored:
-                self.content.delete_unless_referenced(digest)
             raise
         result, tx = committed
-        tx.run_callbacks(tx.callbacks)  # outside the stripe lock: they may delete another blob
-        if result is None and stored:  # unlinked meanwhile: the blob just stored is nobody's
-            self.content.delete_unless_referenced(digest)
+        tx.run_callbacks(tx.callbacks)  # outside the stripe lock: they may delete a pack
         return result
+
+    def _store_and_commit(self, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
+                          mtime_ns: int | None) -> tuple[Attributes | None, Txn]:
+        """Store the chunks the catalog lacks, then commit; what was stored for nothing is dropped."""
+        with self.content.stripe(digest):
+            self.content.store(digest, size, staged.read)
+            try:
+                committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
+            except BaseException:
+                self.content.chunks.drop_partial(digest)
+                raise
+            if committed[0] is None:  # unlinked meanwhile: what was just stored is nobody's
+                self.content.chunks.drop_partial(digest)
+        return committed
 
     def _commit_once(self, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
                      mtime_ns: int | None, *, stored: bool) -> tuple[Attributes | None, Txn]:
@@ -272,7 +277,7 @@ class Writes:
         return result, tx
 
     def _reference(self, tx: Txn, record: StagingRecord, digest: bytes, size: int, *, stored: bool) -> None:
-        """One reference to ``digest`` (a reservation holds it already); complete it if its blob was stored."""
+        """One reference to ``digest`` (a reservation holds it already); complete it if its chunks were stored."""
         if record.reserved and record.expected == digest:
             resource = tx.resource(digest)
             assert resource is not None, "a reservation lost its resource"
@@ -324,9 +329,8 @@ class Writes:
 
         Then an fsync may have made it and its record durable, and if it went
         at once, a power loss before the next checkpoint would leave the
-        record without its bytes: it stays until that checkpoint. (In the
-        local pool it is the blob's own inode: keeping its second name costs
-        no space, until the content is deleted.)
+        record without its bytes: it stays until that checkpoint (and
+        recovery may store lost chunks again from it).
         """
         with self._lock:
             synced = record.name in self._synced

@@ -1,0 +1,468 @@
+"""Chunked contents: a content is an ordered list of chunks, each stored once, in packs.
+
+A content (a resource, named by the BLAKE3 of all its bytes) is cut by
+FastCDC into chunks, each named by the BLAKE3 of its own bytes. The catalog
+lists a content's chunks as *extents* (runs of one chunk repeated, so that a
+sparse file's holes cost one row), and each distinct chunk once, with a
+refcount of its uses and its place: (pack, offset, stored length, codec).
+Chunks are appended to the one open pack, compressed where that pays, and
+the pack is sealed once it holds ``PACK_TARGET`` bytes.
+
+Storing a content (``store``) runs under the caller's stripe lock of the
+content's digest, in batches of about ``BATCH_BYTES``: each batch is cut,
+hashed, its chunks the catalog lacks are appended, and one transaction adds
+the batch's extents to the (still pending) resource and takes its chunk
+references. So memory and the writer lock's hold stay bounded whatever the
+size, and a crash leaves a pending resource whose extents recovery releases.
+
+The catalog decides every race: a batch's transaction takes a reference to
+a chunk only if its row is still there, and records a chunk it appended only
+if its pack is still there (a pack whose live bytes reach zero goes, and a
+chunk thought present may lose its last use meanwhile); otherwise the batch
+appends what vanished and tries again. A pack is deleted only after the
+transaction that freed it is durable (``Content`` schedules it), and pack
+ids are never reused, so a stale place gives ``PackMissing``, never another
+chunk's bytes: a reader then looks the place up again.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import blake3
+
+from .. import errors
+from ..catalog import LAYOUT_CHUNKS, PENDING, Catalog, Chunk, Chunking, Extent, Pack, Resource, Txn, u64
+from ..pool import StagingFile
+from ..pool.blobstore import Progress
+from ..pool.chunker import DEFAULT_PARAMS, ChunkParams, chunks
+from ..pool.codec import DEFAULT_COMPRESSION, Compression, DamagedChunk, decode, encode
+from ..pool.packs import PackMissing, PackStore
+from ..pool.staging import ShortRead
+
+PACK_TARGET = 32 << 20  # a pack is sealed once it holds this many bytes
+BATCH_BYTES = 4 << 20  # content cut, stored and recorded per transaction
+WINDOW = 64  # extents a reader looks up at once
+VERIFIED_MAX = 1 << 20  # chunk digests remembered as verified before the memory is given back
+
+log = logging.getLogger(__name__)
+
+
+def chunking_params(chunking: Chunking) -> ChunkParams:
+    return ChunkParams(chunking.min_size, chunking.avg_size, chunking.max_size)
+
+
+DEFAULT_CHUNKING = Chunking(DEFAULT_PARAMS.min_size, DEFAULT_PARAMS.avg_size, DEFAULT_PARAMS.max_size)
+
+
+class _Vanished(Exception):
+    """A batch's transaction found chunks (or the packs of chunks it appended) gone: append them again."""
+
+    def __init__(self, digests: set[bytes]) -> None:
+        super().__init__(f"{len(digests)} chunks vanished")
+        self.digests = digests
+
+
+@dataclass
+class _Batch:
+    """One batch of a content being stored: its runs and the chunks appended for it."""
+
+    runs: list[Extent]
+    data: dict[bytes, bytes]  # digest -> bytes of each distinct chunk of the batch
+    appended: dict[bytes, Chunk]  # chunks this batch stored (refcount 0 until recorded)
+
+
+class Chunks:
+    """The chunks and packs of one store: storing contents, releasing them, and reading them."""
+
+    def __init__(self, catalog: Catalog, packs: PackStore, *, compression: Compression = DEFAULT_COMPRESSION,
+                 covering: Callable[[], int] = lambda: 0) -> None:
+        """``covering``: the number of the checkpoint that will cover a pack appended to now (``checkpoints``)."""
+        self.catalog = catalog
+        self.packs = packs
+        self.compression = compression
+        self.covering = covering
+        self.params = DEFAULT_PARAMS
+        self.on_freed: Callable[[Txn, bytes], None] = lambda tx, key: None  # ``Content`` deletes what is freed
+        self._open: int | None = None  # the pack appends go to
+        self._pack_lock = threading.Lock()
+        self._verified: set[bytes] = set()
+        self._zero_digests: dict[int, bytes] = {}
+
+    # -- the store's life ------------------------------------------------------------
+
+    def settle(self) -> None:
+        """At open, before anything is stored: seal the packs a previous process left open, drop foreign files.
+
+        A pack file the catalog does not know is debris (its pack's row is
+        written before the file is made, and deleted before the file is).
+        """
+        with self.catalog.write() as tx:
+            chunking = tx.chunking()
+            if chunking is None:
+                tx.set_chunking(DEFAULT_CHUNKING)
+                chunking = DEFAULT_CHUNKING
+            unsealed = [pack for pack in tx.packs() if not pack.sealed]
+            known = {pack.pack for pack in tx.packs()}
+        self.params = chunking_params(chunking)
+        for pack in unsealed:
+            self._seal(pack.pack)
+        for pack_id in list(self.packs.packs()):
+            if pack_id not in known:
+                log.info("recovery: deleted pack %016x, which the catalog does not know", pack_id)
+                self.packs.delete(pack_id)
+
+    def close(self) -> None:
+        """Seal the open pack: the next process starts a pack of its own."""
+        with self._pack_lock:
+            if self._open is not None:
+                self._seal(self._open)
+                self._open = None
+
+    def _seal(self, pack_id: int) -> None:
+        try:
+            end = self.packs.end(pack_id)
+        except PackMissing:
+            end = 0
+        self.packs.seal(pack_id)
+        with self.catalog.write() as tx:
+            pack = tx.pack(pack_id)
+            if pack is not None:
+                pack.sealed, pack.size = True, end
+                tx.save_pack(pack)
+                if pack.live == 0:
+                    self.free_pack(tx, pack_id)
+
+    def free_pack(self, tx: Txn, pack_id: int) -> None:
+        """The pack holds nothing live: its row goes now, its file once that is durable (``Content`` does it)."""
+        tx.delete_pack(pack_id)
+        tx.add_freed(u64(pack_id))
+        self.on_freed(tx, u64(pack_id))
+
+    def delete_pack_unless_known(self, pack_id: int) -> bool:
+        """Delete a freed pack's file unless the catalog holds the pack again (it never does: ids are not reused)."""
+        with self.catalog.read() as tx:
+            if tx.pack(pack_id) is not None:
+                return False
+        self.packs.delete(pack_id)
+        return True
+
+    # -- storing ---------------------------------------------------------------------------
+
+    def store(self, digest: bytes, size: int, read: Callable[[int, int], bytes],
+              on_stored: Progress | None = None) -> None:
+        """Record the extents of the content ``digest`` of ``size`` bytes, which ``read(length, offset)`` reads.
+
+        The caller holds the digest's stripe lock and completes the resource
+        afterwards; on failure it calls ``drop_partial``. ``on_stored(n)``
+        after each batch (it may raise to stop).
+        """
+        runs: list[Extent] = []
+        data: dict[bytes, bytes] = {}
+        batched = 0
+        for offset, piece in chunks(read, 0, size, self.params):
+            chunk_digest = self._digest(piece)
+            data.setdefault(chunk_digest, piece)
+            if runs and runs[-1].chunk == chunk_digest and runs[-1].end == offset:
+                last = runs[-1]
+                runs[-1] = Extent(offset + len(piece), chunk_digest, last.length, last.count + 1)
+            else:
+                runs.append(Extent(offset + len(piece), chunk_digest, len(piece)))
+            batched += len(piece)
+            if batched >= BATCH_BYTES:
+                self._store_batch(digest, size, _Batch(runs, data, {}))
+                if on_stored is not None:
+                    on_stored(batched)
+                runs, data, batched = [], {}, 0
+        if runs or size == 0:
+            self._store_batch(digest, size, _Batch(runs, data, {}))
+
+    def _digest(self, piece: bytes) -> bytes:
+        zero = self._zero_digests.get(len(piece))
+        if zero is not None and piece.count(0) == len(piece):
+            return zero
+        digest = blake3.blake3(piece).digest()
+        if zero is None and len(self._zero_digests) < 64 and piece.count(0) == len(piece):
+            self._zero_digests[len(piece)] = digest
+        return digest
+
+    def _store_batch(self, digest: bytes, size: int, batch: _Batch) -> None:
+        with self.catalog.read() as tx:
+            lacking = {d for d in batch.data if not self._usable(tx, tx.chunk(d))}
+        while True:
+            for chunk_digest in lacking:
+                batch.appended[chunk_digest] = self._append(chunk_digest, batch.data[chunk_digest])
+            try:
+                with self.catalog.write() as tx:
+                    self._record(tx, digest, size, batch)
+                return
+            except _Vanished as vanished:
+                lacking = vanished.digests
+
+    @staticmethod
+    def _usable(tx: Txn, chunk: Chunk | None) -> bool:
+        return chunk is not None and tx.pack(chunk.pack) is not None
+
+    def _append(self, chunk_digest: bytes, piece: bytes) -> Chunk:
+        codec, stored = encode(piece, self.compression)
+        with self._pack_lock:
+            if self._open is None or self.packs.end(self._open) >= PACK_TARGET:
+                self._roll()
+            assert self._open is not None
+            offset = self.packs.append(self._open, stored)
+            return Chunk(chunk_digest, self._open, offset, len(stored), len(piece), codec)
+
+    def _roll(self) -> None:
+        """Seal the open pack (if any) and open a new one: its row first, then its file."""
+        if self._open is not None:
+            self._seal(self._open)
+            self._open = None
+        with self.catalog.write() as tx:
+            pack_id = tx.new_pack_id()
+            tx.save_pack(Pack(pack_id))
+        self.packs.create(pack_id)
+        self._open = pack_id
+
+    def _record(self, tx: Txn, digest: bytes, size: int, batch: _Batch) -> None:
+        resource = tx.resource(digest)
+        if resource is None:
+            resource = Resource(digest, size, 0, PENDING, LAYOUT_CHUNKS)
+            tx.save_resource(resource)
+        elif resource.layout != LAYOUT_CHUNKS:
+            assert not resource.complete, f"extents added to the complete content {digest.hex()}"
+            resource.layout = LAYOUT_CHUNKS
+            tx.save_resource(resource)
+        uses: dict[bytes, int] = {}
+        for run in batch.runs:
+            uses[run.chunk] = uses.get(run.chunk, 0) + run.count
+        vanished: set[bytes] = set()
+        changed: dict[int, Pack] = {}
+        rows: dict[bytes, Chunk] = {}
+        for chunk_digest in uses:
+            chunk = tx.chunk(chunk_digest)
+            if chunk is None:
+                chunk = batch.appended.get(chunk_digest)
+                if chunk is None or self._pack_of(tx, chunk.pack, changed) is None:
+                    vanished.add(chunk_digest)
+                    continue
+                changed[chunk.pack].live += chunk.stored
+                tx.add_chunk(chunk)
+            rows[chunk_digest] = chunk
+        if vanished:
+            raise _Vanished(vanished)
+        for chunk_digest, count in uses.items():
+            chunk = rows[chunk_digest]
+            chunk.refcount += count
+            tx.save_chunk(chunk)
+        for pack in changed.values():
+            tx.save_pack(pack)
+            if not self.packs.promises.durable_on_put:
+                tx.add_unsynced(u64(pack.pack), self.covering())
+        tx.add_extents(digest, batch.runs)
+
+    @staticmethod
+    def _pack_of(tx: Txn, pack_id: int, changed: dict[int, Pack]) -> Pack | None:
+        if pack_id not in changed:
+            pack = tx.pack(pack_id)
+            if pack is None:
+                return None
+            changed[pack_id] = pack
+        return changed[pack_id]
+
+    # -- releasing -----------------------------------------------------------------------
+
+    def release(self, tx: Txn, digest: bytes) -> None:
+        """Drop the extents of a content (complete, or partly stored) and the chunk uses they held."""
+        changed: dict[int, Pack] = {}
+        for extent in tx.delete_extents(digest):
+            chunk = tx.chunk(extent.chunk)
+            if chunk is None:
+                log.error("the content %s names the chunk %s, which the catalog lacks (fusestore fsck)",
+                          digest.hex(), extent.chunk.hex())
+                continue
+            chunk.refcount -= extent.count
+            if chunk.refcount > 0:
+                tx.save_chunk(chunk)
+                continue
+            tx.delete_chunk(chunk)
+            pack = self._pack_of(tx, chunk.pack, changed)
+            if pack is not None:
+                pack.live -= chunk.stored
+        for pack in changed.values():
+            if pack.sealed and pack.live <= 0:
+                self.free_pack(tx, pack.pack)
+            else:
+                tx.save_pack(pack)
+
+    def drop_partial(self, digest: bytes) -> None:
+        """A store that failed: the extents it added to a still pending content go (under the stripe lock)."""
+        with self.catalog.write() as tx:
+            resource = tx.resource(digest)
+            if resource is not None and not resource.complete:
+                self.release(tx, digest)
+                if resource.refcount <= 0:  # made by the store that failed: no reservation holds it
+                    tx.delete_resource(digest)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def open(self, digest: bytes, size: int, *, verify: bool,
+             on_damage: Callable[[str], None]) -> "ChunkReader":
+        """A reader of a complete chunked content; ``verify``: hash each chunk the first time this process reads it.
+
+        ``on_damage(what)`` is called (and must raise) for a chunk that is
+        missing or does not decode or hash to its name.
+        """
+        return ChunkReader(self, digest, size, verify, on_damage)
+
+    def load(self, chunk: Chunk) -> bytes:
+        """The decoded bytes of a chunk at its place (PackMissing, ShortRead, DamagedChunk as they come)."""
+        return decode(chunk.codec, self.packs.read(chunk.pack, chunk.offset, chunk.stored), chunk.length)
+
+    def check(self, chunk: Chunk, data: bytes) -> bool:
+        """Whether ``data`` hashes to the chunk's name (remembered, within a bound, once it does)."""
+        if chunk.digest in self._verified:
+            return True
+        if self._digest(data) != chunk.digest:
+            return False
+        if len(self._verified) >= VERIFIED_MAX:
+            self._verified.clear()
+        self._verified.add(chunk.digest)
+        return True
+
+    def intact(self, chunk: Chunk) -> bool:
+        """Whether the chunk's stored bytes are there and decode to bytes of its name (recovery, fsck)."""
+        try:
+            data = self.load(chunk)
+        except (PackMissing, ShortRead, DamagedChunk):
+            return False
+        return blake3.blake3(data).digest() == chunk.digest
+
+    def replace_lost(self, read: Callable[[int, int], bytes], size: int, lost: set[bytes]) -> set[bytes]:
+        """Store again, from a copy of a content, those of its chunks whose bytes were lost; which it replaced."""
+        replaced: set[bytes] = set()
+        for _, piece in chunks(read, 0, size, self.params):
+            chunk_digest = self._digest(piece)
+            if chunk_digest not in lost or chunk_digest in replaced:
+                continue
+            fresh = self._append(chunk_digest, piece)
+            with self.catalog.write() as tx:
+                chunk = tx.chunk(chunk_digest)
+                pack = tx.pack(fresh.pack)
+                if chunk is None or pack is None:
+                    continue
+                old = tx.pack(chunk.pack)
+                if old is not None:
+                    old.live -= chunk.stored
+                    tx.save_pack(old)
+                tx.move_chunk(chunk, fresh.pack, fresh.offset, fresh.stored, fresh.codec)
+                pack.live += fresh.stored
+                tx.save_pack(pack)
+                tx.add_unsynced(u64(fresh.pack), self.covering())
+            replaced.add(chunk_digest)
+        return replaced
+
+
+class ChunkReader:
+    """Random access to a chunked content: the extents near the last read, and the last chunk, are kept."""
+
+    def __init__(self, chunks: Chunks, digest: bytes, size: int, verify: bool,
+                 on_damage: Callable[[str], None]) -> None:
+        self._chunks = chunks
+        self.digest = digest
+        self.size = size
+        self._verify = verify
+        self._on_damage = on_damage
+        self._window: list[tuple[Extent, Chunk]] = []
+        self._ends: list[int] = []
+        self._cached: tuple[int, bytes] | None = None  # (start in the content, decoded bytes) of the last chunk
+
+    def pread(self, length: int, offset: int) -> bytes:
+        parts: list[bytes] = []
+        end = min(self.size, offset + length)
+        while offset < end:
+            start, data = self._chunk_at(offset)
+            part = data[offset - start:end - start]
+            parts.append(part)
+            offset += len(part)
+        return b"".join(parts)
+
+    def _chunk_at(self, offset: int) -> tuple[int, bytes]:
+        if self._cached is not None and self._cached[0] <= offset < self._cached[0] + len(self._cached[1]):
+            return self._cached
+        for attempt in range(2):
+            extent, chunk = self._locate(offset, refresh=attempt > 0)
+            start = extent.start + (offset - extent.start) // extent.length * extent.length
+            try:
+                data = self._chunks.load(chunk)
+            except PackMissing:
+                if attempt == 0:  # moved by a compaction since it was looked up
+                    continue
+                self._on_damage(f"has its chunk {chunk.digest.hex()} in pack {chunk.pack:016x}, which is missing")
+                raise
+            except (ShortRead, DamagedChunk) as exc:
+                self._on_damage(f"has a damaged chunk {chunk.digest.hex()} ({exc})")
+                raise
+            if self._verify and not self._chunks.check(chunk, data):
+                self._on_damage(f"has a chunk that does not hash to its name {chunk.digest.hex()}")
+            self._cached = (start, data)
+            return self._cached
+        raise AssertionError("unreachable")
+
+    def _locate(self, offset: int, *, refresh: bool) -> tuple[Extent, Chunk]:
+        index = bisect.bisect_right(self._ends, offset)
+        if refresh or index >= len(self._window) or self._window[index][0].start > offset:
+            self._load_window(offset)
+            index = 0
+        return self._window[index]
+
+    def _load_window(self, offset: int) -> None:
+        window: list[tuple[Extent, Chunk]] = []
+        with self._chunks.catalog.read() as tx:
+            for extent in tx.extents(self.digest, offset):
+                chunk = tx.chunk(extent.chunk)
+                if chunk is None:
+                    self._on_damage(f"names the chunk {extent.chunk.hex()}, which the catalog lacks")
+                    raise errors.BadContent(f"chunk {extent.chunk.hex()} is missing")
+                window.append((extent, chunk))
+                if len(window) >= WINDOW:
+                    break
+        if not window or window[0][0].start > offset:
+            self._on_damage(f"has no extent at offset {offset}")
+            raise errors.BadContent(f"no extent at offset {offset}")
+        self._window = window
+        self._ends = [extent.end for extent, _ in window]
+
+    def hash(self, on_read: Progress | None = None) -> tuple[bytes, int]:
+        hasher = blake3.blake3()
+        for _, data in self._pieces(self.size):
+            hasher.update(data)
+            if on_read is not None:
+                on_read(len(data))
+        return hasher.digest(), self.size
+
+    def copy_to(self, target: StagingFile, length: int, on_copied: Progress | None = None) -> None:
+        """Write the first ``length`` bytes into an empty staging file, leaving chunks of zeros as holes."""
+        if length > self.size:
+            raise ShortRead(f"content {self.digest.hex()} holds {self.size} bytes, not the {length} to copy")
+        for start, data in self._pieces(length):
+            if data.count(0) != len(data):
+                target.write(data, start)
+            if on_copied is not None:
+                on_copied(len(data))
+        target.truncate(length)
+
+    def _pieces(self, length: int) -> Iterator[tuple[int, bytes]]:
+        """(offset, bytes) of each chunk, in order, up to ``length`` (the last one cut there)."""
+        offset = 0
+        while offset < length:
+            start, data = self._chunk_at(offset)
+            piece = data[offset - start:length - start]
+            yield offset, piece
+            offset += len(piece)
+
+    def close(self) -> None:
+        self._window, self._ends, self._cached = [], [], None
