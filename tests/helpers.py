@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import blake3
+
 from fusestore import Store
 from fusestore.catalog.anchor import AnchorFile
 
@@ -47,6 +49,31 @@ def live_chunk_bytes(store: Store) -> int:
     """The stored bytes of every chunk the catalog holds: what a deletion gives back once packs are compacted."""
     with store.catalog.read() as tx:
         return sum(chunk.stored for chunk in tx.chunks())
+
+
+def chunk_place(store_path: Path, data: bytes, offset: int = 0, store: Store | None = None) -> tuple[Path, int, int]:
+    """(pack file, offset in it, stored length) of the chunk that holds byte ``offset`` of the content ``data``.
+
+    Reads the catalog of ``store`` when given, else of a store no process has open.
+    """
+    from fusestore.store.inspect import Inspection
+
+    digest = blake3.blake3(data).digest()
+    with (Inspection.over(store.catalog, store_path) if store else Inspection.open(store_path)) as ins:
+        extent = next(extent for extent in ins.extents_of(digest) if extent.start <= offset < extent.end)
+        chunk = ins.chunk(extent.chunk)
+        assert chunk is not None, "an extent names a chunk the catalog holds"
+    return store_path / "packs" / f"{chunk.pack:016x}", chunk.offset, chunk.stored
+
+
+def flip_a_stored_byte(store_path: Path, data: bytes, offset: int = 0, store: Store | None = None) -> None:
+    """Damage the stored bytes of the chunk holding byte ``offset`` of ``data``, behind the store's back."""
+    pack, at, stored = chunk_place(store_path, data, offset, store)
+    with open(pack, "r+b") as file:
+        file.seek(at + stored // 2)
+        byte = file.read(1)
+        file.seek(at + stored // 2)
+        file.write(bytes([byte[0] ^ 0xFF]))
 
 
 def leftover_staging(store: Store) -> list[str]:

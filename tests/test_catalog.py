@@ -75,8 +75,9 @@ def test_remove_decrements_and_deletes_at_zero(catalog: Catalog) -> None:
     with catalog.write() as tx:
         tx.put(DIGEST, 7)
         tx.put(DIGEST, 7)
-        assert tx.remove(DIGEST) is False
-        assert tx.remove(DIGEST) is True
+        assert tx.remove(DIGEST) is None
+        gone = tx.remove(DIGEST)
+        assert gone is not None and gone.digest == DIGEST and gone.refcount == 0
         assert tx.resource(DIGEST) is None
         with pytest.raises(errors.NotFound):
             tx.remove(DIGEST)

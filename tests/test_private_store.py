@@ -53,7 +53,7 @@ def test_a_new_store_is_0700_and_its_files_0600_under_the_most_open_umask(store_
     assert {path: found[path] for path in directories} == dict.fromkeys(directories, 0o700)
     files = set(found) - directories
     assert {"lock", "catalog/data.mdb", "catalog/lock.mdb"} <= files
-    assert any(path.startswith("pool/") for path in files) and any(path.startswith("staging/") for path in files)
+    assert any(path.startswith("packs/") for path in files) and any(path.startswith("staging/") for path in files)
     assert {path: found[path] for path in files} == dict.fromkeys(files, 0o600)
 
 
@@ -171,12 +171,17 @@ def test_reading_a_store_creates_nothing(tmp_path: Path) -> None:
     assert not missing.exists()
 
 
-def test_a_put_through_the_library_keeps_the_rule_for_new_fan_out_directories(store_path: Path) -> None:
+def test_packs_made_through_the_library_keep_the_rule(store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusestore.store import chunks
+
+    monkeypatch.setattr(chunks, "PACK_TARGET", 64 << 10)  # every few contents a new pack
     with Store.open(store_path) as store:
         with umask(0):
-            for n in range(20):  # twenty contents: new pool/ab/cd/ directories on the way
-                store.put_for_environment(ENV, f"f{n}", io.BytesIO(b"%d" % n), len(b"%d" % n))
-    pool = store_path / "pool"
-    assert {path: mode for path, mode in modes(pool).items() if (pool / path).is_dir()} == {
-        path: 0o700 for path in modes(pool) if (pool / path).is_dir()}
-    assert all(mode == 0o600 for path, mode in modes(pool).items() if (pool / path).is_file())
+            for n in range(20):
+                data = os.urandom(40 << 10)
+                store.put_for_environment(ENV, f"f{n}", io.BytesIO(data), len(data))
+    packs = store_path / "packs"
+    found = modes(packs)
+    assert len([path for path in found if (packs / path).is_file()]) > 5
+    assert found["."] == 0o700
+    assert all(mode == 0o600 for path, mode in found.items() if (packs / path).is_file())

@@ -11,16 +11,15 @@ import pytest
 
 from fusestore import Store, errors
 
-from .helpers import ENV, ENV2, leftover_staging, put, read
+from .helpers import ENV, ENV2, leftover_staging, put, read, stored_contents
 
 DATA = b"the same bytes, twice" * 100
 OTHER = b"something else entirely" * 50
 
 
 def blob_count(store: Store) -> int:
-    """Blobs in the pool once a checkpoint has done the deletions waiting for it."""
-    store.sync()
-    return sum(1 for _ in store.blobs.digests())
+    """Distinct non-empty contents whose chunks the store holds."""
+    return len(stored_contents(store))
 
 
 def test_put_returns_blake3_hex_and_reads_back(store: Store) -> None:
@@ -28,11 +27,14 @@ def test_put_returns_blake3_hex_and_reads_back(store: Store) -> None:
     assert read(store, "dir/file.bin") == DATA
 
 
-def test_blob_lives_at_the_fixed_pool_path(store: Store, store_path: Path) -> None:
+def test_content_lives_in_a_pack_compressed_where_that_pays(store: Store, store_path: Path) -> None:
     h = put(store, "f", DATA)
-    blob = store_path / "pool" / h[:2] / h[2:4] / h
-    assert blob.read_bytes() == DATA
-    assert [p for p in (store_path / "pool").rglob("*") if p.is_file()] == [blob]
+    store.sync()
+    packs = [p for p in (store_path / "packs").iterdir()]
+    assert len(packs) == 1 and len(packs[0].name) == 16
+    assert 0 < packs[0].stat().st_size < len(DATA) // 4, "repeated text compresses"
+    assert not (store_path / "pool").exists(), "a store made with chunks has no whole-file blobs"
+    assert stored_contents(store) == [bytes.fromhex(h)]
 
 
 def test_same_content_under_two_paths_is_one_blob_with_refcount_two(store: Store) -> None:

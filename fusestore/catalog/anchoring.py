@@ -79,6 +79,10 @@ class Anchoring:
             self._wanted.set()
         return self._since >= ANCHOR_BEHIND
 
+    def soon(self) -> None:
+        """Anchor soon, on the anchoring thread (a big commit: its old pages are reusable only after an anchor)."""
+        self._wanted.set()
+
     def when_durable(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (on the anchoring thread, soon) once an anchor covers every commit so far."""
         with self._waiting_lock:

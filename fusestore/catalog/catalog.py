@@ -271,6 +271,15 @@ class Catalog:
         assert self._anchoring is not None, "a read-only catalog commits nothing"
         self._anchoring.anchor()
 
+    def anchor_soon(self) -> None:
+        """After a commit that rewrote many pages: anchor soon on another thread, so that LMDB may reuse them.
+
+        Until the next anchor the pin keeps every page a commit replaced,
+        and the file grows by them.
+        """
+        assert self._anchoring is not None, "a read-only catalog commits nothing"
+        self._anchoring.soon()
+
     def when_durable(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` soon, on another thread, once every commit so far is durable."""
         assert self._anchoring is not None, "a read-only catalog commits nothing"

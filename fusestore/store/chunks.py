@@ -9,11 +9,14 @@ Chunks are appended to the one open pack, compressed where that pays, and
 the pack is sealed once it holds ``PACK_TARGET`` bytes.
 
 Storing a content (``store``) runs under the caller's stripe lock of the
-content's digest, in batches of about ``BATCH_BYTES``: each batch is cut,
-hashed, its chunks the catalog lacks are appended, and one transaction adds
-the batch's extents to the (still pending) resource and takes its chunk
-references. So memory and the writer lock's hold stay bounded whatever the
-size, and a crash leaves a pending resource whose extents recovery releases.
+content's digest. It is cut and hashed as it is read; every ``LOOKUP_BYTES``
+the new chunks are looked up in the catalog and those it lacks appended;
+every ``BATCH_BYTES`` one transaction adds the batch's extents to the (still
+pending) resource and takes its chunk references. So memory and the writer
+lock's hold stay bounded whatever the size, and a crash leaves a pending
+resource whose extents recovery releases. Batches are large because chunk
+rows are keyed by digest: each transaction rewrites leaf pages all over that
+table, and LMDB cannot reuse them until the next anchor.
 
 The catalog decides every race: a batch's transaction takes a reference to
 a chunk only if its row is still there, and records a chunk it appended only
@@ -45,7 +48,9 @@ from ..pool.packs import PackMissing, PackStore
 from ..pool.staging import ShortRead
 
 PACK_TARGET = 32 << 20  # a pack is sealed once it holds this many bytes
-BATCH_BYTES = 4 << 20  # content cut, stored and recorded per transaction
+LOOKUP_BYTES = 1 << 20  # content cut before its chunks are looked up in the catalog (one read transaction)
+BATCH_BYTES = 64 << 20  # content recorded per write transaction: each dirties pages all over the chunk table
+ANCHOR_AFTER_RUNS = 1024  # a batch recording this many runs asks for an anchor, so its replaced pages are reused
 WINDOW = 64  # extents a reader looks up at once
 VERIFIED_MAX = 1 << 20  # chunk digests remembered as verified before the memory is given back
 
@@ -69,10 +74,10 @@ class _Vanished(Exception):
 
 @dataclass
 class _Batch:
-    """One batch of a content being stored: its runs and the chunks appended for it."""
+    """One batch of a content being stored: its runs, where each chunk first comes, and what it appended."""
 
     runs: list[Extent]
-    data: dict[bytes, bytes]  # digest -> bytes of each distinct chunk of the batch
+    first_at: dict[bytes, int]  # chunk digest -> offset in the content of its first copy in the batch
     appended: dict[bytes, Chunk]  # chunks this batch stored (refcount 0 until recorded)
 
 
@@ -110,7 +115,7 @@ class Chunks:
             known = {pack.pack for pack in tx.packs()}
         self.params = chunking_params(chunking)
         for pack in unsealed:
-            self._seal(pack.pack)
+            self._seal(pack.pack, free_if_empty=True)
         for pack_id in list(self.packs.packs()):
             if pack_id not in known:
                 log.info("recovery: deleted pack %016x, which the catalog does not know", pack_id)
@@ -120,10 +125,12 @@ class Chunks:
         """Seal the open pack: the next process starts a pack of its own."""
         with self._pack_lock:
             if self._open is not None:
-                self._seal(self._open)
+                self._seal(self._open, free_if_empty=True)
                 self._open = None
 
-    def _seal(self, pack_id: int) -> None:
+    def _seal(self, pack_id: int, *, free_if_empty: bool) -> None:
+        """No more appends to the pack. ``free_if_empty`` only when no store is in flight: a rollover
+        seals a pack whose last appends the batches that made them have not recorded yet."""
         try:
             end = self.packs.end(pack_id)
         except PackMissing:
@@ -134,7 +141,7 @@ class Chunks:
             if pack is not None:
                 pack.sealed, pack.size = True, end
                 tx.save_pack(pack)
-                if pack.live == 0:
+                if free_if_empty and pack.live == 0:
                     self.free_pack(tx, pack_id)
 
     def free_pack(self, tx: Txn, pack_id: int) -> None:
@@ -159,27 +166,41 @@ class Chunks:
 
         The caller holds the digest's stripe lock and completes the resource
         afterwards; on failure it calls ``drop_partial``. ``on_stored(n)``
-        after each batch (it may raise to stop).
+        every ``LOOKUP_BYTES`` (it may raise to stop).
         """
-        runs: list[Extent] = []
-        data: dict[bytes, bytes] = {}
-        batched = 0
+        batch = _Batch([], {}, {})
+        looked_up: set[bytes] = set()  # chunks of this batch found in the catalog or appended
+        group: list[tuple[int, bytes, bytes]] = []  # (offset, bytes, digest) not yet looked up
+        grouped = batched = 0
         for offset, piece in chunks(read, 0, size, self.params):
             chunk_digest = self._digest(piece)
-            data.setdefault(chunk_digest, piece)
+            runs = batch.runs
             if runs and runs[-1].chunk == chunk_digest and runs[-1].end == offset:
                 last = runs[-1]
                 runs[-1] = Extent(offset + len(piece), chunk_digest, last.length, last.count + 1)
             else:
                 runs.append(Extent(offset + len(piece), chunk_digest, len(piece)))
-            batched += len(piece)
-            if batched >= BATCH_BYTES:
-                self._store_batch(digest, size, _Batch(runs, data, {}))
-                if on_stored is not None:
-                    on_stored(batched)
-                runs, data, batched = [], {}, 0
-        if runs or size == 0:
-            self._store_batch(digest, size, _Batch(runs, data, {}))
+            if chunk_digest not in looked_up:
+                looked_up.add(chunk_digest)
+                batch.first_at[chunk_digest] = offset
+                group.append((offset, piece, chunk_digest))
+            grouped += len(piece)
+            if grouped < LOOKUP_BYTES:
+                continue
+            self._append_lacking(group, batch)
+            if on_stored is not None:
+                on_stored(grouped)
+            batched += grouped
+            group, grouped = [], 0
+            if batched >= BATCH_BYTES and len(runs) > 1:  # the last run may go on: it opens the next batch
+                carried = runs.pop()
+                self._record_batch(digest, size, batch, read)
+                batch = _Batch([carried], {carried.chunk: batch.first_at[carried.chunk]},
+                               {d: c for d, c in batch.appended.items() if d == carried.chunk})
+                looked_up, batched = {carried.chunk}, 0
+        self._append_lacking(group, batch)
+        if batch.runs or size == 0:
+            self._record_batch(digest, size, batch, read)
 
     def _digest(self, piece: bytes) -> bytes:
         zero = self._zero_digests.get(len(piece))
@@ -190,22 +211,29 @@ class Chunks:
             self._zero_digests[len(piece)] = digest
         return digest
 
-    def _store_batch(self, digest: bytes, size: int, batch: _Batch) -> None:
+    def _append_lacking(self, group: list[tuple[int, bytes, bytes]], batch: _Batch) -> None:
+        """Append the chunks of ``group`` the catalog lacks (one lookup for all of them)."""
+        if not group:
+            return
         with self.catalog.read() as tx:
-            lacking = {d for d in batch.data if not self._usable(tx, tx.chunk(d))}
+            lacking = [(piece, d) for _, piece, d in group if tx.chunk(d) is None]
+        for piece, chunk_digest in lacking:
+            batch.appended[chunk_digest] = self._append(chunk_digest, piece)
+
+    def _record_batch(self, digest: bytes, size: int, batch: _Batch, read: Callable[[int, int], bytes]) -> None:
+        """One transaction for the batch; chunks that vanished meanwhile are read again and appended."""
         while True:
-            for chunk_digest in lacking:
-                batch.appended[chunk_digest] = self._append(chunk_digest, batch.data[chunk_digest])
             try:
                 with self.catalog.write() as tx:
                     self._record(tx, digest, size, batch)
+                if len(batch.runs) >= ANCHOR_AFTER_RUNS:
+                    self.catalog.anchor_soon()
                 return
             except _Vanished as vanished:
-                lacking = vanished.digests
-
-    @staticmethod
-    def _usable(tx: Txn, chunk: Chunk | None) -> bool:
-        return chunk is not None and tx.pack(chunk.pack) is not None
+                for chunk_digest in vanished.digests:
+                    offset = batch.first_at[chunk_digest]
+                    length = next(run.length for run in batch.runs if run.chunk == chunk_digest)
+                    batch.appended[chunk_digest] = self._append(chunk_digest, read(length, offset))
 
     def _append(self, chunk_digest: bytes, piece: bytes) -> Chunk:
         codec, stored = encode(piece, self.compression)
@@ -219,7 +247,7 @@ class Chunks:
     def _roll(self) -> None:
         """Seal the open pack (if any) and open a new one: its row first, then its file."""
         if self._open is not None:
-            self._seal(self._open)
+            self._seal(self._open, free_if_empty=False)
             self._open = None
         with self.catalog.write() as tx:
             pack_id = tx.new_pack_id()
@@ -232,10 +260,11 @@ class Chunks:
         if resource is None:
             resource = Resource(digest, size, 0, PENDING, LAYOUT_CHUNKS)
             tx.save_resource(resource)
-        elif resource.layout != LAYOUT_CHUNKS:
+        else:
             assert not resource.complete, f"extents added to the complete content {digest.hex()}"
-            resource.layout = LAYOUT_CHUNKS
-            tx.save_resource(resource)
+            if resource.layout != LAYOUT_CHUNKS:
+                resource.layout = LAYOUT_CHUNKS
+                tx.save_resource(resource)
         uses: dict[bytes, int] = {}
         for run in batch.runs:
             uses[run.chunk] = uses.get(run.chunk, 0) + run.count
