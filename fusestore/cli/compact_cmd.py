@@ -54,6 +54,7 @@ def compact(path: Path, *, out: TextIO, err: TextIO) -> int:
         print("nothing to compact: no pack is sparse, and small packs are few", file=out)
         return 0
     size = mounts.human_bytes
-    print(f"compacted {done.packs_freed} packs: {done.given_back} bytes ({size(done.given_back)}) given back, "
+    packs = f"{done.packs_freed} pack" + ("s" if done.packs_freed > 1 else "")
+    print(f"compacted {packs}: {done.given_back} bytes ({size(done.given_back)}) given back, "
           f"{done.copied_bytes} live bytes ({size(done.copied_bytes)}) copied", file=out)
     return 0
