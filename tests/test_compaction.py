@@ -11,6 +11,7 @@ knows.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import random
 import subprocess
@@ -26,6 +27,7 @@ from fusestore import Store
 from fusestore.catalog import Pack
 from fusestore.cli.compact_cmd import compact
 from fusestore.pool import LocalPackStore
+from fusestore.store.chunks import PACK_TARGET
 from fusestore.store.compaction import SMALL_PACK, SMALL_PACKS, candidates
 
 from .helpers import ENV, live_chunk_bytes, put, read
@@ -388,3 +390,42 @@ class Interleaving(LocalPackStore):
         if action is not None:
             action()
         super().barrier()
+
+
+def test_a_pack_that_cannot_be_read_is_left_as_it_is_and_said_once(
+    store_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    kept = sparse_store(store_path)
+    with Store.open(store_path) as store:
+        (sparse,) = pack_rows(store)
+    os.truncate(store_path / "packs" / f"{sparse.pack:016x}", 10 * FILE_SIZE + 1)  # within the second kept file
+    with caplog.at_level(logging.ERROR), Store.open(store_path) as store:
+        done = store.compact()
+        assert (done.packs_freed, done.copied_bytes) == (0, FILE_SIZE), "the first kept file was copied"
+        assert store.compact().copied_bytes == 0
+        assert read(store, kept[0]) == data_of(kept[0]), "moved: it reads as it did"
+    said = [record for record in caplog.records if "cannot be read" in record.getMessage()]
+    assert len(said) == 1
+
+
+def test_copies_that_fill_the_open_pack_are_moved_before_it_rolls(store_path: Path) -> None:
+    """More live bytes than one pack holds: each round is moved before the pack it copied into is sealed."""
+    per_open = PACK_TARGET // FILE_SIZE - 10  # one pack each, nearly full
+    names = [[f"open {number} file {index}" for index in range(per_open)] for number in range(3)]
+    for batch in names:
+        fill(store_path, batch)
+    kept = [name for batch in names for name in batch[::2][:per_open * 9 // 20]]  # 45% of each pack live
+    with Store.open(store_path) as store:
+        for batch in names:
+            for name in set(batch) - set(kept):
+                store.remove_for_environment(ENV, name)
+        assert len(pack_rows(store)) == 3
+        done = store.compact()
+        assert done.packs_freed == 3
+        assert done.copied_bytes == len(kept) * FILE_SIZE > PACK_TARGET
+        assert len(pack_rows(store)) == 2, "the open pack rolled once"
+        assert pack_file_bytes(store_path) == live_chunk_bytes(store) == done.copied_bytes
+        assert_packs_accounted_for(store)
+    with Store.open(store_path) as store:
+        for name in kept:
+            assert read(store, name) == data_of(name)

@@ -132,6 +132,7 @@ class Compaction:
         self.catalog = catalog
         self.chunks = chunks
         self._lock = threading.Lock()
+        self._unreadable: set[int] = set()  # packs a read failed in: left to fsck, and said once
 
     def run(self, budget: int | None = None) -> Compacted:
         """Compact the candidates, copying at most ``budget`` stored bytes (None: all of them)."""
@@ -141,22 +142,25 @@ class Compaction:
             done = Compacted()
             current = _Round()
             for pack in chosen:
+                if pack.pack in self._unreadable:
+                    continue
                 current.packs.add(pack.pack)
                 for chunk in self._located(pack.pack):
                     spent = done.copied_bytes + current.copied
                     if budget is not None and spent > 0 and spent + chunk.stored > budget:
                         return self._end(current, done)
-                    current = self._copy(chunk, current, done)
+                    try:
+                        stored = self.chunks.packs.read(chunk.pack, chunk.offset, chunk.stored)
+                    except (PackMissing, ShortRead) as exc:
+                        log.error("compaction: pack %016x cannot be read (%s): it is left as it is, with what "
+                                  "was not copied yet (fusestore fsck)", pack.pack, exc)
+                        self._unreadable.add(pack.pack)
+                        break
+                    current = self._copy(chunk, stored, current, done)
             return self._end(current, done)
 
-    def _copy(self, chunk: Chunk, current: _Round, done: Compacted) -> _Round:
+    def _copy(self, chunk: Chunk, stored: bytes, current: _Round, done: Compacted) -> _Round:
         """Step 1 of the module docstring for one chunk; the round it is in (a new one when it ended one)."""
-        try:
-            stored = self.chunks.packs.read(chunk.pack, chunk.offset, chunk.stored)
-        except (PackMissing, ShortRead) as exc:
-            log.error("compaction: the chunk %s in pack %016x cannot be read (%s); it stays there "
-                      "(fusestore fsck)", chunk.digest.hex(), chunk.pack, exc)
-            return current
         copy = self.chunks.append_stored(chunk, stored, roll=not current.copies)
         if copy is None:  # the open pack is full: what this round copied there is recorded first
             self._finish(current, done)
