@@ -9,11 +9,11 @@ such packs elsewhere, so that they can go.
 Which packs (``candidates``), from the catalog's ``packs`` rows:
 
 - a sealed pack whose live bytes are less than half its size (``2 * live <
-  size``). Copying it costs its live bytes and gives back its dead ones,
-  which are then the more: every byte copied gives at least one back, and
-  sealed packs never hold more than twice their live bytes for long. (Borg
-  and restic prune at lower shares of waste; they pay a whole upload per
-  pack rewritten, where we pay a local copy);
+  size``; the size counts dead bytes too). Copying a pack costs its live
+  bytes and gives back its dead ones: at half, each byte copied buys one
+  back; a lower threshold would copy more per byte given back (at 10%
+  dead, nine for one), a higher one would leave more waste. So once
+  compaction has run, no sealed pack takes more than twice its live bytes;
 - a sealed pack with nothing live (``live == 0``): the release path frees
   those as their last chunk goes, but one may be left otherwise (a pack
   whose chunks were all moved to replace lost bytes, or a count gone wrong);
@@ -26,7 +26,8 @@ Which packs (``candidates``), from the catalog's ``packs`` rows:
   newer ones).
 
 The emptiest go first: the most space back per byte copied. The open pack
-is never a candidate.
+is never a candidate. A pack a budget stopped half way keeps its row and
+the chunks not yet moved; emptier, it comes no later the next time.
 
 How, in rounds of at most ``ROUND_BYTES`` copied (and a caller's
 ``budget`` in all), in this order of writes:
@@ -69,9 +70,11 @@ So the pack files left are the ones the catalog knows, and fsck has
 nothing to account for. Writers and readers go on meanwhile: a writer takes
 references to chunk rows wherever they are; a reader that looked a chunk up
 before its move gets ``PackMissing`` once the old pack is deleted and looks
-it up again (``ChunkReader``). A mount compacts at most ``budget`` bytes
-after each checkpoint (``fs.daemon``), on a worker thread; ``fusestore
-compact`` and ``fsck --repair`` compact every candidate.
+it up again (``ChunkReader``). A mount copies at most ``COMPACT_BYTES``
+after each checkpoint, on a worker thread (``fs.daemon``); ``fusestore
+compact``, and ``fsck --repair`` after a repair, compact every candidate.
+A pack that cannot be read (missing, or shorter than its chunks) is left
+as it is, with what was not copied yet, for fsck; it is said once.
 """
 
 from __future__ import annotations
@@ -188,11 +191,14 @@ class Compaction:
 
     def _finish(self, current: _Round, done: Compacted) -> None:
         """Steps 2 and 3 of the module docstring for one round; its figures are added to ``done``."""
+        if not current.packs:
+            return
         if current.copies:
             self.chunks.packs.barrier()
         freed, freed_bytes = 0, 0
         with self.catalog.write() as tx:
             changed: dict[int, Pack] = {}
+            targets: set[int] = set()
             for old, new in current.copies:
                 chunk = tx.chunk(old.digest)
                 target = _pack(tx, new.pack, changed)
@@ -203,10 +209,12 @@ class Compaction:
                     source.live -= chunk.stored
                 tx.move_chunk(chunk, new.pack, new.offset, new.stored, new.codec)
                 target.live += new.stored
-                if not self.chunks.packs.promises.durable_on_put:
-                    tx.add_unsynced(u64(new.pack), self.chunks.covering())
+                targets.add(new.pack)
             for pack in changed.values():
                 tx.save_pack(pack)
+            if not self.chunks.packs.promises.durable_on_put:
+                for pack_id in targets:
+                    tx.add_unsynced(u64(pack_id), self.chunks.covering())
             for pack_id in sorted(current.packs):
                 emptied = tx.pack(pack_id)
                 if emptied is not None and emptied.sealed and next(tx.chunks_in_pack(pack_id), None) is None:
