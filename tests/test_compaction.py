@@ -366,6 +366,14 @@ def test_the_command_compacts_a_store_and_says_what_it_gave_back(store_path: Pat
             assert read(store, name) == data_of(name)
 
 
+def test_the_command_on_a_new_store_has_nothing_to_do(store_path: Path) -> None:
+    Store.open(store_path).close()
+    out, err = io.StringIO(), io.StringIO()
+    assert compact(store_path, out=out, err=err) == 0, err.getvalue()
+    assert out.getvalue() == "nothing to compact: no pack is sparse, and small packs are few\n"
+    assert pack_files(store_path) == set(), "no pack was started for nothing"
+
+
 def test_the_command_refuses_a_store_in_use_and_a_path_without_one(store_path: Path, tmp_path: Path) -> None:
     sparse_store(store_path)
     with Store.open(store_path):
