@@ -1,4 +1,10 @@
-"""Compaction through a real mount: the daemon gives deleted files' space back by itself, and reads stay right."""
+"""Compaction through real mounts: the daemon gives deleted files' space back by itself, and reads stay right.
+
+And on the power-loss simulator (``tests/powercut.py``): a child compacts a
+store on it and pauses at a point a pack store subclass picks, where the
+power is cut; the store, opened on what survived, must read every file as
+it was, with exactly the pack files its catalog knows.
+"""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@
 mounts, reports readiness once the mount answers, serves, checkpoints every
 ``CHECKPOINT_SECONDS`` (and after each, compacts at most ``COMPACT_BYTES``
 on a worker thread: ``store.compaction``), then commits what is still open
-and closes the store. The command line checks the mount point and /dev/fuse before.
+and closes the store. The command line checks the mount point and
+/dev/fuse before.
 
 Stopping never waits on a user: pyfuse3's main loop returns only once every
 request in flight is answered, and a commit may hash a huge file for
