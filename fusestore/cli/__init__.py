@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import fsck_cmd, link_cmd, mount_cmd, stats_cmd, umount_cmd
+from . import compact_cmd, fsck_cmd, link_cmd, mount_cmd, stats_cmd, umount_cmd
 from .mounts import MountError
 
 DESCRIPTION = """\
@@ -20,7 +20,7 @@ fusestore: a deduplicating FUSE filesystem. Files live at /<env-uuid>/<path>;
 each distinct content is stored once, in a refcounted blob pool.
 """
 
-COMMANDS = (mount_cmd, umount_cmd, link_cmd, stats_cmd, fsck_cmd)
+COMMANDS = (mount_cmd, umount_cmd, link_cmd, stats_cmd, fsck_cmd, compact_cmd)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -118,6 +118,10 @@ def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool) ->
             print("repaired: ran recovery, which did what the 'recovery would' lines say", file=out)
         for line in repair.repair(store, corrupt):
             print(f"repaired: {line}", file=out)
+        compacted = store.compact()
+        if compacted.packs_freed:
+            print(f"repaired: compacted {compacted.packs_freed} packs, giving back {compacted.given_back} bytes",
+                  file=out)
         left = [line for line in fsck.find_problems(store)
                 if not line.startswith("no_directory_cycles:")]  # said by the repair already
         for line in left:

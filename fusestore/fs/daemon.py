@@ -2,8 +2,10 @@
 
 ``serve`` opens the store (which recovers what a killed daemon left),
 mounts, reports readiness once the mount answers, serves, checkpoints every
-``CHECKPOINT_SECONDS``, then commits what is still open and closes the
-store. The command line checks the mount point and /dev/fuse before.
+``CHECKPOINT_SECONDS`` (and after each, compacts at most ``COMPACT_BYTES``
+on a worker thread: ``store.compaction``), then commits what is still open
+and closes the store. The command line checks the mount point and
+/dev/fuse before.
 
 Stopping never waits on a user: pyfuse3's main loop returns only once every
 request in flight is answered, and a commit may hash a huge file for
@@ -33,6 +35,7 @@ from .operations import Operations
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SECONDS = 5.0
+COMPACT_BYTES = 16 << 20  # stored bytes compaction copies after a checkpoint, at most: it never hogs the disk
 STOP_GRACE = 5.0  # seconds that commits in flight keep once the daemon is asked to stop
 UNMOUNT_POLL = 1.0  # seconds between two looks at whether the mount is still there
 
@@ -86,13 +89,18 @@ async def _serve(operations: Operations, mountpoint: Path, ready_fd: int | None)
                     return
 
         async def checkpoint() -> None:
-            """Make committed changes durable every few seconds (as ext4's commit interval)."""
+            """Make committed changes durable every few seconds (as ext4's commit interval), then compact a little."""
             while True:
                 await trio.sleep(CHECKPOINT_SECONDS)
                 try:
                     await trio.to_thread.run_sync(operations.store.sync)
                 except Exception:  # EIO, a full disk...: the mount must live on; say so and try again
                     log.exception("checkpoint failed, retrying in %d s", CHECKPOINT_SECONDS)
+                    continue
+                try:
+                    await trio.to_thread.run_sync(operations.store.compact, COMPACT_BYTES)
+                except Exception:
+                    log.exception("compaction failed, retrying after the next checkpoint")
 
         async def announce_ready() -> None:
             """Say the mount answers, then watch for its unmount (which may leave long requests in flight)."""

@@ -244,6 +244,24 @@ class Chunks:
             offset = self.packs.append(self._open, stored)
             return Chunk(chunk_digest, self._open, offset, len(stored), len(piece), codec)
 
+    def append_stored(self, chunk: Chunk, stored: bytes, *, roll: bool = True) -> Chunk | None:
+        """Append a chunk's stored bytes as they are (its codec stays) to the open pack; the chunk at that place.
+
+        The open pack rolls over as ``store``'s appends make it; with
+        ``roll=False`` a full (or no) open pack gives None instead, so that a
+        caller can record what it appended there before the pack is sealed
+        (a pack sealed with nothing recorded in it is freed). Compaction
+        moves the chunk there once the bytes are durable.
+        """
+        with self._pack_lock:
+            if self._open is None or self.packs.end(self._open) >= PACK_TARGET:
+                if not roll:
+                    return None
+                self._roll()
+            assert self._open is not None
+            offset = self.packs.append(self._open, stored)
+            return Chunk(chunk.digest, self._open, offset, len(stored), chunk.length, chunk.codec)
+
     def _roll(self) -> None:
         """Seal the open pack (if any) and open a new one: its row first, then its file."""
         if self._open is not None:

@@ -50,6 +50,7 @@ from . import names
 from .access import RequestResponse, RequestTable, choose_ranges
 from .checkpoints import Checkpoints
 from .chunks import Chunks
+from .compaction import Compacted, Compaction
 from .content import DEFAULT_VERIFY_LIMIT, Content
 from .locking import StoreLock
 from .namespace import GLOBAL_DIR, USERS_DIR, Namespace
@@ -115,6 +116,7 @@ class Store:
         self.namespace = Namespace(self.catalog, self.content, self.writes)
         self.xattrs = Xattrs(self.catalog, self.writes)
         self.checkpoints = Checkpoints(self.catalog, self.staging, self.content, self.writes)
+        self.compaction = Compaction(self.catalog, self.chunks)
         self.challenge_ranges = challenge_ranges
         self.randbelow = randbelow
         self.tenancy = tenancy
@@ -187,6 +189,10 @@ class Store:
     def sync(self) -> None:
         """Make every committed change durable: a checkpoint (packs first, then the catalog)."""
         self.checkpoints.checkpoint()
+
+    def compact(self, budget: int | None = None) -> Compacted:
+        """Give back the space of deleted data (``compaction``): at most ``budget`` stored bytes copied, or all."""
+        return self.compaction.run(budget)
 
     # -- the managed storage: environments, users, global ---------------------
 
