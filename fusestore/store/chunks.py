@@ -237,21 +237,19 @@ class Chunks:
 
     def _append(self, chunk_digest: bytes, piece: bytes) -> Chunk:
         codec, stored = encode(piece, self.compression)
-        with self._pack_lock:
-            if self._open is None or self.packs.end(self._open) >= PACK_TARGET:
-                self._roll()
-            assert self._open is not None
-            offset = self.packs.append(self._open, stored)
-            return Chunk(chunk_digest, self._open, offset, len(stored), len(piece), codec)
+        appended = self.append_stored(Chunk(chunk_digest, 0, 0, len(stored), len(piece), codec), stored)
+        assert appended is not None, "an append that may roll always finds room"
+        return appended
 
     def append_stored(self, chunk: Chunk, stored: bytes, *, roll: bool = True) -> Chunk | None:
         """Append a chunk's stored bytes as they are (its codec stays) to the open pack; the chunk at that place.
 
         The open pack rolls over as ``store``'s appends make it; with
         ``roll=False`` a full (or no) open pack gives None instead, so that a
-        caller can record what it appended there before the pack is sealed
-        (a pack sealed with nothing recorded in it is freed). Compaction
-        moves the chunk there once the bytes are durable.
+        caller can record what it appended there while the pack is open (a
+        sealed pack is freed when its recorded live bytes reach zero, with
+        what was appended but not recorded). Compaction moves the chunk
+        there once the bytes are durable.
         """
         with self._pack_lock:
             if self._open is None or self.packs.end(self._open) >= PACK_TARGET:

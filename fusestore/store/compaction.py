@@ -36,16 +36,17 @@ How, in rounds of at most ``ROUND_BYTES`` copied (and a caller's
    they are (no decode: the codec stays) to the open pack
    (``Chunks.append_stored``), which rolls over as writes make it; a round
    ends before the open pack would roll, so that what it copied there is
-   recorded before that pack is sealed (sealed with nothing recorded, a
-   pack is freed);
+   recorded while that pack is still open (a sealed pack is freed once
+   its recorded live bytes reach zero, and copies not yet recorded would
+   go with it);
 2. ``packs.barrier()``: the copies are durable;
 3. one write transaction moves each chunk still at its old place
    (``tx.move_chunk``), takes its stored bytes off the old pack's ``live``
    and adds them to the new one's, and lists the new pack ``unsynced`` as
    every transaction that records chunks in a pack does. A chunk released
    (or moved) since it was read is skipped: its copy is dead bytes. So is
-   a chunk whose new pack went meanwhile (a writer rolled it while nothing
-   was recorded in it): it stays where it was. Each sealed pack of the
+   a chunk whose new pack went meanwhile (sealed by a rollover, then freed as
+   its last recorded chunk went): it stays where it was. Each sealed pack of the
    round with no chunk left in it (by the ``packchunks`` index) is freed
    (``Chunks.free_pack``) in the same transaction;
 4. once that transaction is durable, the freed packs' files are deleted
