@@ -20,9 +20,13 @@ from typing import Any
 import blake3
 import lmdb
 import pytest
+import zstandard
 
 from fusestore import Store, linux
 from fusestore.catalog import records
+from fusestore.pool import codec
+from fusestore.pool.chunker import DEFAULT_PARAMS
+from fusestore.store import chunks
 
 from .conftest import ENV
 
@@ -106,7 +110,7 @@ def _store_with_a_file(path: Path, data: bytes = b"hello, format\n", name: str =
 
 
 def _named_databases(catalog: Path) -> set[str]:
-    env = lmdb.open(str(catalog), readonly=True, lock=False, max_dbs=16, create=False)
+    env = lmdb.open(str(catalog), readonly=True, lock=False, max_dbs=32, create=False)
     try:
         with env.begin() as txn:
             return {bytes(key).decode("ascii") for key in txn.cursor().iternext(values=False)}
@@ -137,6 +141,8 @@ KINDS = [  # (pattern of a path relative to the store, the kind's name in FORMAT
     (r"catalog/data\.mdb", "catalog/data.mdb"),
     (r"catalog/lock\.mdb", "catalog/lock.mdb"),
     (r"catalog/anchor", "catalog/anchor"),
+    (r"packs/", "packs/"),
+    (rf"packs/{HEX}{{16}}", "packs/<16 hex>"),
     (r"pool/", "pool/"),
     (rf"pool/{HEX}{{2}}/", "pool/ab/"),
     (rf"pool/{HEX}{{2}}/{HEX}{{2}}/", "pool/ab/cd/"),
@@ -183,8 +189,8 @@ def test_every_file_kind_under_a_store_is_documented(tmp_path: Path, doc: str) -
     kinds = {path: kind_of(path) for path in found}
     assert not [path for path, kind in kinds.items() if kind is None], f"undocumented paths: {kinds}"
     produced = set(kinds.values())
-    assert {"catalog/data.mdb", "catalog/lock.mdb", "catalog/anchor", "pool/", "staging/", "lock",
-            "pool/ab/cd/<64 hex>", "staging/<32 hex>"} <= produced
+    assert {"catalog/data.mdb", "catalog/lock.mdb", "catalog/anchor", "packs/", "staging/", "lock",
+            "packs/<16 hex>", "staging/<32 hex>"} <= produced
     documented = documented_kinds(doc)
     assert produced <= documented, f"missing from FORMAT.md's layout table: {produced - documented}"
     assert documented == {kind for _, kind in KINDS}, "the table names exactly the kinds this test knows"
@@ -228,14 +234,14 @@ def test_every_path_under_a_store_has_its_documented_mode_whatever_the_umask(tmp
 
 
 def test_a_store_reads_back_with_raw_lmdb_following_the_document(tmp_path: Path, doc: str) -> None:
-    data = b"the bytes of one file\n" * 100
+    data = b"the bytes of one file\n" * 100 + os.urandom(200_000)  # a compressed chunk, then raw ones
     root = tmp_path / "store"
     hash_hex = _store_with_a_file(root, data, "dir/file.txt")
 
-    env = lmdb.open(str(root / "catalog"), readonly=True, lock=False, max_dbs=16, create=False)
+    env = lmdb.open(str(root / "catalog"), readonly=True, lock=False, max_dbs=32, create=False)
     try:
         dbs = {name: env.open_db(name.encode(), create=False)
-               for name in ("meta", "resources", "inodes", "dirents")}
+               for name in ("meta", "resources", "inodes", "dirents", "extents", "chunks", "packs", "packchunks")}
         with env.begin() as txn:
             assert txn.get(b"format", db=dbs["meta"]) == str(records.FORMAT_VERSION).encode()
 
@@ -267,7 +273,7 @@ def test_a_store_reads_back_with_raw_lmdb_following_the_document(tmp_path: Path,
             raw = txn.get(digest, db=dbs["resources"])
             assert raw is not None
             resource = decode(layout(doc, "resources", "value"), bytes(raw))
-            assert resource == {"length": len(data), "refcount": 1, "state": 1, "layout": 0}
+            assert resource == {"length": len(data), "refcount": 1, "state": 1, "layout": 1}
             assert node["size"] == len(data)
 
             raw_next = txn.get(b"next_ino", db=dbs["meta"])  # meta: next_ino -> u64
@@ -277,13 +283,34 @@ def test_a_store_reads_back_with_raw_lmdb_following_the_document(tmp_path: Path,
                 decoded = decode(layout(doc, "inodes", "value"), bytes(raw_value))
                 assert decode(layout(doc, "inodes", "key"), bytes(raw_key))["ino"] < next_ino
                 assert decoded["nlink"] >= 1
+
+            content = b""  # step 7 of "Reading a store without fusestore"
+            cursor = txn.cursor(db=dbs["extents"])
+            assert cursor.set_range(digest + key_u64(1))
+            for raw_key, raw_value in cursor:
+                key = decode(layout(doc, "extents", "key"), bytes(raw_key))
+                if key["digest"] != digest:
+                    break
+                extent = decode(layout(doc, "extents", "value"), bytes(raw_value))
+                raw_chunk = txn.get(extent["chunk"], db=dbs["chunks"])
+                assert raw_chunk is not None
+                chunk = decode(layout(doc, "chunks", "value"), bytes(raw_chunk))
+                with open(root / "packs" / f"{chunk['pack']:016x}", "rb") as pack:
+                    pack.seek(chunk["offset"])
+                    stored = pack.read(chunk["stored"])
+                piece = zstandard.ZstdDecompressor().decompress(stored) if chunk["codec"] == 1 else stored
+                assert chunk["codec"] in (0, 1) and len(piece) == chunk["length"] == extent["length"]
+                assert blake3.blake3(piece).digest() == extent["chunk"]
+                content += piece * extent["count"]
+                assert len(content) == key["end"]
+                index = txn.get(key_u64(chunk["pack"]) + key_u64(chunk["offset"]), db=dbs["packchunks"])
+                assert index == extent["chunk"]
+            raw_pack = txn.get(key_u64(chunk["pack"]), db=dbs["packs"])
+            assert raw_pack is not None
+            assert decode(layout(doc, "packs", "value"), bytes(raw_pack))["sealed"] == 1
     finally:
         env.close()
 
-    assert "pool/<h[0:2]>/<h[2:4]>/<h>" in doc
-    h = digest.hex()
-    blob = root / "pool" / h[0:2] / h[2:4] / h
-    content = blob.read_bytes()
     assert len(content) == resource["length"]
     assert blake3.blake3(content).digest() == digest
     assert content == data
@@ -321,8 +348,25 @@ def test_documented_layouts_decode_what_the_encoders_write(doc: str) -> None:
     assert decode(layout(doc, "dirents", "key"), key_u64(5) + b"name") == {"parent": 5, "name": b"name"}
     assert decode(layout(doc, "xattrs", "key"), key_u64(5) + b"user.a") == {"ino": 5, "name": b"user.a"}
     assert decode(layout(doc, "unsynced", "value"), key_u64(2)) == {"checkpoint": 2}
-    for db in ("resources", "unsynced", "freed"):
-        assert decode(layout(doc, db, "key"), digest) == {"digest": digest}
+    assert decode(layout(doc, "resources", "key"), digest) == {"digest": digest}
+    for db in ("unsynced", "freed"):
+        assert decode(layout(doc, db, "key"), digest) == {"key": digest}
+        assert decode(layout(doc, db, "key"), key_u64(7)) == {"key": key_u64(7)}
+    chunked = records.Resource(digest, 7, 3, records.COMPLETE, records.LAYOUT_CHUNKS)
+    assert decode(layout(doc, "resources", "value"), chunked.encode())["layout"] == 1
+    chunk = records.Chunk(digest, 5, 4096, 100, 200, 1, 9)
+    assert decode(layout(doc, "chunks", "value"), chunk.encode()) == {
+        "pack": 5, "offset": 4096, "stored": 100, "length": 200, "codec": 1, "refcount": 9}
+    extent = records.Extent(1 << 40, digest, 65536, 3)
+    assert decode(layout(doc, "extents", "value"), extent.encode()) == {"chunk": digest, "length": 65536, "count": 3}
+    assert decode(layout(doc, "extents", "key"), digest + key_u64(1 << 40)) == {"digest": digest, "end": 1 << 40}
+    assert decode(layout(doc, "packs", "value"), records.Pack(5, 100, 60, True).encode()) == {
+        "size": 100, "live": 60, "sealed": 1}
+    assert decode(layout(doc, "packs", "key"), key_u64(5)) == {"pack": 5}
+    assert decode(layout(doc, "packchunks", "key"), key_u64(5) + key_u64(9)) == {"pack": 5, "offset": 9}
+    assert decode(layout(doc, "packchunks", "value"), digest) == {"chunk": digest}
+    assert records.Chunking(2048, 16384, 65536).encode() == bytes.fromhex("000008000000400000010000")
+    assert "`00000800 00004000 00010000`" in doc
     assert decode(layout(doc, "orphans", "key"), key_u64(8)) == {"ino": 8}
 
 
@@ -330,6 +374,11 @@ def test_the_document_states_the_current_version_and_constants(doc: str) -> None
     assert f"format version **{records.FORMAT_VERSION}**" in doc
     assert f"#### Version {records.FORMAT_VERSION}" in doc
     assert (records.PENDING, records.COMPLETE, records.LAYOUT_WHOLE_BLOB, records.ROOT_INO) == (0, 1, 0, 1)
+    assert records.LAYOUT_CHUNKS == 1
+    params = DEFAULT_PARAMS
+    assert f"min {params.min_size >> 10} KiB,\naverage {params.avg_size >> 10} KiB, max {params.max_size >> 10} KiB" in doc
+    assert (codec.RAW, codec.ZSTD, codec.SAVING, codec.MIN_COMPRESSED) == (0, 1, 32, 128)
+    assert f"{chunks.PACK_TARGET >> 20} MiB (`PACK_TARGET`" in doc
     assert blake3.blake3(b"").hexdigest() in doc  # the empty content, which has no blob
 
 

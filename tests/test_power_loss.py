@@ -68,7 +68,7 @@ WRITER = textwrap.dedent("""
         return blake3.blake3(f"{seed} {name}".encode()).digest(length=length)
 
     store = Store.open(store_path)
-    emit("open", store.blobs.trust_syncfs)
+    emit("open", store.packs.trust_syncfs)
     try:
         env = store.namespace.lookup(1, ENV.encode()).ino
     except errors.NotFound:
