@@ -1,10 +1,10 @@
-"""Wrong bytes are never served: opens check a content's length always, and reads hash each chunk once, up to a limit."""
+"""Wrong bytes are never served: opens check a content's length, and reads hash each chunk once, up to a limit."""
 
 from __future__ import annotations
 
 import errno
-import os
 import logging
+import os
 import random
 import subprocess
 from pathlib import Path

@@ -376,7 +376,8 @@ def test_the_document_states_the_current_version_and_constants(doc: str) -> None
     assert (records.PENDING, records.COMPLETE, records.LAYOUT_WHOLE_BLOB, records.ROOT_INO) == (0, 1, 0, 1)
     assert records.LAYOUT_CHUNKS == 1
     params = DEFAULT_PARAMS
-    assert f"min {params.min_size >> 10} KiB,\naverage {params.avg_size >> 10} KiB, max {params.max_size >> 10} KiB" in doc
+    sizes = f"min {params.min_size >> 10} KiB,\naverage {params.avg_size >> 10} KiB, max {params.max_size >> 10} KiB"
+    assert sizes in doc
     assert (codec.RAW, codec.ZSTD, codec.SAVING, codec.MIN_COMPRESSED) == (0, 1, 32, 128)
     assert f"{chunks.PACK_TARGET >> 20} MiB (`PACK_TARGET`" in doc
     assert blake3.blake3(b"").hexdigest() in doc  # the empty content, which has no blob

@@ -156,7 +156,7 @@ def test_the_hash_of_a_file_is_shown_only_to_who_may_read_it(shared: Mount) -> N
 
 
 def test_nothing_under_the_store_directory_is_readable_by_another_uid(shared: Mount) -> None:
-    env = make_env(shared, ALICE, ENV, umask=0, files={"f": b"bytes in the pool"})
+    make_env(shared, ALICE, ENV, umask=0, files={"f": b"bytes in the pool"})
     shared.blob_count()  # settles: a checkpoint has run, the pack is there
     store = shared.store
     packs = sorted((store / "packs").iterdir())
