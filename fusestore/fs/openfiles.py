@@ -155,7 +155,7 @@ class OpenFiles:
             staged.start_writeback(written_back, hashed - written_back)
             written_back = hashed
 
-        return RunningHash(on_progress=start_writeback)
+        return RunningHash(on_progress=start_writeback, stream=self.store.writes.stream, read_back=staged.read)
 
     async def write(self, state: OpenInode, offset: int, data: bytes) -> int:
         allowed = self.store.writes.writable(offset, len(data))
@@ -275,9 +275,11 @@ class OpenFiles:
             self._drop_hash(state)  # its thread may touch the staging file: stop it first
             writes.abandon(staged, remove_created=False)
             return None
+        streamed = None
         try:
             if state.hasher is not None and state.hashed == state.size:
                 digest, size = state.hasher.digest(), state.size
+                streamed = state.hasher.streamed()
             else:
                 self._drop_hash(state)
                 digest, size = staged.hash(self.store.stopping.check)  # a huge file's hashing gives up at a stop
@@ -289,11 +291,14 @@ class OpenFiles:
             writes.abandon(staged, remove_created=False)
             raise
         try:
-            return writes.commit(staged, digest, size, mtime_ns=state.mtime_ns)
+            return writes.commit(staged, digest, size, mtime_ns=state.mtime_ns, streamed=streamed)
         except Refused as refused:  # a file created only to receive refused content disappears with it
             if refused.dropped is not None:
                 self.on_dropped(refused.dropped.parent, refused.dropped.name, refused.dropped.ino)
             raise
+        finally:
+            if streamed is not None:
+                streamed.close()
 
     def attributes(self, attributes: Attributes) -> Attributes:
         """``attributes`` as readers must see them: the size and mtime of uncommitted writes."""

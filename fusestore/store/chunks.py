@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import bisect
 import logging
+import struct
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -42,7 +44,7 @@ from .. import errors
 from ..catalog import LAYOUT_CHUNKS, PENDING, Catalog, Chunk, Chunking, Extent, Pack, Resource, Txn, u64
 from ..pool import StagingFile
 from ..pool.blobstore import Progress
-from ..pool.chunker import DEFAULT_PARAMS, ChunkParams, chunks
+from ..pool.chunker import DEFAULT_PARAMS, ChunkParams, StreamChunker, chunks
 from ..pool.codec import DEFAULT_COMPRESSION, Compression, DamagedChunk, decode, encode
 from ..pool.packs import PackMissing, PackStore
 from ..pool.staging import ShortRead
@@ -74,10 +76,9 @@ class _Vanished(Exception):
 
 @dataclass
 class _Batch:
-    """One batch of a content being stored: its runs, where each chunk first comes, and what it appended."""
+    """One batch of a content being stored: its runs, and the chunks appended for it."""
 
     runs: list[Extent]
-    first_at: dict[bytes, int]  # chunk digest -> offset in the content of its first copy in the batch
     appended: dict[bytes, Chunk]  # chunks this batch stored (refcount 0 until recorded)
 
 
@@ -95,6 +96,7 @@ class Chunks:
         self.on_freed: Callable[[Txn, bytes], None] = lambda tx, key: None  # ``Content`` deletes what is freed
         self._open: int | None = None  # the pack appends go to
         self._pack_lock = threading.Lock()
+        self._held: Counter[int] = Counter()  # pack -> stores in flight whose appends to it are not recorded yet
         self._verified: set[bytes] = set()
         self._zero_digests: dict[int, bytes] = {}
 
@@ -141,8 +143,26 @@ class Chunks:
             if pack is not None:
                 pack.sealed, pack.size = True, end
                 tx.save_pack(pack)
-                if free_if_empty and pack.live == 0:
+                if free_if_empty and pack.live == 0 and not self.held(pack_id):
                     self.free_pack(tx, pack_id)
+
+    def held(self, pack_id: int) -> bool:
+        """Whether a store in flight appended to the pack and has not recorded it all: nothing may free it.
+
+        Its live bytes say only what is recorded, so it may look empty; a
+        sealed pack left with nothing live once let go is compaction's.
+        """
+        with self._pack_lock:
+            return self._held[pack_id] > 0
+
+    def let_go(self, hold: set[int]) -> None:
+        """A store in flight recorded (or gave up) its appends to these packs."""
+        with self._pack_lock:
+            for pack_id in hold:
+                self._held[pack_id] -= 1
+                if self._held[pack_id] <= 0:
+                    del self._held[pack_id]
+            hold.clear()
 
     def free_pack(self, tx: Txn, pack_id: int) -> None:
         """The pack holds nothing live: its row goes now, its file once that is durable (``Content`` does it)."""
@@ -168,41 +188,50 @@ class Chunks:
         afterwards; on failure it calls ``drop_partial``. ``on_stored(n)``
         every ``LOOKUP_BYTES`` (it may raise to stop).
         """
-        batch = _Batch([], {}, {})
-        looked_up: set[bytes] = set()  # chunks of this batch found in the catalog or appended
-        group: list[tuple[int, bytes, bytes]] = []  # (offset, bytes, digest) not yet looked up
-        grouped = batched = 0
-        for offset, piece in chunks(read, 0, size, self.params):
-            chunk_digest = self._digest(piece)
-            runs = batch.runs
-            if runs and runs[-1].chunk == chunk_digest and runs[-1].end == offset:
-                last = runs[-1]
-                runs[-1] = Extent(offset + len(piece), chunk_digest, last.length, last.count + 1)
-            else:
-                runs.append(Extent(offset + len(piece), chunk_digest, len(piece)))
-            if chunk_digest not in looked_up:
-                looked_up.add(chunk_digest)
-                batch.first_at[chunk_digest] = offset
-                group.append((offset, piece, chunk_digest))
-            grouped += len(piece)
-            if grouped < LOOKUP_BYTES:
-                continue
-            self._append_lacking(group, batch)
-            if on_stored is not None:
-                on_stored(grouped)
-            batched += grouped
-            group, grouped = [], 0
-            if batched >= BATCH_BYTES and len(runs) > 1:  # the last run may go on: it opens the next batch
-                carried = runs.pop()
-                self._record_batch(digest, size, batch, read)
-                batch = _Batch([carried], {carried.chunk: batch.first_at[carried.chunk]},
-                               {d: c for d, c in batch.appended.items() if d == carried.chunk})
-                looked_up, batched = {carried.chunk}, 0
-        self._append_lacking(group, batch)
-        if batch.runs or size == 0:
-            self._record_batch(digest, size, batch, read)
+        self._release_prefix(digest)
+        hold: set[int] = set()
+        try:
+            gatherer = _Gatherer(self, hold, lambda batch: self._record_batch(digest, size, batch, read, hold),
+                                 on_stored)
+            for offset, piece in chunks(read, 0, size, self.params):
+                gatherer.add(offset, piece)
+            gatherer.finish(empty=size == 0)
+        finally:
+            self.let_go(hold)
 
-    def _digest(self, piece: bytes) -> bytes:
+    def stream(self, spill: Callable[[], StagingFile]) -> "ChunkStream":
+        """A store of a content as it is written, in order, before its digest is known (``ChunkStream``)."""
+        return ChunkStream(self, spill)
+
+    def record_streamed(self, digest: bytes, size: int, streamed: "ChunkStream",
+                        read: Callable[[int, int], bytes], on_stored: Progress | None = None) -> None:
+        """``store``, for a content a finished stream cut and stored already: its batches are recorded."""
+        self._release_prefix(digest)
+        for batch in streamed.batches():
+            self._record_batch(digest, size, batch, read, streamed.hold)
+            if on_stored is not None:
+                on_stored(batch.runs[-1].end - batch.runs[0].start if batch.runs else 0)
+        if size == 0:
+            self._record_batch(digest, size, _Batch([], {}), read, streamed.hold)
+
+    def _release_prefix(self, digest: bytes) -> None:
+        """The extents a store cut short left to a still pending content go, before this store takes them again.
+
+        Recovery commits a kept staging file whose content may be such a
+        prefix: its batches write the same extent keys, and would count the
+        chunk uses a second time.
+        """
+        with self.catalog.read() as tx:
+            resource = tx.resource(digest)
+            partial = resource is not None and not resource.complete and next(tx.extents(digest), None) is not None
+        if partial:
+            with self.catalog.write() as tx:
+                resource = tx.resource(digest)
+                if resource is not None and not resource.complete:
+                    self.release(tx, digest)
+
+    def digest(self, piece: bytes) -> bytes:
+        """The BLAKE3 of a chunk (a chunk of zeros of a length seen before costs a scan, not a hash)."""
         zero = self._zero_digests.get(len(piece))
         if zero is not None and piece.count(0) == len(piece):
             return zero
@@ -211,16 +240,8 @@ class Chunks:
             self._zero_digests[len(piece)] = digest
         return digest
 
-    def _append_lacking(self, group: list[tuple[int, bytes, bytes]], batch: _Batch) -> None:
-        """Append the chunks of ``group`` the catalog lacks (one lookup for all of them)."""
-        if not group:
-            return
-        with self.catalog.read() as tx:
-            lacking = [(piece, d) for _, piece, d in group if tx.chunk(d) is None]
-        for piece, chunk_digest in lacking:
-            batch.appended[chunk_digest] = self._append(chunk_digest, piece)
-
-    def _record_batch(self, digest: bytes, size: int, batch: _Batch, read: Callable[[int, int], bytes]) -> None:
+    def _record_batch(self, digest: bytes, size: int, batch: _Batch, read: Callable[[int, int], bytes],
+                      hold: set[int]) -> None:
         """One transaction for the batch; chunks that vanished meanwhile are read again and appended."""
         while True:
             try:
@@ -231,17 +252,18 @@ class Chunks:
                 return
             except _Vanished as vanished:
                 for chunk_digest in vanished.digests:
-                    offset = batch.first_at[chunk_digest]
-                    length = next(run.length for run in batch.runs if run.chunk == chunk_digest)
-                    batch.appended[chunk_digest] = self._append(chunk_digest, read(length, offset))
+                    run = next(run for run in batch.runs if run.chunk == chunk_digest)
+                    batch.appended[chunk_digest] = self.append(chunk_digest, read(run.length, run.start), hold)
 
-    def _append(self, chunk_digest: bytes, piece: bytes) -> Chunk:
+    def append(self, chunk_digest: bytes, piece: bytes, hold: set[int] | None) -> Chunk:
+        """Encode and append a chunk; ``hold`` (of a store in flight) keeps its pack from being freed (``held``)."""
         codec, stored = encode(piece, self.compression)
-        appended = self.append_stored(Chunk(chunk_digest, 0, 0, len(stored), len(piece), codec), stored)
+        appended = self.append_stored(Chunk(chunk_digest, 0, 0, len(stored), len(piece), codec), stored, hold=hold)
         assert appended is not None, "an append that may roll always finds room"
         return appended
 
-    def append_stored(self, chunk: Chunk, stored: bytes, *, roll: bool = True) -> Chunk | None:
+    def append_stored(self, chunk: Chunk, stored: bytes, *, roll: bool = True,
+                      hold: set[int] | None = None) -> Chunk | None:
         """Append a chunk's stored bytes as they are (its codec stays) to the open pack; the chunk at that place.
 
         The open pack rolls over as ``store``'s appends make it; with
@@ -258,6 +280,9 @@ class Chunks:
                 self._roll()
             assert self._open is not None
             offset = self.packs.append(self._open, stored)
+            if hold is not None and self._open not in hold:
+                hold.add(self._open)
+                self._held[self._open] += 1
             return Chunk(chunk.digest, self._open, offset, len(stored), chunk.length, chunk.codec)
 
     def _roll(self) -> None:
@@ -338,7 +363,7 @@ class Chunks:
             if pack is not None:
                 pack.live -= chunk.stored
         for pack in changed.values():
-            if pack.sealed and pack.live <= 0:
+            if pack.sealed and pack.live <= 0 and not self.held(pack.pack):
                 self.free_pack(tx, pack.pack)
             else:
                 tx.save_pack(pack)
@@ -371,7 +396,7 @@ class Chunks:
         """Whether ``data`` hashes to the chunk's name (remembered, within a bound, once it does)."""
         if chunk.digest in self._verified:
             return True
-        if self._digest(data) != chunk.digest:
+        if self.digest(data) != chunk.digest:
             return False
         if len(self._verified) >= VERIFIED_MAX:
             self._verified.clear()
@@ -390,10 +415,10 @@ class Chunks:
         """Store again, from a copy of a content, those of its chunks whose bytes were lost; which it replaced."""
         replaced: set[bytes] = set()
         for _, piece in chunks(read, 0, size, self.params):
-            chunk_digest = self._digest(piece)
+            chunk_digest = self.digest(piece)
             if chunk_digest not in lost or chunk_digest in replaced:
                 continue
-            fresh = self._append(chunk_digest, piece)
+            fresh = self.append(chunk_digest, piece, None)
             with self.catalog.write() as tx:
                 chunk = tx.chunk(chunk_digest)
                 pack = tx.pack(fresh.pack)
@@ -511,3 +536,137 @@ class ChunkReader:
 
     def close(self) -> None:
         self._window, self._ends, self._cached = [], [], None
+
+
+class _Gatherer:
+    """Chunks in content order become batches: runs merged, new chunks looked up and appended as they come.
+
+    Every ``LOOKUP_BYTES`` the chunks not seen yet in the batch are looked
+    up in one read transaction and those the catalog lacks appended (then
+    their bytes are let go); every ``BATCH_BYTES`` the batch goes to
+    ``on_batch``, but for its last run, which may go on (so a hole stays one
+    row) and opens the next batch.
+    """
+
+    def __init__(self, chunks: Chunks, hold: set[int], on_batch: Callable[[_Batch], None],
+                 on_stored: Progress | None) -> None:
+        self._chunks = chunks
+        self._hold = hold
+        self._on_batch = on_batch
+        self._on_stored = on_stored
+        self._batch = _Batch([], {})
+        self._seen: set[bytes] = set()  # chunks of this batch looked up (found or appended) or waiting to be
+        self._group: list[tuple[bytes, bytes]] = []  # (digest, bytes) not yet looked up
+        self._grouped = self._batched = 0
+
+    def add(self, offset: int, piece: bytes) -> None:
+        chunk_digest = self._chunks.digest(piece)
+        runs = self._batch.runs
+        if runs and runs[-1].chunk == chunk_digest and runs[-1].end == offset:
+            last = runs[-1]
+            runs[-1] = Extent(offset + len(piece), chunk_digest, last.length, last.count + 1)
+        else:
+            runs.append(Extent(offset + len(piece), chunk_digest, len(piece)))
+        if chunk_digest not in self._seen:
+            self._seen.add(chunk_digest)
+            self._group.append((chunk_digest, piece))
+        self._grouped += len(piece)
+        if self._grouped >= LOOKUP_BYTES:
+            self._look_up()
+            if self._batched >= BATCH_BYTES and len(runs) > 1:
+                carried = runs.pop()
+                self._on_batch(self._batch)
+                kept = self._batch.appended.get(carried.chunk)
+                self._batch = _Batch([carried], {carried.chunk: kept} if kept is not None else {})
+                self._seen, self._batched = {carried.chunk}, 0
+
+    def _look_up(self) -> None:
+        if self._group:
+            with self._chunks.catalog.read() as tx:
+                lacking = [(d, piece) for d, piece in self._group if tx.chunk(d) is None]
+            for chunk_digest, piece in lacking:
+                self._batch.appended[chunk_digest] = self._chunks.append(chunk_digest, piece, self._hold)
+        if self._on_stored is not None and self._grouped:
+            self._on_stored(self._grouped)
+        self._batched += self._grouped
+        self._group, self._grouped = [], 0
+
+    def finish(self, *, empty: bool = False) -> None:
+        """The last batch (``empty``: a content of no bytes, which still makes its pending row)."""
+        self._look_up()
+        if self._batch.runs or empty:
+            self._on_batch(self._batch)
+        self._batch = _Batch([], {})
+
+
+_RUN = struct.Struct(">Q32sIQ?QQIB")  # a spilled run: end, chunk, length, count; appended?, pack, offset, stored, codec
+_BATCH_HEAD = struct.Struct(">I")  # runs in the batch that follows
+
+
+class ChunkStream:
+    """A content stored as it is written, in order from offset 0, before its digest is known.
+
+    The writer's hashing thread feeds it (``feed``): the chunks are cut,
+    hashed, looked up and the new ones appended as they come, so that a
+    large sequential write has little left to do at its commit. Its batches
+    cannot be recorded yet (extents are keyed by the content's digest), so
+    they are spilled, a fixed-size record per run, to a staging file that no
+    record names (recovery deletes it after a crash; the chunks appended are
+    dead bytes then): memory stays flat whatever the size. At the commit
+    ``Chunks.record_streamed`` records them. A stream abandoned (writes out
+    of order, a truncation) leaves its appended chunks as dead bytes.
+    """
+
+    def __init__(self, chunks: Chunks, spill: Callable[[], StagingFile]) -> None:
+        self._chunks = chunks
+        self._new_spill = spill
+        self._spill: StagingFile | None = None
+        self._spilled = 0
+        self._cutter = StreamChunker(chunks.params)
+        self.hold: set[int] = set()  # the packs its appends went to, held until it is closed
+        self._gatherer = _Gatherer(chunks, self.hold, self._spill_batch, None)
+        self.fed = 0
+
+    def feed(self, data: bytes) -> None:
+        for offset, piece in self._cutter.feed(data):
+            self._gatherer.add(offset, piece)
+        self.fed += len(data)
+
+    def finish(self) -> None:
+        for offset, piece in self._cutter.finish():
+            self._gatherer.add(offset, piece)
+        self._gatherer.finish()
+
+    def _spill_batch(self, batch: _Batch) -> None:
+        if self._spill is None:
+            self._spill = self._new_spill()
+        records = [_BATCH_HEAD.pack(len(batch.runs))]
+        for run in batch.runs:
+            chunk = batch.appended.pop(run.chunk, None)  # the first run of a chunk carries where it was appended
+            records.append(_RUN.pack(run.end, run.chunk, run.length, run.count, chunk is not None,
+                                     *((chunk.pack, chunk.offset, chunk.stored, chunk.codec) if chunk else (0,) * 4)))
+        data = b"".join(records)
+        self._spill.write(data, self._spilled)
+        self._spilled += len(data)
+
+    def batches(self) -> Iterator[_Batch]:
+        """The finished stream's batches, in order, read back from the spill."""
+        offset = 0
+        while self._spill is not None and offset < self._spilled:
+            (count,) = _BATCH_HEAD.unpack(self._spill.read(_BATCH_HEAD.size, offset))
+            offset += _BATCH_HEAD.size
+            raw = self._spill.read(count * _RUN.size, offset)
+            offset += len(raw)
+            batch = _Batch([], {})
+            for end, chunk_digest, length, repeat, appended, pack, at, stored, codec in _RUN.iter_unpack(raw):
+                batch.runs.append(Extent(end, chunk_digest, length, repeat))
+                if appended:
+                    batch.appended[chunk_digest] = Chunk(chunk_digest, pack, at, stored, length, codec)
+            yield batch
+
+    def close(self) -> None:
+        """The spill goes, and the hold on the packs (the stream was recorded, or abandoned)."""
+        self._chunks.let_go(self.hold)
+        if self._spill is not None:
+            self._spill.area.discard(self._spill)
+            self._spill = None

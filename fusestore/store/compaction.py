@@ -142,7 +142,7 @@ class Compaction:
         """Compact the candidates, copying at most ``budget`` stored bytes (None: all of them)."""
         with self._lock:
             with self.catalog.read() as tx:
-                chosen = candidates(tx.packs())
+                chosen = candidates(pack for pack in tx.packs() if not self.chunks.held(pack.pack))
             done = Compacted()
             current = _Round()
             for pack in chosen:
@@ -218,7 +218,8 @@ class Compaction:
                     tx.add_unsynced(u64(pack_id), self.chunks.covering())
             for pack_id in sorted(current.packs):
                 emptied = tx.pack(pack_id)
-                if emptied is not None and emptied.sealed and next(tx.chunks_in_pack(pack_id), None) is None:
+                if (emptied is not None and emptied.sealed and next(tx.chunks_in_pack(pack_id), None) is None
+                        and not self.chunks.held(pack_id)):
                     self.chunks.free_pack(tx, pack_id)
                     freed, freed_bytes = freed + 1, freed_bytes + emptied.size
         done.packs_freed += freed

@@ -42,7 +42,7 @@ from ..catalog import COMPLETE, LAYOUT_CHUNKS, LOST, U64, Catalog, Inode, Resour
 from ..digests import EMPTY_DIGEST, hash_ranges
 from ..pool import BlobMissing, BlobReader, BlobStore, StagingFile
 from ..pool.blobstore import Progress
-from .chunks import Chunks
+from .chunks import ChunkStream, Chunks
 from .openinodes import OpenInodes
 from .stopping import Stopping
 
@@ -117,10 +117,17 @@ class Content:
         self.chunks.packs.barrier()
         self.blobs.barrier()
 
-    def store(self, digest: bytes, size: int, read: Callable[[int, int], bytes]) -> None:
-        """Store the chunks of a content the catalog lacks (the caller holds its stripe, then completes it)."""
+    def store(self, digest: bytes, size: int, read: Callable[[int, int], bytes],
+              streamed: ChunkStream | None = None) -> None:
+        """Store the chunks of a content the catalog lacks (the caller holds its stripe, then completes it).
+
+        ``streamed``: a finished stream that cut and stored them as they were written; only its records are left.
+        """
         try:
-            self.chunks.store(digest, size, read, self.stopping.check)
+            if streamed is not None:
+                self.chunks.record_streamed(digest, size, streamed, read, self.stopping.check)
+            else:
+                self.chunks.store(digest, size, read, self.stopping.check)
         except BaseException:
             self.chunks.drop_partial(digest)
             raise

@@ -37,6 +37,7 @@ from ..catalog import COMPLETE, Catalog, Inode, StagingRecord, Synced, Txn
 from ..digests import EMPTY_DIGEST
 from ..pool import StagingArea, StagingFile
 from .attributes import Attributes
+from .chunks import ChunkStream
 from .content import Content
 from .reserved import EXPECT_XATTR
 
@@ -208,14 +209,19 @@ class Writes:
 
     # -- commit -----------------------------------------------------------------------
 
+    def stream(self) -> ChunkStream:
+        """A store of an open file's bytes as they are written in order (``chunks.ChunkStream``; the caller closes it)."""
+        return self.content.chunks.stream(self.staging.create)
+
     def commit(self, staged: StagingFile, digest: bytes, size: int, *, mtime_ns: int | None = None,
-               remove_created: bool = True) -> Attributes | None:
+               remove_created: bool = True, streamed: ChunkStream | None = None) -> Attributes | None:
         """Make the staged bytes the content of their inode (see the module docstring).
 
         Returns the inode's new attributes, or None when the inode was
         unlinked meanwhile and nobody can ever read these bytes. ``mtime_ns``
         keeps a time a tool set after its last write (tar, cp -a, rsync); None
-        means now. Raises ``Refused`` for content that is not the expected.
+        means now. ``streamed``: a finished stream of exactly these bytes.
+        Raises ``Refused`` for content that is not the expected.
         """
         with self.catalog.read() as tx:
             record = tx.staging_record(staged.name)
@@ -237,7 +243,7 @@ class Writes:
                 except _NeedsBlob:  # its last reference went meanwhile
                     pass
             if committed is None:
-                committed = self._store_and_commit(record, staged, digest, size, mtime_ns)
+                committed = self._store_and_commit(record, staged, digest, size, mtime_ns, streamed)
         except BaseException:
             # A store that fails promised nothing, and the file it made goes; a file made through
             # the mount stays, with its last content, as on any filesystem whose close() fails.
@@ -248,7 +254,7 @@ class Writes:
         return result
 
     def _store_and_commit(self, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
-                          mtime_ns: int | None) -> tuple[Attributes | None, Txn]:
+                          mtime_ns: int | None, streamed: ChunkStream | None) -> tuple[Attributes | None, Txn]:
         """Store the chunks the catalog lacks, then commit; what was stored for nothing is dropped."""
         with self.content.stripe(digest):
             with self.catalog.read() as tx:
@@ -258,7 +264,7 @@ class Writes:
                     return self._commit_once(record, staged, digest, size, mtime_ns, stored=False)
                 except _NeedsBlob:
                     pass
-            self.content.store(digest, size, staged.read)
+            self.content.store(digest, size, staged.read, streamed)
             try:
                 committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
             except BaseException:
