@@ -108,6 +108,8 @@ class Chunks:
                 chunking = DEFAULT_CHUNKING
             unsealed = [pack for pack in tx.packs() if not pack.sealed]
             known = {pack.pack for pack in tx.packs()}
+            for pack in [pack for pack in tx.packs() if pack.sealed and pack.live == 0]:
+                self.free_pack(tx, pack.pack)  # rolled over with appends no batch recorded (see ``_roll``)
         self.params = chunking_params(chunking)
         for pack in unsealed:
             self._seal(pack.pack)
@@ -123,7 +125,7 @@ class Chunks:
                 self._seal(self._open)
                 self._open = None
 
-    def _seal(self, pack_id: int) -> None:
+    def _seal(self, pack_id: int, *, free: bool = True) -> None:
         try:
             end = self.packs.end(pack_id)
         except PackMissing:
@@ -134,7 +136,7 @@ class Chunks:
             if pack is not None:
                 pack.sealed, pack.size = True, end
                 tx.save_pack(pack)
-                if pack.live == 0:
+                if free and pack.live == 0:
                     self.free_pack(tx, pack_id)
 
     def free_pack(self, tx: Txn, pack_id: int) -> None:
@@ -217,9 +219,15 @@ class Chunks:
             return Chunk(chunk_digest, self._open, offset, len(stored), len(piece), codec)
 
     def _roll(self) -> None:
-        """Seal the open pack (if any) and open a new one: its row first, then its file."""
+        """Seal the open pack (if any) and open a new one: its row first, then its file.
+
+        The sealed pack is not freed even with nothing live: batches whose
+        appends went there may not have recorded them yet, and freeing it
+        would make them append again, forever once a batch's chunks outgrow
+        a pack. One that stays at zero is freed at the next open (``settle``).
+        """
         if self._open is not None:
-            self._seal(self._open)
+            self._seal(self._open, free=False)
             self._open = None
         with self.catalog.write() as tx:
             pack_id = tx.new_pack_id()
