@@ -251,6 +251,13 @@ class Writes:
                           mtime_ns: int | None) -> tuple[Attributes | None, Txn]:
         """Store the chunks the catalog lacks, then commit; what was stored for nothing is dropped."""
         with self.content.stripe(digest):
+            with self.catalog.read() as tx:
+                resource = tx.resource(digest)
+            if resource is not None and resource.complete:  # stored by a writer this one waited for
+                try:
+                    return self._commit_once(record, staged, digest, size, mtime_ns, stored=False)
+                except _NeedsBlob:  # and released since
+                    pass
             self.content.store(digest, size, staged.read)
             try:
                 committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
