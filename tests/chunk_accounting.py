@@ -13,8 +13,12 @@ from fusestore import Store
 from fusestore.catalog import LAYOUT_CHUNKS
 
 
-def accounting_problems(store: Store, *, closed: bool = True) -> list[str]:
-    """Each mismatch of refcounts, live bytes, extents and pack files (``closed``: no pack may be open)."""
+def accounting_problems(store: Store, *, settled: bool = True) -> list[str]:
+    """Each mismatch of refcounts, live bytes, extents and pack files.
+
+    ``settled``: the store was just opened, so no pack is open and none
+    sealed with nothing live (a rollover leaves such packs to the next open).
+    """
     problems: list[str] = []
     with store.catalog.read() as tx:
         uses: Counter[bytes] = Counter()
@@ -38,9 +42,9 @@ def accounting_problems(store: Store, *, closed: bool = True) -> list[str]:
         for pack in packs.values():
             if pack.live != live[pack.pack]:
                 problems.append(f"pack {pack.pack:016x} counts {pack.live} live bytes, its chunks {live[pack.pack]}")
-            if pack.sealed and pack.live == 0:
+            if settled and pack.sealed and pack.live == 0:
                 problems.append(f"pack {pack.pack:016x} is sealed with nothing live, and not freed")
-            if closed and not pack.sealed:
+            if settled and not pack.sealed:
                 problems.append(f"pack {pack.pack:016x} is still open")
         index = {(pack, offset): digest for pack, offset, digest in tx.pack_index()}
         if index != {(c.pack, c.offset): c.digest for c in chunks.values()}:

@@ -70,7 +70,7 @@ def blobs(store: Store) -> list[bytes]:
     The packs' bookkeeping must add up then too: no chunk or pack kept live for nothing.
     """
     store.sync()
-    assert accounting_problems(store, closed=False) == []
+    assert accounting_problems(store, settled=False) == []
     return stored_contents(store)
 
 
