@@ -128,9 +128,9 @@ class Chunks:
     def _seal(self, pack_id: int, *, free: bool = True) -> None:
         try:
             end = self.packs.end(pack_id)
-        except PackMissing:
+            self.packs.seal(pack_id)
+        except PackMissing:  # its row was written, its file never made (or a power loss took its name)
             end = 0
-        self.packs.seal(pack_id)
         with self.catalog.write() as tx:
             pack = tx.pack(pack_id)
             if pack is not None:
