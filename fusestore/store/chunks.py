@@ -365,7 +365,10 @@ class Chunks:
                 old = tx.pack(chunk.pack)
                 if old is not None:
                     old.live -= chunk.stored
-                    tx.save_pack(old)
+                    if old.sealed and old.live <= 0:
+                        self.free_pack(tx, old.pack)
+                    else:
+                        tx.save_pack(old)
                 tx.move_chunk(chunk, fresh.pack, fresh.offset, fresh.stored, fresh.codec)
                 pack.live += fresh.stored
                 tx.save_pack(pack)
