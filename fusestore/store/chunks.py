@@ -163,6 +163,11 @@ class Chunks:
         afterwards; on failure it calls ``drop_partial``. ``on_stored(n)``
         after each batch (it may raise to stop).
         """
+        with self.catalog.read() as tx:
+            resource = tx.resource(digest)
+            cut_short = resource is not None and not resource.complete and next(tx.extents(digest), None) is not None
+        if cut_short:  # extents of a store a crash cut short (recovery may commit before it drops them): they go
+            self.drop_partial(digest)
         runs: list[Extent] = []
         data: dict[bytes, bytes] = {}
         batched = 0
