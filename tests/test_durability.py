@@ -241,6 +241,76 @@ def test_a_crash_in_a_later_batch_of_a_large_file_releases_the_earlier_batches(s
         assert read(store, "a") == A
 
 
+def test_a_kill_during_a_pack_append_leaves_a_torn_tail_that_nothing_references(store_path: Path) -> None:
+    """Part of an append at the pack's end, then death: the pack is sealed at the next open, its tail dead."""
+    crash_after(store_path, f"""
+        put({ENV!r}, "a", A)
+        store.sync()
+        def torn():  # what a kill mid-write leaves: some of the bytes, at the end of the open pack
+            [pack] = packs.inner.packs()
+            with open(packs.inner.path_of(pack), "ab") as file:
+                file.write(b"half an append")
+            os._exit(0)
+        packs.on("append", torn)
+        put({ENV!r}, "b", B)
+    """)
+    [torn] = pack_files(store_path)
+    with Store.open(store_path) as store:
+        assert read(store, "a") == A
+        assert stored_contents(store) == [blake3.blake3(A).digest()]
+        with store.catalog.read() as tx:
+            pack = tx.pack(torn)
+            assert pack is not None and pack.sealed and pack.size == pack_path(store_path, torn).stat().st_size
+            assert pack.live == live_chunk_bytes(store) < pack.size, "the torn tail counts as nothing live"
+        assert accounting_problems(store) == []
+        put(store, "b", B)
+        assert read(store, "b") == B
+        assert torn not in {chunk.pack for chunk in places_of_open(store, B)}, "no append after a sealed pack's end"
+        assert find_problems(store) == []
+
+
+ROLLOVER = 1 << 20  # the children's PACK_TARGET: a few MiB roll over a few times
+C1 = random.Random(1).randbytes(3 << 20)
+C2 = random.Random(2).randbytes(3 << 20)
+
+
+@pytest.mark.parametrize("op, after", [("create", False), ("create", True), ("seal", False), ("seal", True)],
+                         ids=["row-without-file", "file-without-chunks", "before-seal", "sealed-not-recorded"])
+def test_a_kill_during_a_rollover_keeps_what_was_stored_and_no_pack_for_nothing(
+    store_path: Path, op: str, after: bool
+) -> None:
+    """Kills at each step of a rollover: seal the full pack, write the new pack's row, make its file.
+
+    Between the row and the file the catalog knows a pack that does not
+    exist; after the file, a pack holds nothing; a pack may be sealed in
+    the pack store and not yet in the catalog. The next open settles each.
+    """
+    crash_after(store_path, f"""
+        import random
+        from fusestore.store import chunks
+        chunks.PACK_TARGET = {ROLLOVER}
+        c1, c2 = random.Random(1).randbytes(3 << 20), random.Random(2).randbytes(3 << 20)
+        put({ENV!r}, "c1", c1)
+        store.sync()
+        packs.on({op!r}, lambda: os._exit(0), after={after!r})
+        put({ENV!r}, "c2", c2)
+        os._exit(1)  # not reached: a rollover comes within 3 MiB
+    """)
+    with Store.open(store_path) as store:
+        assert read(store, "c1") == C1
+        with pytest.raises(errors.NotFound):
+            store.get_for_environment(ENV, "c2")
+        assert stored_contents(store) == [blake3.blake3(C1).digest()]
+        assert accounting_problems(store) == []
+        assert find_problems(store) == []
+        put(store, "c2", C2)
+        assert read(store, "c2") == C2
+    with Store.open(store_path) as store:
+        assert accounting_problems(store) == []
+        with store.catalog.read() as tx:
+            assert {pack.pack for pack in tx.packs()} == set(pack_files(store_path))
+
+
 def test_a_pack_freed_just_before_a_crash_is_deleted(store_path: Path) -> None:
     crash_after(store_path, f"""
         put({ENV!r}, "a", A)
