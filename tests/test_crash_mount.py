@@ -402,7 +402,7 @@ def resolve_from_tree(env: Path, contents: Contents) -> Model:
     return model
 
 
-# -- a kill between a batch's transaction and the commit of a large file ------------------------------------------------
+# -- a kill between a batch's transaction and the commit of a large file ---------------------------------------------
 
 BIG = 20 << 20
 

@@ -25,8 +25,8 @@ import blake3
 import pytest
 
 from fusestore import Store, errors
-from fusestore.pool import FailingPackStore, LocalPackStore, StagingFile
 from fusestore.catalog import Chunk
+from fusestore.pool import FailingPackStore, LocalPackStore, StagingFile
 from fusestore.store.fsck import find_problems
 from fusestore.store.inspect import Inspection
 from fusestore.store.owners import Owner

@@ -7,7 +7,6 @@ that end with ``os._exit`` before their store is closed.
 from __future__ import annotations
 
 import errno
-import io
 import os
 import subprocess
 import sys
