@@ -3,14 +3,17 @@
 The real daemon (``fs.daemon.serve``) over a ``FailingPackStore``: while a
 file ``CUES/<op>`` exists, every call of that pack-store operation (create,
 append, end, seal, read, delete, packs, barrier) raises a RuntimeError, an
-exception no layer expects. Every chunk goes to a pack of its own (a
+exception no layer expects, or, if the file holds an errno name such as
+``ENOSPC``, the OSError a real disk would give. Every chunk goes to a pack of its own (a
 ``PACK_TARGET`` of one byte), so that a file's chunk is soon in a sealed
 pack and an unlink frees one. It prints ``ok`` on stdout once the mount answers.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,8 +24,14 @@ from fusestore.store import chunks
 
 
 def fail_while_cued(cues: Path, op: str) -> None:
-    if (cues / op).exists():
-        raise RuntimeError(f"injected fault in the pack store's {op}")
+    try:
+        name = (cues / op).read_text().strip()
+    except FileNotFoundError:
+        return
+    if name:
+        code = getattr(errno, name)
+        raise OSError(code, f"{os.strerror(code)} (injected in the pack store's {op})")
+    raise RuntimeError(f"injected fault in the pack store's {op}")
 
 
 def main() -> None:

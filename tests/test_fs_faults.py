@@ -24,7 +24,7 @@ from fusestore.store.fsck import run_checks
 from fusestore.store.inspect import Inspection
 
 from .chunk_accounting import accounting_problems
-from .helpers import ENV
+from .helpers import ENV, stored_contents
 from .mount_helpers import require_fuse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +42,9 @@ class FailingMount:
         ready = self.daemon.stdout.readline()
         assert ready == b"ok\n", f"the daemon did not start: {ready!r}\n{self.log_text()}"
 
-    def fail(self, op: str) -> None:
-        (self.cues / op).touch()
+    def fail(self, op: str, errno_name: str = "") -> None:
+        """Fail every call of ``op``: with an unexpected RuntimeError, or the OSError of ``errno_name``."""
+        (self.cues / op).write_text(errno_name)
 
     def heal(self, op: str) -> None:
         (self.cues / op).unlink()
@@ -151,4 +152,30 @@ def test_unexpected_faults_give_eio_a_logged_traceback_and_a_consistent_catalog(
     assert failing.daemon.returncode == 0, failing.log_text()
     with Store.open(failing.store) as store:
         assert accounting_problems(store) == [], failing.log_text()
+    assert fsck_problems(failing.store) == [], failing.log_text()
+
+
+def test_a_full_disk_at_an_append_fails_the_close_with_enospc_and_loses_nothing_else(failing: FailingMount) -> None:
+    env = failing.path / ENV
+    env.mkdir()
+    (env / "kept").write_bytes(b"committed before the disk filled")
+    big = os.urandom(3 << 20)
+    (env / "big").write_bytes(big)
+    failing.fail("append", "ENOSPC")
+    for name, data in [("kept", b"an edit that finds the disk full"), ("new", os.urandom(1 << 20))]:
+        with pytest.raises(OSError) as raised:
+            (env / name).write_bytes(data)
+        assert raised.value.errno == errno.ENOSPC, raised.value
+    failing.heal("append")
+    assert (env / "kept").read_bytes() == b"committed before the disk filled"
+    assert (env / "big").read_bytes() == big
+    assert (env / "new").read_bytes() == b""
+    (env / "new").write_bytes(b"room again")
+    assert (env / "new").read_bytes() == b"room again"
+
+    failing.unmount()
+    assert failing.daemon.returncode == 0, failing.log_text()
+    with Store.open(failing.store) as store:
+        assert accounting_problems(store) == [], failing.log_text()
+        assert len(stored_contents(store)) == 3, "kept, big, new: nothing of the failed writes"
     assert fsck_problems(failing.store) == [], failing.log_text()
