@@ -138,7 +138,7 @@ def test_a_pack_freed_before_the_checkpoint_leaves_the_list_with_its_file(store:
     assert find_problems(store) == []
 
 
-def test_after_a_process_crash_every_unsynced_blob_checks_out(store_path: Path) -> None:
+def test_after_a_process_crash_every_unsynced_pack_checks_out(store_path: Path) -> None:
     crash_after(store_path, f"""
         put({ENV!r}, "a", A)
         store.sync()
@@ -515,7 +515,7 @@ def test_recovery_keeps_the_time_of_the_last_write_as_the_mtime_and_logs_the_pat
         f"BLAKE3 {blake3.blake3(A).hexdigest()})" in caplog.text
 
 
-def test_a_pool_where_syncfs_cannot_be_trusted_fsyncs_each_blob_at_the_barrier(store_path: Path) -> None:
+def test_a_pack_store_where_syncfs_cannot_be_trusted_fsyncs_each_pack_at_the_barrier(store_path: Path) -> None:
     packs = FailingPackStore(LocalPackStore(store_path / "packs", trust_syncfs=False))
     with Store.open(store_path, packs=packs) as store:
         put(store, "a", A)

@@ -63,7 +63,7 @@ def commit(store: Store, staged: StagingFile) -> Attributes | None:
     return store.writes.commit(staged, digest, size)
 
 
-def blobs(store: Store) -> list[bytes]:
+def stored(store: Store) -> list[bytes]:
     """The contents whose chunks the store holds, once a checkpoint has done the deletions waiting for it.
 
     The packs' bookkeeping must add up then too: no chunk or pack kept live for nothing.
@@ -92,7 +92,7 @@ def test_a_created_file_is_empty_until_its_staging_file_commits(store: Store) ->
     assert store.namespace.getattr(ino).size == len(DATA)
     assert read(store, "f") == DATA
     assert store.xattrs.get(ino, b"user.fusestore.blake3") == blake3.blake3(DATA).hexdigest().encode()
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
@@ -104,12 +104,12 @@ def test_a_created_file_takes_the_mode_and_owner_it_was_created_with(store: Stor
     store.writes.abandon(staged, remove_created=False)
 
 
-def test_committing_existing_content_dedups_to_one_blob(store: Store) -> None:
+def test_committing_existing_content_dedups_to_one_stored_copy(store: Store) -> None:
     h = put(store, "a", DATA)
     _, staged = create(store, b"b", DATA)
     commit(store, staged)
     assert read(store, "b") == DATA
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
     assert store.resource(h).refcount == 2
     assert find_problems(store) == []
 
@@ -121,15 +121,15 @@ def test_committing_over_old_content_releases_it(store: Store) -> None:
     commit(store, staged)
     assert read(store, "f") == OTHER
     assert store.resource(old) is None
-    assert blobs(store) == [digest_of(OTHER)]
+    assert stored(store) == [digest_of(OTHER)]
 
 
-def test_an_empty_commit_stores_no_blob(store: Store) -> None:
+def test_an_empty_commit_stores_nothing(store: Store) -> None:
     put(store, "f", DATA)
     staged = store.writes.stage(ino_of(store, b"f"), 0)
     commit(store, staged)
     assert read(store, "f") == b""
-    assert blobs(store) == []
+    assert stored(store) == []
     assert find_problems(store) == []
 
 
@@ -197,7 +197,7 @@ def test_expected_hash_set_after_create_refuses_other_content_and_drops_the_file
         store.namespace.lookup(env_of(store), b"f")
     with pytest.raises(errors.NotFound):
         store.namespace.getattr(ino)
-    assert blobs(store) == []
+    assert stored(store) == []
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
@@ -213,7 +213,7 @@ def test_expected_hash_set_before_staging_refuses_other_content_and_keeps_the_ol
     assert caught.value.dropped is None
     assert read(store, "f") == DATA
     assert store.resource(old).refcount == 1
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
@@ -227,7 +227,7 @@ def test_expected_hash_set_while_staged_refuses_other_content_and_keeps_the_old(
     with pytest.raises(errors.HashMismatch):
         commit(store, staged)
     assert read(store, "f") == DATA
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
 
 
 def test_expected_hash_set_before_staging_admits_the_right_content(store: Store) -> None:
@@ -257,7 +257,7 @@ def test_commit_after_unlink_returns_none_and_stores_nothing(store: Store) -> No
     store.namespace.unlink(env_of(store), b"f")
     assert commit(store, staged) is None
     assert store.resource(blake3.blake3(DATA).hexdigest()) is None
-    assert blobs(store) == []
+    assert stored(store) == []
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
@@ -267,7 +267,7 @@ def test_commit_after_unlink_of_an_open_file_returns_none_and_stores_nothing(sto
     store.opens.opened(ino)
     store.namespace.unlink(env_of(store), b"f")
     assert commit(store, staged) is None
-    assert blobs(store) == []
+    assert stored(store) == []
     store.content.closed(ino)
     with pytest.raises(errors.NotFound):
         store.namespace.getattr(ino)
@@ -302,7 +302,7 @@ def test_a_failed_append_leaves_the_old_content_and_nothing_else(failing: tuple[
     assert store.resource(old).refcount == 1
     assert store.resource(blake3.blake3(OTHER).hexdigest()) is None
     assert leftover_staging(store) == []
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
     assert live_chunk_bytes(store) == live
     assert find_problems(store) == []
 
@@ -327,7 +327,7 @@ def test_an_append_failing_after_writing_leaves_dead_bytes_that_nothing_referenc
     assert caught.value.errno == errno.EIO
     assert packs.end(pack) > end, "the append's bytes are in the pack"
     assert read(store, "f") == DATA
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
     assert live_chunk_bytes(store) == live
     with store.catalog.read() as tx:
         assert tx.pack(pack).live == live, "the dead bytes count as nothing live"
@@ -344,7 +344,7 @@ def test_a_failed_commit_of_a_created_file_keeps_the_file_empty(failing: tuple[S
     with pytest.raises(OSError):
         commit(store, staged)
     assert store.namespace.getattr(ino).size == 0  # as open(O_CREAT) left it, like ext4 after a failed close
-    assert blobs(store) == []
+    assert stored(store) == []
     assert live_chunk_bytes(store) == 0
     assert leftover_staging(store) == []
     assert find_problems(store) == []
@@ -357,7 +357,7 @@ def test_a_failed_put_by_path_removes_the_file_it_created(failing: tuple[Store, 
         put(store, "new", DATA)
     with pytest.raises(errors.NotFound):
         store.get_for_environment(ENV, "new")
-    assert blobs(store) == []
+    assert stored(store) == []
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
@@ -387,7 +387,7 @@ def test_a_failure_in_a_later_batch_releases_the_extents_of_the_earlier_ones(
     packs.clear()
     assert appended > 1, "the first batch was recorded before the failure"
     assert store.resource(blake3.blake3(big).hexdigest()) is None
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
     assert live_chunk_bytes(store) == live
     assert read(store, "f") == DATA
     assert find_problems(store) == []
@@ -427,7 +427,7 @@ def test_a_pack_freed_while_a_commit_wants_one_of_its_chunks_gets_that_chunk_app
     assert len(again) >= len(kept_chunks) - 1
     assert packs.calls["append"] - before >= len(grown_chunks)
     assert read(store, "f") == grown
-    assert blobs(store) == [digest_of(grown)]
+    assert stored(store) == [digest_of(grown)]
     assert sealed not in set(packs.packs()), "the freed pack is deleted once durable"
     assert find_problems(store) == []
 
@@ -458,7 +458,7 @@ def test_recovery_commits_what_a_crashed_process_wrote_to_a_created_file(store_p
         assert read(store, "f") == DATA
         assert store.namespace.getattr(ino_of(store, b"f")).size == len(DATA)
         assert leftover_staging(store) == []
-        assert blobs(store) == [digest_of(DATA)]
+        assert stored(store) == [digest_of(DATA)]
         assert find_problems(store) == []
 
 
@@ -469,7 +469,7 @@ def test_recovery_discards_a_created_file_whose_bytes_are_not_the_expected(store
         with pytest.raises(errors.NotFound):
             store.namespace.lookup(env_of(store), b"f")
         assert leftover_staging(store) == []
-        assert blobs(store) == []
+        assert stored(store) == []
         assert find_problems(store) == []
 
 
