@@ -1,16 +1,21 @@
-"""A Store shared by threads: racing puts of the same content end with one blob."""
+"""A Store shared by threads: racing puts of the same content end with one stored copy, shared chunks add up."""
 
 from __future__ import annotations
 
 import io
+import os
 import threading
+from pathlib import Path
 
 import blake3
+import pytest
 
 from fusestore import Store
+from fusestore.store import chunks
 from fusestore.store.fsck import find_problems
 
-from .helpers import ENV, read
+from .chunk_accounting import accounting_problems
+from .helpers import ENV, live_chunk_bytes, read, stored_contents
 
 DATA = b"racing content " * 10_000
 
@@ -34,11 +39,18 @@ def run_threads(count: int, work) -> None:
     assert not failures, failures
 
 
-def test_concurrent_puts_of_same_content_leave_one_blob(store: Store) -> None:
+def packs_end(store: Store) -> list[int]:
+    return [store.packs.end(pack) for pack in store.packs.packs()]
+
+
+def test_concurrent_puts_of_same_content_leave_one_stored_copy(store: Store) -> None:
     run_threads(8, lambda i: store.put_for_environment(ENV, f"copy{i}", io.BytesIO(DATA), len(DATA)))
     h = blake3.blake3(DATA).hexdigest()
     assert store.resource(h).refcount == 8
-    assert list(store.blobs.digests()) == [bytes.fromhex(h)]
+    assert stored_contents(store) == [bytes.fromhex(h)]
+    stored = sum(packs_end(store))
+    assert stored == live_chunk_bytes(store), "the writers that waited appended nothing: no dead bytes"
+    assert accounting_problems(store, settled=False) == []
     assert find_problems(store) == []
 
 
@@ -63,3 +75,39 @@ def test_concurrent_puts_to_one_path_leave_one_winner(store: Store) -> None:
     assert read(store, "same") in contents
     assert len(store.resources()) == 1
     assert find_problems(store) == []
+
+
+def test_contents_sharing_chunks_stored_and_removed_at_once_keep_the_accounts(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers of different contents race for the same chunks while packs roll over and are freed.
+
+    Each content shares most chunks with the others, so that one writer's
+    batch finds a chunk another appended, or whose last use (and pack) a
+    remove just took. Once all is removed, nothing is kept: packs that only
+    racing writers' duplicates filled are freed at the next open.
+    """
+    monkeypatch.setattr(chunks, "PACK_TARGET", 64 << 10)
+    shared = os.urandom(512 << 10)
+    contents = [shared + os.urandom(32 << 10) for _ in range(6)]
+
+    def work(i: int) -> None:
+        for round_ in range(6):
+            store.put_for_environment(ENV, f"t{i}/f{round_ % 2}", io.BytesIO(contents[(i + round_) % 6]),
+                                      len(contents[0]))
+            if round_ % 2:
+                store.remove_for_environment(ENV, f"t{i}/f{round_ % 2}")
+
+    with Store.open(store_path) as store:
+        run_threads(6, work)
+        assert accounting_problems(store, settled=False) == []
+        for i in range(6):
+            assert read(store, f"t{i}/f0") == contents[(i + 4) % 6]
+            store.remove_for_environment(ENV, f"t{i}/f0")
+        store.sync()
+        assert (stored_contents(store), live_chunk_bytes(store)) == ([], 0)
+        assert find_problems(store) == []
+    with Store.open(store_path) as store:
+        assert accounting_problems(store) == []
+    with Store.open(store_path) as store:
+        assert list(store.packs.packs()) == []

@@ -35,12 +35,12 @@ import pytest
 
 from fusestore import Store
 from fusestore.cli.mounts import process_alive
-from fusestore.pool import LocalBlobStore
 from fusestore.store.fsck import find_problems, run_checks
 from fusestore.store.inspect import Inspection
 from fusestore.store.owners import Owner
 
-from .helpers import ENV, read
+from .chunk_accounting import accounting_problems
+from .helpers import ENV, live_chunk_bytes, read, stored_contents
 from .mount_helpers import Mount, eventually
 
 WRITER = Path(__file__).with_name("crash_writer.py")
@@ -402,27 +402,32 @@ def resolve_from_tree(env: Path, contents: Contents) -> Model:
     return model
 
 
-# -- a kill between publish and catalog commit of a large file ------------------------------------------------
+# -- a kill between a batch's transaction and the commit of a large file ---------------------------------------------
 
 BIG = 20 << 20
 
 CRASH_SCRIPT = textwrap.dedent("""
     import os, sys, time
     from fusestore import Store
-    from fusestore.pool import FailingBlobStore, LocalBlobStore
+    import blake3
+    from fusestore.pool import FailingPackStore, LocalPackStore
     from fusestore.store.owners import Owner
     store_path, how, path, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    blobs = FailingBlobStore(LocalBlobStore(store_path + "/pool"))
-    store = Store.open(store_path, blobs=blobs)
+    packs = FailingPackStore(LocalPackStore(store_path + "/packs"))
+    store = Store.open(store_path, packs=packs)
     data = os.urandom(BIG)
+    digest = blake3.blake3(data).digest()
     with open(store_path + "/../new-content", "wb") as saved:
         saved.write(data)
     def cue():
+        with store.catalog.read() as tx:
+            if next(tx.extents(digest), None) is None:
+                return  # the first batch: not recorded yet
         if how == "exit":
             os._exit(0)
-        open(store_path + "/../published", "w").close()
+        open(store_path + "/../recorded", "w").close()
         time.sleep(60)  # the parent kills it here
-    blobs.on("put", cue, after=True)
+    packs.on("append", cue, always=True)
     env = store.namespace.lookup(1, ENV.encode())
     try:
         ino = store.namespace.lookup(env.ino, path.encode()).ino
@@ -432,21 +437,23 @@ CRASH_SCRIPT = textwrap.dedent("""
         staged = store.writes.stage(ino, 0)  # open(O_TRUNC), then the first write
     staged.write(data, 0)
     digest, size = staged.hash()
-    store.writes.commit(staged, digest, size)  # close(): the blob is published, then the cue
+    store.writes.commit(staged, digest, size)  # close(): a batch is recorded, then the cue
     os._exit(3)
 """).replace("BIG", str(BIG)).replace("ENV", repr(ENV))
 
 
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
 @pytest.mark.parametrize("existing", [False, True], ids=["new file", "existing file"])
-def test_a_kill_between_the_publish_and_the_catalog_commit_of_a_large_file(
+def test_a_kill_between_a_batch_and_the_commit_of_a_large_file(
     tmp_path: Path, how: str, existing: bool
 ) -> None:
     """The commit path of a file written through the mount (create or stage, write, commit), 20 MiB.
 
-    The file was open for writing at the kill: it may hold its previous
-    content or what was written; either way no blob is left that nothing
-    references, and fsck finds nothing.
+    The kill comes once a batch's transaction recorded extents (and chunk
+    references) of the still pending content. The file was open for
+    writing: it may hold its previous content or what was written; either
+    way recovery releases the partial extents, so no chunk nor pack stays
+    live for what nothing references, and fsck finds nothing.
     """
     store_path = tmp_path / "store"
     old = os.urandom(3 << 20)
@@ -457,7 +464,7 @@ def test_a_kill_between_the_publish_and_the_catalog_commit_of_a_large_file(
     child = subprocess.Popen([sys.executable, "-c", CRASH_SCRIPT, str(store_path), how, "big", "0"], cwd=ROOT)
     try:
         if how == "sigkill":
-            assert eventually(lambda: (tmp_path / "published").exists() or child.poll() is not None, timeout=60)
+            assert eventually(lambda: (tmp_path / "recorded").exists() or child.poll() is not None, timeout=60)
             child.kill()
         assert child.wait(60) in (0, -signal.SIGKILL), "the child did not stop at the cue"
     finally:
@@ -465,13 +472,19 @@ def test_a_kill_between_the_publish_and_the_catalog_commit_of_a_large_file(
             child.kill()
             child.wait()
     new = (tmp_path / "new-content").read_bytes()
-    pool = LocalBlobStore(store_path / "pool")
-    assert pool.contains(blake3.blake3(new).digest()), "the cue ran after the blob was stored"
+    with Inspection.open(store_path) as inspection:
+        partial = inspection.extents_of(blake3.blake3(new).digest())
+        assert partial and partial[-1].end < len(new), "the kill came between a batch and the commit"
     with Store.open(store_path) as store:
         content = read(store, "big")
         assert content in ({old, new} if existing else {b"", new}), \
             f"{len(content)} bytes that are neither the previous content nor what was written"
         assert find_problems(store) == []
-        kept = {blake3.blake3(content).digest()} - {blake3.blake3(b"").digest()}
-        assert set(pool.digests()) == kept, "a blob nothing references"
+        kept = sorted({blake3.blake3(content).digest()} - {blake3.blake3(b"").digest()})
+        assert stored_contents(store) == kept, "extents of a content nothing references"
+        assert accounting_problems(store, settled=False) == []
+        with store.catalog.read() as tx:
+            assert sum(pack.live for pack in tx.packs()) == live_chunk_bytes(store)
+    with Store.open(store_path) as store:
+        assert accounting_problems(store) == []
     assert offline_problems(store_path) == []

@@ -1,7 +1,7 @@
 """The daemon survives faults nobody expected: EIO to that call, a traceback in the log, and it serves on.
 
-The faults are real exceptions from the blob store under a real mount
-(``tests/failing_daemon.py``: a ``FailingBlobStore`` that raises while a
+The faults are real exceptions from the pack store under a real mount
+(``tests/failing_daemon.py``: a ``FailingPackStore`` that raises while a
 cue file exists), not mocks. After each, the mount still answers and, once
 unmounted, fsck finds the catalog consistent: every change of catalog state
 is one transaction, aborted when anything inside it raises.
@@ -13,15 +13,18 @@ import errno
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from fusestore import Store
 from fusestore.store.fsck import run_checks
 from fusestore.store.inspect import Inspection
 
-from .helpers import ENV
+from .chunk_accounting import accounting_problems
+from .helpers import ENV, stored_contents
 from .mount_helpers import require_fuse
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +42,9 @@ class FailingMount:
         ready = self.daemon.stdout.readline()
         assert ready == b"ok\n", f"the daemon did not start: {ready!r}\n{self.log_text()}"
 
-    def fail(self, op: str) -> None:
-        (self.cues / op).touch()
+    def fail(self, op: str, errno_name: str = "") -> None:
+        """Fail every call of ``op``: with an unexpected RuntimeError, or the OSError of ``errno_name``."""
+        (self.cues / op).write_text(errno_name)
 
     def heal(self, op: str) -> None:
         (self.cues / op).unlink()
@@ -83,7 +87,7 @@ def fsck_problems(store: Path) -> list[str]:
 
 
 def tracebacks(mount: FailingMount, op: str) -> int:
-    return mount.log_text().count(f"RuntimeError: injected fault in the blob store's {op}")
+    return mount.log_text().count(f"RuntimeError: injected fault in the pack store's {op}")
 
 
 def expect_eio(action: object) -> None:
@@ -99,28 +103,38 @@ def test_unexpected_faults_give_eio_a_logged_traceback_and_a_consistent_catalog(
     (env / "kept").write_bytes(b"committed before any fault")
     (env / "doomed").write_bytes(b"the only copy of these bytes")
 
-    # A commit whose blob cannot be stored: close() fails, the new file stays, empty, as on any close() that fails.
-    failing.fail("put")
+    # A commit whose chunks cannot be appended: close() fails, the new file stays, empty, as on any close() that fails.
+    failing.fail("append")
     expect_eio(lambda: (env / "new").write_bytes(b"never stored"))
     expect_eio(lambda: (env / "kept").write_bytes(b"nor this"))
-    failing.heal("put")
-    assert tracebacks(failing, "put") >= 2 and "Traceback (most recent call last)" in failing.log_text()
+    failing.heal("append")
+    assert tracebacks(failing, "append") >= 2 and "Traceback (most recent call last)" in failing.log_text()
     assert (env / "new").read_bytes() == b""
     assert (env / "kept").read_bytes() == b"committed before any fault"
     assert failing.answers()
 
-    # A blob that cannot be opened: open() fails, nothing changes.
-    (env / "fresh").write_bytes(b"opened for the first time under the fault")
-    failing.fail("open")
+    # A pack that cannot be read: read() fails, nothing changes.
+    (env / "fresh").write_bytes(b"read for the first time under the fault")
+    failing.fail("read")
     expect_eio(lambda: (env / "fresh").read_bytes())
-    failing.heal("open")
-    assert tracebacks(failing, "open") >= 1
-    assert (env / "fresh").read_bytes() == b"opened for the first time under the fault"
+    failing.heal("read")
+    assert tracebacks(failing, "read") >= 1
+    assert (env / "fresh").read_bytes() == b"read for the first time under the fault"
 
-    # A blob that cannot be deleted: the unlink is done (its transaction committed), the blob is left for later.
+    # A freed pack that cannot be deleted: the unlink is done (its transaction committed), the pack is left for
+    # later (each chunk has a sealed pack of its own here, so the unlink frees the pack of doomed's).
     failing.fail("delete")
     os.unlink(env / "doomed")
     assert not (env / "doomed").exists()
+    sync_fd = os.open(env, os.O_RDONLY)
+    try:
+        os.fsync(sync_fd)  # a checkpoint: the deletion waits for one, and fails
+    finally:
+        os.close(sync_fd)
+    deadline = time.monotonic() + 10  # the deletion runs on another thread once the checkpoint is durable
+    while tracebacks(failing, "delete") == 0:
+        assert time.monotonic() < deadline, failing.log_text()
+        time.sleep(0.01)
     assert failing.answers()
     failing.heal("delete")
 
@@ -136,4 +150,32 @@ def test_unexpected_faults_give_eio_a_logged_traceback_and_a_consistent_catalog(
 
     failing.unmount()
     assert failing.daemon.returncode == 0, failing.log_text()
+    with Store.open(failing.store) as store:
+        assert accounting_problems(store) == [], failing.log_text()
+    assert fsck_problems(failing.store) == [], failing.log_text()
+
+
+def test_a_full_disk_at_an_append_fails_the_close_with_enospc_and_loses_nothing_else(failing: FailingMount) -> None:
+    env = failing.path / ENV
+    env.mkdir()
+    (env / "kept").write_bytes(b"committed before the disk filled")
+    big = os.urandom(3 << 20)
+    (env / "big").write_bytes(big)
+    failing.fail("append", "ENOSPC")
+    for name, data in [("kept", b"an edit that finds the disk full"), ("new", os.urandom(1 << 20))]:
+        with pytest.raises(OSError) as raised:
+            (env / name).write_bytes(data)
+        assert raised.value.errno == errno.ENOSPC, raised.value
+    failing.heal("append")
+    assert (env / "kept").read_bytes() == b"committed before the disk filled"
+    assert (env / "big").read_bytes() == big
+    assert (env / "new").read_bytes() == b""
+    (env / "new").write_bytes(b"room again")
+    assert (env / "new").read_bytes() == b"room again"
+
+    failing.unmount()
+    assert failing.daemon.returncode == 0, failing.log_text()
+    with Store.open(failing.store) as store:
+        assert accounting_problems(store) == [], failing.log_text()
+        assert len(stored_contents(store)) == 3, "kept, big, new: nothing of the failed writes"
     assert fsck_problems(failing.store) == [], failing.log_text()

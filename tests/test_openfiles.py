@@ -20,12 +20,12 @@ from fusestore import Store, errors
 from fusestore.catalog import ROOT_INO
 from fusestore.fs.openfiles import OpenFiles, OpenInode
 from fusestore.fs.running_hash import BACKGROUND_AFTER
-from fusestore.pool import FailingBlobStore, LocalBlobStore
+from fusestore.pool import FailingPackStore, LocalPackStore
 from fusestore.store.fsck import find_problems
 from fusestore.store.owners import Owner
 from fusestore.store.writes import Refused
 
-from .helpers import ENV, leftover_staging, put, read
+from .helpers import ENV, leftover_staging, live_chunk_bytes, put, read, stored_contents
 
 OWNER = Owner(1000, 1000)
 DATA = b"open file content " * 1000
@@ -279,7 +279,7 @@ def test_an_explicit_commit_then_more_writes_commit_again_at_close(store: Store)
     run(main)
     assert read(store, "f") == b"first second"
     store.sync()  # the deletion of "first" waits for it
-    assert list(store.blobs.digests()) == [blake3.blake3(b"first second").digest()]
+    assert stored_contents(store) == [blake3.blake3(b"first second").digest()]
 
 
 def test_a_refused_expected_hash_drops_the_created_entry(store: Store) -> None:
@@ -298,7 +298,7 @@ def test_a_refused_expected_hash_drops_the_created_entry(store: Store) -> None:
     with pytest.raises(errors.NotFound):
         store.namespace.lookup(f.env, b"f")
     store.sync()  # deletions wait for it
-    assert list(store.blobs.digests()) == []
+    assert stored_contents(store) == []
     assert leftover_staging(store) == []
 
 
@@ -332,7 +332,7 @@ def test_a_file_unlinked_while_open_commits_nothing_and_goes_at_close(store: Sto
             store.namespace.getattr(state.ino)
 
     run(main)
-    assert list(store.blobs.digests()) == []
+    assert stored_contents(store) == []
     assert leftover_staging(store) == []
 
 
@@ -352,32 +352,34 @@ def test_a_large_file_hashed_in_the_background_commits_with_the_right_hash(store
         assert store.namespace.getattr(state.ino).size == len(data)
 
     run(main)
-    assert list(store.blobs.digests()) == [blake3.blake3(data).digest()]
+    assert stored_contents(store) == [blake3.blake3(data).digest()]
 
 
-def test_a_failed_put_at_close_keeps_an_existing_files_content(store_path: Path) -> None:
-    blob_store = FailingBlobStore(LocalBlobStore(store_path / "pool"))
-    with Store.open(store_path, blobs=blob_store) as store:
+def test_a_failed_append_at_close_keeps_an_existing_files_content(store_path: Path) -> None:
+    packs = FailingPackStore(LocalPackStore(store_path / "packs"))
+    with Store.open(store_path, packs=packs) as store:
         put(store, "f", b"old")
+        before = stored_contents(store), live_chunk_bytes(store)
         f = Files(store)
 
         async def main() -> None:
             state = f.open(b"f")
             await f.files.write(state, 0, b"new")
-            blob_store.on("put", OSError(errno.ENOSPC, "full"))
+            packs.on("append", OSError(errno.ENOSPC, "full"))
             with pytest.raises(OSError) as caught:
                 await f.files.close(state)
             assert caught.value.errno == errno.ENOSPC
 
         run(main)
         assert read(store, "f") == b"old"
+        assert (stored_contents(store), live_chunk_bytes(store)) == before, "no chunk of the new bytes is kept"
         assert leftover_staging(store) == []
         assert find_problems(store) == []
 
 
-def test_a_failed_put_at_close_of_a_created_file_keeps_the_file_with_its_last_content(store_path: Path) -> None:
-    blob_store = FailingBlobStore(LocalBlobStore(store_path / "pool"))
-    with Store.open(store_path, blobs=blob_store) as store:
+def test_a_failed_append_at_close_of_a_created_file_keeps_the_file_with_its_last_content(store_path: Path) -> None:
+    packs = FailingPackStore(LocalPackStore(store_path / "packs"))
+    with Store.open(store_path, packs=packs) as store:
         f = Files(store)
         created: list[int] = []
 
@@ -385,13 +387,14 @@ def test_a_failed_put_at_close_of_a_created_file_keeps_the_file_with_its_last_co
             state = f.create(b"f")
             created.append(state.ino)
             await f.files.write(state, 0, DATA)
-            blob_store.on("put", OSError(errno.ENOSPC, "full"))
+            packs.on("append", OSError(errno.ENOSPC, "full"))
             with pytest.raises(OSError):
                 await f.files.close(state)
 
         run(main)
         kept = store.namespace.lookup(f.env, b"f")  # as on ext4: the file open(O_CREAT) made stays
         assert (kept.ino, kept.size) == (created[0], 0)
+        assert (stored_contents(store), live_chunk_bytes(store)) == ([], 0)
         assert leftover_staging(store) == []
         assert find_problems(store) == []
         assert f.dropped == []
@@ -403,24 +406,24 @@ def test_an_open_and_close_during_the_commit_of_the_last_close_forget_the_inode_
     Both closes found no handle left and forgot the inode: the second raised
     KeyError (an EIO and a traceback for a release that had done nothing wrong).
     """
-    blob_store = FailingBlobStore(LocalBlobStore(store_path / "pool"))
-    with Store.open(store_path, blobs=blob_store) as store:
+    packs = FailingPackStore(LocalPackStore(store_path / "packs"))
+    with Store.open(store_path, packs=packs) as store:
         f = Files(store)
 
         async def main() -> None:
             state = f.create(b"f")
             await f.files.write(state, 5, DATA)  # out of order: the commit hashes in a worker thread
-            in_put, reopened = trio.Event(), trio.Event()
+            in_append, reopened = trio.Event(), trio.Event()
             token = trio.lowlevel.current_trio_token()
 
-            def during_put() -> None:
-                trio.from_thread.run_sync(in_put.set, trio_token=token)
+            def during_append() -> None:
+                trio.from_thread.run_sync(in_append.set, trio_token=token)
                 trio.from_thread.run(reopened.wait, trio_token=token)
 
-            blob_store.on("put", during_put)
+            packs.on("append", during_append)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(f.files.close, state)
-                await in_put.wait()
+                await in_append.wait()
                 again = f.open(b"f")
                 assert again is state
                 nursery.start_soon(f.files.close, again)  # it waits for the commit's lock

@@ -1,34 +1,33 @@
 """The one commit path (``store.writes``) and ``Namespace.create``, in-process on real stores.
 
-Faults come from ``FailingBlobStore`` cues; crashes are real child processes
+Faults come from ``FailingPackStore`` cues; crashes are real child processes
 that end with ``os._exit`` before their store is closed.
 """
 
 from __future__ import annotations
 
 import errno
-import io
+import os
 import subprocess
 import sys
 import textwrap
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, cast
 
 import blake3
 import pytest
 
 from fusestore import Store, errors
 from fusestore.catalog import ROOT_INO
-from fusestore.pool import FailingBlobStore, LocalBlobStore, StagingFile
+from fusestore.pool import FailingPackStore, LocalPackStore, StagingFile
 from fusestore.store.attributes import Attributes
+from fusestore.store.chunks import BATCH_BYTES
 from fusestore.store.fsck import find_problems
 from fusestore.store.owners import Owner
 from fusestore.store.writes import Dropped, Refused
 
-from .helpers import ENV, leftover_staging, put, read
+from .chunk_accounting import accounting_problems
+from .helpers import ENV, leftover_staging, live_chunk_bytes, put, read, stored_contents
 
 OWNER = Owner(1000, 1000)
 DATA = b"committed content " * 1000
@@ -64,17 +63,21 @@ def commit(store: Store, staged: StagingFile) -> Attributes | None:
     return store.writes.commit(staged, digest, size)
 
 
-def blobs(store: Store) -> list[bytes]:
-    """The pool once a checkpoint has done the deletions waiting for it."""
+def stored(store: Store) -> list[bytes]:
+    """The contents whose chunks the store holds, once a checkpoint has done the deletions waiting for it.
+
+    The packs' bookkeeping must add up then too: no chunk or pack kept live for nothing.
+    """
     store.sync()
-    return list(store.blobs.digests())
+    assert accounting_problems(store, settled=False) == []
+    return stored_contents(store)
 
 
 @pytest.fixture
-def failing(store_path: Path) -> Iterator[tuple[Store, FailingBlobStore]]:
-    blob_store = FailingBlobStore(LocalBlobStore(store_path / "pool"))
-    with Store.open(store_path, blobs=blob_store) as opened:
-        yield opened, blob_store
+def failing(store_path: Path) -> Iterator[tuple[Store, FailingPackStore]]:
+    packs = FailingPackStore(LocalPackStore(store_path / "packs"))
+    with Store.open(store_path, packs=packs) as opened:
+        yield opened, packs
 
 
 # -- create and commit ---------------------------------------------------------------------------
@@ -89,7 +92,7 @@ def test_a_created_file_is_empty_until_its_staging_file_commits(store: Store) ->
     assert store.namespace.getattr(ino).size == len(DATA)
     assert read(store, "f") == DATA
     assert store.xattrs.get(ino, b"user.fusestore.blake3") == blake3.blake3(DATA).hexdigest().encode()
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
@@ -101,12 +104,12 @@ def test_a_created_file_takes_the_mode_and_owner_it_was_created_with(store: Stor
     store.writes.abandon(staged, remove_created=False)
 
 
-def test_committing_existing_content_dedups_to_one_blob(store: Store) -> None:
+def test_committing_existing_content_dedups_to_one_stored_copy(store: Store) -> None:
     h = put(store, "a", DATA)
     _, staged = create(store, b"b", DATA)
     commit(store, staged)
     assert read(store, "b") == DATA
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
     assert store.resource(h).refcount == 2
     assert find_problems(store) == []
 
@@ -118,15 +121,15 @@ def test_committing_over_old_content_releases_it(store: Store) -> None:
     commit(store, staged)
     assert read(store, "f") == OTHER
     assert store.resource(old) is None
-    assert blobs(store) == [digest_of(OTHER)]
+    assert stored(store) == [digest_of(OTHER)]
 
 
-def test_an_empty_commit_stores_no_blob(store: Store) -> None:
+def test_an_empty_commit_stores_nothing(store: Store) -> None:
     put(store, "f", DATA)
     staged = store.writes.stage(ino_of(store, b"f"), 0)
     commit(store, staged)
     assert read(store, "f") == b""
-    assert blobs(store) == []
+    assert stored(store) == []
     assert find_problems(store) == []
 
 
@@ -194,7 +197,7 @@ def test_expected_hash_set_after_create_refuses_other_content_and_drops_the_file
         store.namespace.lookup(env_of(store), b"f")
     with pytest.raises(errors.NotFound):
         store.namespace.getattr(ino)
-    assert blobs(store) == []
+    assert stored(store) == []
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
@@ -210,7 +213,7 @@ def test_expected_hash_set_before_staging_refuses_other_content_and_keeps_the_ol
     assert caught.value.dropped is None
     assert read(store, "f") == DATA
     assert store.resource(old).refcount == 1
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
@@ -224,7 +227,7 @@ def test_expected_hash_set_while_staged_refuses_other_content_and_keeps_the_old(
     with pytest.raises(errors.HashMismatch):
         commit(store, staged)
     assert read(store, "f") == DATA
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
 
 
 def test_expected_hash_set_before_staging_admits_the_right_content(store: Store) -> None:
@@ -254,7 +257,7 @@ def test_commit_after_unlink_returns_none_and_stores_nothing(store: Store) -> No
     store.namespace.unlink(env_of(store), b"f")
     assert commit(store, staged) is None
     assert store.resource(blake3.blake3(DATA).hexdigest()) is None
-    assert blobs(store) == []
+    assert stored(store) == []
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
@@ -264,7 +267,7 @@ def test_commit_after_unlink_of_an_open_file_returns_none_and_stores_nothing(sto
     store.opens.opened(ino)
     store.namespace.unlink(env_of(store), b"f")
     assert commit(store, staged) is None
-    assert blobs(store) == []
+    assert stored(store) == []
     store.content.closed(ino)
     with pytest.raises(errors.NotFound):
         store.namespace.getattr(ino)
@@ -282,15 +285,16 @@ def test_commit_of_content_held_elsewhere_after_unlink_leaves_it_alone(store: St
     assert find_problems(store) == []
 
 
-# -- failures of the blob store ----------------------------------------------------------------------
+# -- failures of the pack store ----------------------------------------------------------------------
 
 
-def test_a_failed_put_leaves_the_old_content_and_nothing_else(failing: tuple[Store, FailingBlobStore]) -> None:
-    store, blob_store = failing
+def test_a_failed_append_leaves_the_old_content_and_nothing_else(failing: tuple[Store, FailingPackStore]) -> None:
+    store, packs = failing
     old = put(store, "f", DATA)
+    live = live_chunk_bytes(store)
     staged = store.writes.stage(ino_of(store, b"f"), 0)
     staged.write(OTHER, 0)
-    blob_store.on("put", OSError(errno.ENOSPC, "full"))
+    packs.on("append", OSError(errno.ENOSPC, "full"))
     with pytest.raises(OSError) as caught:
         commit(store, staged)
     assert caught.value.errno == errno.ENOSPC
@@ -298,103 +302,134 @@ def test_a_failed_put_leaves_the_old_content_and_nothing_else(failing: tuple[Sto
     assert store.resource(old).refcount == 1
     assert store.resource(blake3.blake3(OTHER).hexdigest()) is None
     assert leftover_staging(store) == []
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
+    assert live_chunk_bytes(store) == live
     assert find_problems(store) == []
 
 
-def test_a_put_failing_after_storing_deletes_the_stray_blob(failing: tuple[Store, FailingBlobStore]) -> None:
-    store, blob_store = failing
+def test_an_append_failing_after_writing_leaves_dead_bytes_that_nothing_references(
+    failing: tuple[Store, FailingPackStore],
+) -> None:
+    """The bytes reached the pack, the answer did not: no chunk row names them, and the pack stays usable.
+
+    (What a stray blob left by a failed put was to whole-file blobs.)
+    """
+    store, packs = failing
     put(store, "f", DATA)
+    live = live_chunk_bytes(store)
+    [pack] = list(packs.packs())
+    end = packs.end(pack)
     staged = store.writes.stage(ino_of(store, b"f"), 0)
     staged.write(OTHER, 0)
-    blob_store.on("put", OSError(errno.EIO, "lost the answer"), after=True)
-    with pytest.raises(OSError):
+    packs.on("append", OSError(errno.EIO, "lost the answer"), after=True)
+    with pytest.raises(OSError) as caught:
         commit(store, staged)
+    assert caught.value.errno == errno.EIO
+    assert packs.end(pack) > end, "the append's bytes are in the pack"
     assert read(store, "f") == DATA
-    assert blobs(store) == [digest_of(DATA)]
+    assert stored(store) == [digest_of(DATA)]
+    assert live_chunk_bytes(store) == live
+    with store.catalog.read() as tx:
+        assert tx.pack(pack).live == live, "the dead bytes count as nothing live"
+    put(store, "g", OTHER)  # the same chunk, appended again, after the dead bytes
+    assert read(store, "g") == OTHER
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
-def test_a_failed_commit_of_a_created_file_keeps_the_file_empty(failing: tuple[Store, FailingBlobStore]) -> None:
-    store, blob_store = failing
+def test_a_failed_commit_of_a_created_file_keeps_the_file_empty(failing: tuple[Store, FailingPackStore]) -> None:
+    store, packs = failing
     ino, staged = create(store, b"f", DATA)
-    blob_store.on("put", OSError(errno.ENOSPC, "full"))
+    packs.on("append", OSError(errno.ENOSPC, "full"))
     with pytest.raises(OSError):
         commit(store, staged)
     assert store.namespace.getattr(ino).size == 0  # as open(O_CREAT) left it, like ext4 after a failed close
-    assert blobs(store) == []
+    assert stored(store) == []
+    assert live_chunk_bytes(store) == 0
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
-def test_a_failed_put_by_path_removes_the_file_it_created(failing: tuple[Store, FailingBlobStore]) -> None:
-    store, blob_store = failing
-    blob_store.on("put", OSError(errno.ENOSPC, "full"))
+def test_a_failed_put_by_path_removes_the_file_it_created(failing: tuple[Store, FailingPackStore]) -> None:
+    store, packs = failing
+    packs.on("append", OSError(errno.ENOSPC, "full"))
     with pytest.raises(OSError):
         put(store, "new", DATA)
     with pytest.raises(errors.NotFound):
         store.get_for_environment(ENV, "new")
-    assert blobs(store) == []
+    assert stored(store) == []
     assert leftover_staging(store) == []
     assert find_problems(store) == []
 
 
-def test_a_publish_racing_the_deletion_of_the_same_content_keeps_the_blob(
-    failing: tuple[Store, FailingBlobStore],
+def test_a_failure_in_a_later_batch_releases_the_extents_of_the_earlier_ones(
+    failing: tuple[Store, FailingPackStore],
 ) -> None:
-    """The last other reference (a checked upload's reservation) goes right before the put of the same bytes.
+    """A large content is stored in batches, each its own transaction: a failure after some undoes them all."""
+    store, packs = failing
+    put(store, "f", DATA)
+    live = live_chunk_bytes(store)
+    big = os.urandom(3 * BATCH_BYTES)
+    appended = 0
 
-    The reservation's release commits and its blob deletion then waits on
-    the digest's stripe, which the publishing writer holds: once the writer
-    committed, the deleter finds the content complete and deletes nothing.
-    """
-    store, blob_store = failing
-    h = blake3.blake3(DATA).hexdigest()
-    go = threading.Event()
+    def full_in_the_second_batch() -> None:
+        nonlocal appended
+        appended += 1
+        with store.catalog.read() as tx:
+            recorded = any(True for _ in tx.extents(digest_of(big)))
+        if recorded:
+            raise OSError(errno.ENOSPC, "full")
 
-    class ClientGoneAway(io.RawIOBase):
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, buffer: "bytearray | memoryview") -> int:  # type: ignore[override]
-            go.wait(10)
-            raise OSError(errno.ECONNRESET, "the uploader went away")
-
-    def checked_upload() -> None:
-        with pytest.raises(OSError):
-            store.put_for_environment_and_check_hash(ENV, "upload", cast(BinaryIO, ClientGoneAway()),
-                                                     len(DATA), h)
-
-    uploader = threading.Thread(target=checked_upload)
-    uploader.start()
-    wait_for(lambda: store.resource(h) is not None)  # the reservation: the content's only reference
-    assert not store.resource(h).complete
-
-    def the_upload_gives_up() -> None:
-        go.set()
-        wait_for(lambda: store.resource(h) is None)  # its release committed ...
-        assert digest_of(DATA) in store.content.deleting()  # ... and its blob deletion has not run
-
-    _, staged = create(store, b"f", DATA)
-    blob_store.on("put", the_upload_gives_up)
-    commit(store, staged)
-    uploader.join(10)
-    assert not uploader.is_alive()
-    assert blob_store.calls["put"] == 1
-    assert blobs(store) == [digest_of(DATA)]
-    assert store.resource(h).refcount == 1
+    packs.on("append", full_in_the_second_batch, always=True)
+    with pytest.raises(OSError) as caught:
+        put(store, "big", big)
+    assert caught.value.errno == errno.ENOSPC
+    packs.clear()
+    assert appended > 1, "the first batch was recorded before the failure"
+    assert store.resource(blake3.blake3(big).hexdigest()) is None
+    assert stored(store) == [digest_of(DATA)]
+    assert live_chunk_bytes(store) == live
     assert read(store, "f") == DATA
-    with pytest.raises(errors.NotFound):
-        store.namespace.lookup(env_of(store), b"upload")
     assert find_problems(store) == []
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.001)
+def test_a_pack_freed_while_a_commit_wants_one_of_its_chunks_gets_that_chunk_appended_again(
+    failing: tuple[Store, FailingPackStore],
+) -> None:
+    """The commit found the chunks of KEPT stored; their last use went, and their pack with it, before its batch.
+
+    The batch's transaction must not take a reference to a chunk whose row
+    went, nor record one in a pack that went: it appends them again. (For
+    whole-file blobs this was a put racing the deletion of the same blob.)
+    """
+    store, packs = failing
+    kept = os.urandom(256 << 10)
+    put(store, "kept", kept)
+    store.chunks.close()  # seals the pack of kept's chunks: the next append opens another
+    store.sync()
+    [sealed] = list(packs.packs())
+    grown = kept + os.urandom(64 << 10)  # shares all but the last of kept's chunks
+    with store.catalog.read() as tx:
+        kept_chunks = {extent.chunk for extent in tx.extents(digest_of(kept))}
+
+    def the_last_use_goes() -> None:
+        store.remove_for_environment(ENV, "kept")
+        with store.catalog.read() as tx:
+            assert tx.pack(sealed) is None, "the pack was freed"
+
+    _, staged = create(store, b"f", grown)
+    packs.on("append", the_last_use_goes)
+    before = packs.calls["append"]
+    commit(store, staged)
+    with store.catalog.read() as tx:
+        grown_chunks = {extent.chunk for extent in tx.extents(digest_of(grown))}
+        again = {d for d in grown_chunks & kept_chunks if (chunk := tx.chunk(d)) is not None and chunk.pack != sealed}
+    assert len(again) >= len(kept_chunks) - 1
+    assert packs.calls["append"] - before >= len(grown_chunks)
+    assert read(store, "f") == grown
+    assert stored(store) == [digest_of(grown)]
+    assert sealed not in set(packs.packs()), "the freed pack is deleted once durable"
+    assert find_problems(store) == []
 
 
 # -- crashes: the staging record survives ------------------------------------------------------------
@@ -423,7 +458,7 @@ def test_recovery_commits_what_a_crashed_process_wrote_to_a_created_file(store_p
         assert read(store, "f") == DATA
         assert store.namespace.getattr(ino_of(store, b"f")).size == len(DATA)
         assert leftover_staging(store) == []
-        assert blobs(store) == [digest_of(DATA)]
+        assert stored(store) == [digest_of(DATA)]
         assert find_problems(store) == []
 
 
@@ -434,7 +469,7 @@ def test_recovery_discards_a_created_file_whose_bytes_are_not_the_expected(store
         with pytest.raises(errors.NotFound):
             store.namespace.lookup(env_of(store), b"f")
         assert leftover_staging(store) == []
-        assert blobs(store) == []
+        assert stored(store) == []
         assert find_problems(store) == []
 
 

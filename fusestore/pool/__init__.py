@@ -10,13 +10,13 @@ back to back in pack files.
 from .blobstore import BlobMissing, BlobReader, BlobStore, NoBlobs, Promises
 from .chunker import DEFAULT_PARAMS, ChunkParams, StreamChunker, chunks
 from .codec import DEFAULT_COMPRESSION, RAW, ZSTD, Compression, DamagedChunk, decode, encode
-from .failing import FailingBlobStore
+from .failing import FailingPackStore
 from .local import LocalBlobStore
 from .packs import LocalPackStore, PackMissing, PackSealed, PackStore
 from .staging import ShortRead, StagingArea, StagingFile
 
 __all__ = ["BlobMissing", "BlobReader", "BlobStore", "ChunkParams", "Compression", "DEFAULT_COMPRESSION",
-           "DEFAULT_PARAMS", "DamagedChunk", "FailingBlobStore", "LocalBlobStore", "LocalPackStore", "NoBlobs",
+           "DEFAULT_PARAMS", "DamagedChunk", "FailingPackStore", "LocalBlobStore", "LocalPackStore", "NoBlobs",
            "PackMissing", "PackSealed", "PackStore", "Promises", "RAW", "ShortRead", "StagingArea", "StagingFile",
            "StreamChunker",
            "ZSTD", "chunks", "decode", "encode"]

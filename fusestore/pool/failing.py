@@ -1,27 +1,32 @@
-"""A blob store that fails or stops on cue, around a real one: the seam for fault injection in tests.
+"""A pack store that fails or stops on cue, around a real one: the seam for fault injection in tests.
 
-``FailingBlobStore(inner)`` forwards every call to ``inner``. ``on(op,
-action)`` queues an action for the next call of ``op`` (``"put"``,
-``"open"``, ``"delete"``, ``"contains"``, ``"barrier"``): an exception to
-raise instead of the call, or a callable run just before it (to interleave
-another operation, or to end the process with ``os._exit`` mid-way), or
-with ``after=True`` just after it. ``always=True`` keeps the action for
-every later call.
+``FailingPackStore(inner)`` forwards every call to ``inner``. ``on(op,
+action)`` queues an action for the next call of ``op`` (one of
+``OPERATIONS``): an exception to raise instead of the call, or a callable
+run just before it (to interleave another operation, or to end the process
+with ``os._exit`` mid-way), or with ``after=True`` just after it (an
+exception then stands for an answer lost after the work was done: an
+append whose bytes are written, but which its caller sees fail).
+``always=True`` keeps the action for every later call. ``calls`` counts the
+calls of each operation, failed ones included.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from typing import TypeVar
 
-from .blobstore import BlobReader, BlobStore
-from .staging import StagingFile
+from .packs import PackStore
 
 Action = BaseException | Callable[[], object]
+T = TypeVar("T")
+
+OPERATIONS = ("create", "append", "end", "seal", "read", "delete", "packs", "barrier")
 
 
-class FailingBlobStore:
-    def __init__(self, inner: BlobStore) -> None:
+class FailingPackStore:
+    def __init__(self, inner: PackStore) -> None:
         self.inner = inner
         self.promises = inner.promises
         self._cues: dict[tuple[str, bool], list[tuple[Action, bool]]] = defaultdict(list)
@@ -29,15 +34,13 @@ class FailingBlobStore:
 
     def on(self, op: str, action: Action, *, after: bool = False, always: bool = False) -> None:
         if op not in OPERATIONS:
-            raise ValueError(f"a blob store has no operation {op!r} to fail")
+            raise ValueError(f"a pack store has no operation {op!r} to fail")
         self._cues[op, after].append((action, always))
 
     def clear(self) -> None:
         self._cues.clear()
 
     def _cue(self, op: str, *, after: bool) -> None:
-        if not after:
-            self.calls[op] += 1
         queue = self._cues.get((op, after))
         if not queue:
             return
@@ -48,35 +51,33 @@ class FailingBlobStore:
             raise action
         action()
 
-    def put(self, staged: StagingFile, digest: bytes) -> None:
-        self._cue("put", after=False)
-        self.inner.put(staged, digest)
-        self._cue("put", after=True)
+    def _call(self, op: str, call: Callable[[], T]) -> T:
+        self.calls[op] += 1
+        self._cue(op, after=False)
+        result = call()
+        self._cue(op, after=True)
+        return result
 
-    def open(self, digest: bytes) -> BlobReader:
-        self._cue("open", after=False)
-        reader = self.inner.open(digest)
-        self._cue("open", after=True)
-        return reader
+    def create(self, pack: int) -> None:
+        self._call("create", lambda: self.inner.create(pack))
 
-    def delete(self, digest: bytes) -> None:
-        self._cue("delete", after=False)
-        self.inner.delete(digest)
-        self._cue("delete", after=True)
+    def append(self, pack: int, data: bytes | memoryview) -> int:
+        return self._call("append", lambda: self.inner.append(pack, data))
 
-    def contains(self, digest: bytes) -> bool:
-        self._cue("contains", after=False)
-        found = self.inner.contains(digest)
-        self._cue("contains", after=True)
-        return found
+    def end(self, pack: int) -> int:
+        return self._call("end", lambda: self.inner.end(pack))
 
-    def digests(self) -> Iterator[bytes]:
-        return self.inner.digests()
+    def seal(self, pack: int) -> None:
+        self._call("seal", lambda: self.inner.seal(pack))
+
+    def read(self, pack: int, offset: int, length: int) -> bytes:
+        return self._call("read", lambda: self.inner.read(pack, offset, length))
+
+    def delete(self, pack: int) -> None:
+        self._call("delete", lambda: self.inner.delete(pack))
+
+    def packs(self) -> Iterator[int]:
+        return self._call("packs", lambda: iter(list(self.inner.packs())))
 
     def barrier(self) -> None:
-        self._cue("barrier", after=False)
-        self.inner.barrier()
-        self._cue("barrier", after=True)
-
-
-OPERATIONS = ("put", "open", "delete", "contains", "barrier")
+        self._call("barrier", lambda: self.inner.barrier())

@@ -115,6 +115,8 @@ class Chunks:
                 chunking = DEFAULT_CHUNKING
             unsealed = [pack for pack in tx.packs() if not pack.sealed]
             known = {pack.pack for pack in tx.packs()}
+            for pack in [pack for pack in tx.packs() if pack.sealed and pack.live == 0]:
+                self.free_pack(tx, pack.pack)  # rolled over with appends no batch recorded (see ``_roll``)
         self.params = chunking_params(chunking)
         for pack in unsealed:
             self._seal(pack.pack, free_if_empty=True)
@@ -135,9 +137,9 @@ class Chunks:
         seals a pack whose last appends the batches that made them have not recorded yet."""
         try:
             end = self.packs.end(pack_id)
-        except PackMissing:
+            self.packs.seal(pack_id)
+        except PackMissing:  # its row was written, its file never made (or a power loss took its name)
             end = 0
-        self.packs.seal(pack_id)
         with self.catalog.write() as tx:
             pack = tx.pack(pack_id)
             if pack is not None:
@@ -286,7 +288,13 @@ class Chunks:
             return Chunk(chunk.digest, self._open, offset, len(stored), chunk.length, chunk.codec)
 
     def _roll(self) -> None:
-        """Seal the open pack (if any) and open a new one: its row first, then its file."""
+        """Seal the open pack (if any) and open a new one: its row first, then its file.
+
+        The sealed pack is not freed even with nothing live: batches whose
+        appends went there may not have recorded them yet, and freeing it
+        would make them append again, forever once a batch's chunks outgrow
+        a pack. One that stays at zero is freed at the next open (``settle``).
+        """
         if self._open is not None:
             self._seal(self._open, free_if_empty=False)
             self._open = None
@@ -427,7 +435,10 @@ class Chunks:
                 old = tx.pack(chunk.pack)
                 if old is not None:
                     old.live -= chunk.stored
-                    tx.save_pack(old)
+                    if old.sealed and old.live <= 0:
+                        self.free_pack(tx, old.pack)
+                    else:
+                        tx.save_pack(old)
                 tx.move_chunk(chunk, fresh.pack, fresh.offset, fresh.stored, fresh.codec)
                 pack.live += fresh.stored
                 tx.save_pack(pack)
