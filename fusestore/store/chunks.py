@@ -159,7 +159,8 @@ class Chunks:
 
         The caller holds the digest's stripe lock and completes the resource
         afterwards; on failure it calls ``drop_partial``. ``on_stored(n)``
-        after each batch (it may raise to stop).
+        after each batch (it may raise to stop). A complete resource of a
+        whole-file blob keeps its layout (``upgrade`` switches it).
         """
         runs: list[Extent] = []
         data: dict[bytes, bytes] = {}
@@ -232,9 +233,8 @@ class Chunks:
         if resource is None:
             resource = Resource(digest, size, 0, PENDING, LAYOUT_CHUNKS)
             tx.save_resource(resource)
-        elif resource.layout != LAYOUT_CHUNKS:
-            assert not resource.complete, f"extents added to the complete content {digest.hex()}"
-            resource.layout = LAYOUT_CHUNKS
+        elif resource.layout != LAYOUT_CHUNKS and not resource.complete:
+            resource.layout = LAYOUT_CHUNKS  # a complete whole-file blob being upgraded stays one until switched
             tx.save_resource(resource)
         uses: dict[bytes, int] = {}
         for run in batch.runs:
