@@ -17,6 +17,9 @@ format 2 would have left it closed (``docs/FORMAT.md`` as of format 2):
   as a close of format 2 anchors it (the anchor's slots are the same in
   both formats).
 
+``make_format1`` goes one version further back: no ``synced`` database,
+no anchor, ``meta/format`` ``1`` (FORMAT.md's version log).
+
 So the catalog holds, record for record, what format 2 would hold for the
 same operations, and the pool what format 2's pool would. It differs only
 where nothing reads it: LMDB's page history (the free pages of the dropped
@@ -87,6 +90,21 @@ def make_format2(path: Path, fill: Callable[[Store], None]) -> dict[bytes, bytes
     finally:
         anchors.close()
     shutil.rmtree(path / "packs", ignore_errors=True)
+    return contents
+
+
+def make_format1(path: Path, fill: Callable[[Store], None]) -> dict[bytes, bytes]:
+    """A format-1 store: a format-2 one without what version 2 added."""
+    contents = make_format2(path, fill)
+    env = lmdb.open(str(path / "catalog"), map_size=1 << 40, max_dbs=32)
+    try:
+        with env.begin(write=True) as txn:
+            txn.drop(env.open_db(b"synced", txn=txn), delete=True)
+            txn.put(b"format", b"1", db=env.open_db(b"meta", txn=txn))
+        env.sync(True)
+    finally:
+        env.close()
+    (path / "catalog" / "anchor").unlink()
     return contents
 
 

@@ -37,7 +37,8 @@ bytes until its chunks are durable:
    of the group, under its stripe lock, ONE transaction switches the
    resource to ``LAYOUT_CHUNKS`` and frees its blob (``Content.drop_bytes``:
    the 32-byte digest listed in ``freed``), which ``Content`` deletes once
-   that transaction is durable. Its callbacks run after the stripe lock is
+   that transaction is durable (no ``unsynced`` entry names the blob:
+   recovery emptied the list). Its callbacks run after the stripe lock is
    let go: a deletion on a nearly full disk runs at once, and takes it.
 4. Resources with no blob switch their layout in one transaction: pending
    ones (recovery has dropped those no upload holds) and lost ones (which
@@ -58,7 +59,9 @@ complete whole-blob resource found with extents is a conversion cut
 short: its extents are released and it is converted again. After a power
 loss the catalog goes back to its last anchor, which never names a switch
 whose chunks are not durable (the barrier of step 3 came first), and a
-blob is deleted only once an anchor covers its switch.
+blob is deleted only once an anchor covers its switch. An error the
+upgrade cannot get past (a full disk for the packs) fails the open, as an
+error of recovery does; the next open resumes.
 
 Progress goes to the log at INFO: a line at the start, one every
 ``PROGRESS_EVERY`` seconds (contents converted, bytes read), one at the
@@ -136,12 +139,14 @@ class _Upgrade:
             log.info("upgrade: chunking the whole-file blobs of %d contents (%d bytes) into packs: this store was "
                      "made before chunks", len(old), sum(res.length for res in old if res.complete))
         group: list[Resource] = []
+        group_bytes = 0
         for resource in old:
             if self._chunk(resource.digest):
                 group.append(resource)
-            if sum(res.length for res in group) >= GROUP_BYTES or len(group) >= GROUP_CONTENTS:
+                group_bytes += resource.length
+            if group_bytes >= GROUP_BYTES or len(group) >= GROUP_CONTENTS:
                 self._switch(group)
-                group = []
+                group, group_bytes = [], 0
         self._switch(group)
         self.store.checkpoints.checkpoint()  # the freed blobs deleted, and their deletion durable
         gone = self._remove_pool()
@@ -182,7 +187,7 @@ class _Upgrade:
         hasher = blake3.blake3()
         failed: list[OSError] = []
 
-        def read(want: int, offset: int) -> bytes:  # called once per byte, in order: the chunker reads front to back
+        def read(want: int, offset: int) -> bytes:  # the chunker reads each byte once, front to back
             try:
                 data = reader.pread(want, offset)
             except OSError as exc:  # a short read ends the chunking, and the hash tells
