@@ -38,8 +38,9 @@ bytes until its chunks are durable:
    resource to ``LAYOUT_CHUNKS`` and frees its blob (``Content.drop_bytes``:
    the 32-byte digest listed in ``freed``), which ``Content`` deletes once
    that transaction is durable (no ``unsynced`` entry names the blob:
-   recovery emptied the list). Its callbacks run after the stripe lock is
-   let go: a deletion on a nearly full disk runs at once, and takes it.
+   recovery emptied the list). The callbacks of the upgrade's transactions
+   run after the stripe lock is let go: on a nearly full disk a deletion
+   runs at once, and takes it.
 4. Resources with no blob switch their layout in one transaction: pending
    ones (recovery has dropped those no upload holds) and lost ones (which
    keep no extents). The empty content keeps layout 0, as in a store made
@@ -73,12 +74,13 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import blake3
 
-from ..catalog import LAYOUT_CHUNKS, LAYOUT_WHOLE_BLOB, LOST, Resource
+from ..catalog import LAYOUT_CHUNKS, LAYOUT_WHOLE_BLOB, LOST, Resource, Txn
 from ..digests import EMPTY_DIGEST
 from ..pool import BlobMissing
 from .inspect import Inspection
@@ -160,22 +162,23 @@ class _Upgrade:
 
     def _chunk(self, digest: bytes) -> bool:
         """Store the chunks of one content (steps 1, 2 and 4); whether it is ready to switch."""
+        later: list[Callable[[], None]] = []  # its transactions' callbacks, run once the stripe is let go
         with self.content.stripe(digest):
-            with self.catalog.write() as tx:
+            with self.catalog.write(defer_callbacks=True) as tx:
                 resource = tx.resource(digest)
                 assert resource is not None, f"the resource {digest.hex()} went during the upgrade"
                 if next(tx.extents(digest), None) is not None:
-                    self.chunks.release(tx, digest)
+                    self.chunks.release(tx, digest)  # may free packs: deleted by the callbacks
                     log.info("upgrade: a crash cut short the conversion of %s: converting it again", digest.hex())
                 if not resource.complete:
                     resource.layout = LAYOUT_CHUNKS
                     tx.save_resource(resource)
-                    return False
-            damage = self._store(resource)
+            later += tx.callbacks
+            damage = self._store(resource) if resource.complete else None
             if damage is not None:
-                self._lose(resource, damage)
-                return False
-        return True
+                later += self._lose(resource, damage)
+        Txn.run_callbacks(later)
+        return resource.complete and damage is None
 
     def _store(self, resource: Resource) -> str | None:
         """Chunk the blob of a complete resource, checking it as it is read; what is wrong with it, if anything."""
@@ -210,11 +213,14 @@ class _Upgrade:
             return "does not hash to its name"
         return None
 
-    def _lose(self, resource: Resource, damage: str) -> None:
-        """Step 2, under the stripe lock: the blob aside, then its extents released and its content lost."""
+    def _lose(self, resource: Resource, damage: str) -> list[Callable[[], None]]:
+        """Step 2, under the stripe lock: the blob aside, then its extents released and its content lost.
+
+        Gives the transaction's callbacks, for after the stripe lock.
+        """
         digest = resource.digest
         moved = to_lost_and_found(self.store, digest)
-        with self.catalog.write() as tx:
+        with self.catalog.write(defer_callbacks=True) as tx:
             self.chunks.release(tx, digest)
             resource.state, resource.layout = LOST, LAYOUT_CHUNKS
             tx.save_resource(resource)
@@ -224,6 +230,7 @@ class _Upgrade:
                   "same bytes are written again: %s", digest.hex(), damage,
                   f" (moved to {moved})" if moved is not None else "", users)
         self.figures.lost += 1
+        return tx.callbacks
 
     def _switch(self, group: list[Resource]) -> None:
         """Step 3: the group's chunks durable, then each resource switched to them and its blob freed."""
