@@ -214,7 +214,7 @@ def test_a_crash_after_a_switch_before_its_blob_is_deleted_loses_nothing(old_sto
     assert_upgraded(old_store)
 
 
-def test_a_crash_at_every_append_of_a_small_store_then_reopens_finish(store_path: Path) -> None:
+def test_one_crash_after_another_then_an_open_finishes_the_upgrade(store_path: Path) -> None:
     make_format2(store_path, fill)
     upgrade_in_child(store_path, packs=100)
     upgrade_in_child(store_path, packs=200)  # each open releases what the last one cut short, and goes further
