@@ -32,7 +32,7 @@ import lmdb
 from .. import errors, linux, private
 from .anchor import AnchorFile, restore, rollback_due, went_down_under
 from .anchoring import Anchoring, meta_pages
-from .records import READABLE_FORMATS
+from .records import FORMAT_VERSION, READABLE_FORMATS
 from .txn import Txn
 
 DATABASES = (b"meta", b"resources", b"inodes", b"dirents", b"xattrs", b"staging", b"synced", b"orphans", b"unsynced",
@@ -368,6 +368,10 @@ def verify_structure(path: Path) -> list[str]:
 
 def _unknown_format(store: Path, raw: bytes | None) -> errors.UnknownFormat:
     shown = "none" if raw is None else repr(raw.decode(errors="replace"))
-    readable = " and ".join(raw.decode() for raw in READABLE_FORMATS)
+    *newest, oldest = (raw.decode() for raw in READABLE_FORMATS)
+    readable = f"{', '.join(newest)} and {oldest}"
+    newer = raw is not None and raw.isdigit() and int(raw) > FORMAT_VERSION
+    advice = ("a newer fusestore wrote it: open it with that version (this one changed nothing)" if newer
+              else "use a matching fusestore version")
     return errors.UnknownFormat(f"store at {store} has format {shown}; this fusestore reads formats "
-                                f"{readable} only: use a matching fusestore version")
+                                f"{readable} only: {advice}")

@@ -3,8 +3,10 @@
 The order matters: the catalog file's own structure is audited as raw
 bytes before LMDB opens it, then the invariants (``store.fsck``) are
 checked through a read-only inspection and what recovery would do is
-listed; only ``--repair`` opens the store for writing (which recovers) and
-runs ``store.repair``.
+listed; only ``--repair`` opens the store for writing (which recovers, and
+upgrades a store made before chunks: ``store.upgrade``) and runs
+``store.repair``. A store still holding whole-file blobs is not a problem,
+only a notice, but ``--repair`` opens it all the same, to upgrade it.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     fsck.add_argument("store", type=Path, metavar="STORE", help="store directory (never created)")
     fsck.add_argument("--verify", action="store_true", help="also re-hash every blob (BLAKE3): reads the whole pool")
     fsck.add_argument("--repair", action="store_true",
-                      help="recover, then repair what was found (damaged blobs go to STORE/lost+found)")
+                      help="recover (and upgrade a store made before chunks), then repair what was found "
+                           "(damaged blobs go to STORE/lost+found)")
     fsck.set_defaults(run=run)
 
 
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> None:
 def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -> int:
     """The whole command; returns the exit status."""
     from .. import errors
-    from ..store import fsck
+    from ..store import fsck, upgrade
     from ..store import repair as repairs
     from ..store.inspect import Inspection, rollback_due
     from ..store.locking import InspectionLock
@@ -63,6 +66,7 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
         return cannot(f"no store at {path}: no catalog/data.mdb")
     corrupt: set[bytes] = set()
     notices: list[str] = []
+    upgrade_due = False
     try:
         lock = InspectionLock(path)  # no writer may start while the file is read as raw bytes
         try:
@@ -92,21 +96,25 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
                     plan = list(repairs.recovery_plan(ins))
                     problems += plan
                     notices = [f"notice: {line}" for line in fsck.lost_contents(ins)]
+                    old = upgrade.pending(ins)
+                    if old is not None:  # not a problem: the open that --repair makes upgrades it
+                        upgrade_due = True
+                        notices.append(f"notice: {old}")
         finally:
             lock.release()
     except (errors.NoStore, errors.UnknownFormat, errors.StoreLocked, PermissionError) as exc:
         return cannot(str(exc))
     for line in problems + notices:
         print(line, file=out)
-    if repair and problems:
+    if repair and (problems or upgrade_due):
         try:
-            _repair(path, corrupt, out, recovered=bool(plan))
+            _repair(path, corrupt, out, recovered=bool(plan), upgrade_due=upgrade_due)
         except (errors.StoreLocked, errors.StoreExposed) as exc:
             return cannot(f"not repaired: {exc}")
     return 1 if problems else 0
 
 
-def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool) -> None:
+def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool, upgrade_due: bool) -> None:
     """Open the store (recovery runs), repair, say what changed, and what is left."""
     from ..store import Store, fsck, repair
 
@@ -116,6 +124,8 @@ def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool) ->
     with Store.open(path) as store:
         if recovered:
             print("repaired: ran recovery, which did what the 'recovery would' lines say", file=out)
+        if upgrade_due:
+            print("repaired: chunked the whole-file blobs into packs (the store's upgrade)", file=out)
         for line in repair.repair(store, corrupt):
             print(f"repaired: {line}", file=out)
         compacted = store.compact()

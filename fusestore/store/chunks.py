@@ -188,7 +188,8 @@ class Chunks:
 
         The caller holds the digest's stripe lock and completes the resource
         afterwards; on failure it calls ``drop_partial``. ``on_stored(n)``
-        every ``LOOKUP_BYTES`` (it may raise to stop).
+        every ``LOOKUP_BYTES`` (it may raise to stop). A complete resource of a
+        whole-file blob keeps its layout (``upgrade`` switches it).
         """
         self._release_prefix(digest)
         hold: set[int] = set()
@@ -310,9 +311,10 @@ class Chunks:
             resource = Resource(digest, size, 0, PENDING, LAYOUT_CHUNKS)
             tx.save_resource(resource)
         else:
-            assert not resource.complete, f"extents added to the complete content {digest.hex()}"
-            if resource.layout != LAYOUT_CHUNKS:
-                resource.layout = LAYOUT_CHUNKS
+            assert not (resource.complete and resource.layout == LAYOUT_CHUNKS), \
+                f"extents added to the complete content {digest.hex()}"
+            if resource.layout != LAYOUT_CHUNKS and not resource.complete:
+                resource.layout = LAYOUT_CHUNKS  # a complete whole-file blob being upgraded stays one until switched
                 tx.save_resource(resource)
         uses: dict[bytes, int] = {}
         for run in batch.runs:

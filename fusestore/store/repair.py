@@ -303,7 +303,7 @@ def clear_extra_blobs(store: Store) -> list[str]:
             _set_state(store, digest, COMPLETE)
             done.append(f"restored lost content {digest.hex()}: an intact blob is back in the pool ({users})")
         elif res is not None and res.state == LOST:
-            moved = _to_lost_and_found(store, digest)
+            moved = to_lost_and_found(store, digest)
             done.append(f"moved blob {digest.hex()} of lost content, still damaged, to {moved}")
         else:
             store.blobs.delete(digest)
@@ -333,12 +333,12 @@ def _set_state(store: Store, digest: bytes, state: int) -> None:
 
 def _lose(store: Store, digest: bytes) -> str | None:
     """Mark a content lost and move what is left of its blob aside; where it went, if anywhere."""
-    moved = _to_lost_and_found(store, digest)
+    moved = to_lost_and_found(store, digest)
     _set_state(store, digest, LOST)
     return moved
 
 
-def _to_lost_and_found(store: Store, digest: bytes) -> str | None:
+def to_lost_and_found(store: Store, digest: bytes) -> str | None:
     """Move the digest's blob file, if any, to ``<store>/lost+found/<hex>`` (``.1``, ``.2``... when taken)."""
     h = digest.hex()
     source = Path(blob_path(store.path / "pool", digest))

@@ -59,6 +59,7 @@ from .owners import Owner, permits, process_owner
 from .setid import cleared_by_write
 from .stopping import Stopping
 from .tenancy import DEFAULT_TENANCY, Tenancy, holds_own_copy
+from .upgrade import upgrade
 from .writes import Writes
 from .xattrs import Xattrs
 
@@ -131,6 +132,8 @@ class Store:
         self.chunks.settle()
         self.checkpoints.recover()
         self.catalog.recovered()
+        if legacy.is_dir() and upgrade(self):  # a store made before chunks: its blobs are in chunks now
+            self.blobs = self.content.blobs = NoBlobs()
 
     @classmethod
     def open(
