@@ -14,9 +14,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import mounts
+
+if TYPE_CHECKING:
+    from ..store.inspect import Inspection
 
 EXIT_CODES_HELP = """\
 exit status:
@@ -35,9 +38,11 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fsck.add_argument("store", type=Path, metavar="STORE", help="store directory (never created)")
-    fsck.add_argument("--verify", action="store_true", help="also re-hash every blob (BLAKE3): reads the whole pool")
+    fsck.add_argument("--verify", action="store_true",
+                      help="also read, decode and re-hash (BLAKE3) every chunk and blob: reads every pack")
     fsck.add_argument("--repair", action="store_true",
-                      help="recover, then repair what was found (damaged blobs go to STORE/lost+found)")
+                      help="recover, then repair what was found (contents with damaged chunks or blobs are "
+                           "marked lost; damaged blobs go to STORE/lost+found)")
     fsck.set_defaults(run=run)
 
 
@@ -62,6 +67,7 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
     if not (path / "catalog" / "data.mdb").is_file():
         return cannot(f"no store at {path}: no catalog/data.mdb")
     corrupt: set[bytes] = set()
+    damaged: set[bytes] = set()
     notices: list[str] = []
     try:
         lock = InspectionLock(path)  # no writer may start while the file is read as raw bytes
@@ -84,11 +90,7 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
                 with Inspection.open(path) as ins:
                     problems = [str(problem) for problem in fsck.run_checks(ins)]
                     if verify:
-                        meter = Meter(err, sum(blob.size for blob in ins.blobs()), len(ins.blobs()))
-                        for blob, digest in fsck.misnamed_blobs(ins, meter.advance):
-                            corrupt.add(blob.digest)
-                            problems.append(f"blobs_hash_to_their_names: {fsck.misnamed_message(ins, blob, digest)}")
-                        meter.finish()
+                        problems += _verify(ins, corrupt, damaged, err)
                     plan = list(repairs.recovery_plan(ins))
                     problems += plan
                     notices = [f"notice: {line}" for line in fsck.lost_contents(ins)]
@@ -100,13 +102,34 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
         print(line, file=out)
     if repair and problems:
         try:
-            _repair(path, corrupt, out, recovered=bool(plan))
+            _repair(path, corrupt, damaged, out, recovered=bool(plan))
         except (errors.StoreLocked, errors.StoreExposed) as exc:
             return cannot(f"not repaired: {exc}")
     return 1 if problems else 0
 
 
-def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool) -> None:
+def _verify(ins: "Inspection", corrupt: set[bytes], damaged: set[bytes], err: TextIO) -> list[str]:
+    """Read every chunk, then every blob, with a meter; the bad ones are added to ``damaged`` and ``corrupt``."""
+    from ..store import fsck
+
+    problems = []
+    chunks = list(ins.chunks())
+    meter = Meter(err, sum(chunk.stored for chunk in chunks), len(chunks), "chunks")
+    for chunk, why in fsck.damaged_chunks(ins, meter.advance):
+        damaged.add(chunk.digest)
+        problems.append(f"chunks_hash_to_their_names: {fsck.damaged_message(ins, chunk, why)}")
+    meter.finish()
+    blobs = ins.blobs()
+    if blobs:
+        meter = Meter(err, sum(blob.size for blob in blobs), len(blobs), "blobs")
+        for blob, digest in fsck.misnamed_blobs(ins, meter.advance):
+            corrupt.add(blob.digest)
+            problems.append(f"blobs_hash_to_their_names: {fsck.misnamed_message(ins, blob, digest)}")
+        meter.finish()
+    return problems
+
+
+def _repair(path: Path, corrupt: set[bytes], damaged: set[bytes], out: TextIO, *, recovered: bool) -> None:
     """Open the store (recovery runs), repair, say what changed, and what is left."""
     from ..store import Store, fsck, repair
 
@@ -116,7 +139,7 @@ def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool) ->
     with Store.open(path) as store:
         if recovered:
             print("repaired: ran recovery, which did what the 'recovery would' lines say", file=out)
-        for line in repair.repair(store, corrupt):
+        for line in repair.repair(store, corrupt, damaged):
             print(f"repaired: {line}", file=out)
         left = [line for line in fsck.find_problems(store)
                 if not line.startswith("no_directory_cycles:")]  # said by the repair already
@@ -130,8 +153,10 @@ class Meter:
     BAR_EVERY = 0.2
     LINE_EVERY = 5.0
 
-    def __init__(self, err: TextIO, total_bytes: int, total_files: int) -> None:
+    def __init__(self, err: TextIO, total_bytes: int, total_files: int, what: str) -> None:
+        """``what``: the items counted (chunks, blobs)."""
         self.err = err
+        self.what = what
         self.terminal = err.isatty()
         self.total_bytes, self.total_files = total_bytes, total_files
         self.bytes = self.files = 0
@@ -156,14 +181,14 @@ class Meter:
         rate = self.bytes / elapsed
         left = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
         size = mounts.human_bytes
-        figures = (f"{size(self.bytes)}/{size(self.total_bytes)}, {self.files}/{self.total_files} files, "
+        figures = (f"{size(self.bytes)}/{size(self.total_bytes)}, {self.files}/{self.total_files} {self.what}, "
                    f"{size(rate)}/s, ETA {_duration(left)}")
         if self.terminal:
             done = self.bytes / self.total_bytes if self.total_bytes else 1.0
             bar = "#" * int(done * 30)
-            self.err.write(f"\rverify [{bar:<30}] {done:4.0%} {figures}\x1b[K")
+            self.err.write(f"\rverify {self.what} [{bar:<30}] {done:4.0%} {figures}\x1b[K")
         else:
-            self.err.write(f"fusestore fsck: verifying blobs: {figures}\n")
+            self.err.write(f"fusestore fsck: verifying {self.what}: {figures}\n")
         self.err.flush()
 
 
