@@ -126,9 +126,9 @@ class Chunks:
     def _seal(self, pack_id: int) -> None:
         try:
             end = self.packs.end(pack_id)
-        except PackMissing:
+            self.packs.seal(pack_id)
+        except PackMissing:  # a crash came between its row and its file: nothing can be in it
             end = 0
-        self.packs.seal(pack_id)
         with self.catalog.write() as tx:
             pack = tx.pack(pack_id)
             if pack is not None:
