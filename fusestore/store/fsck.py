@@ -405,8 +405,10 @@ def extents_cover_their_contents(ins: Inspection) -> Iterator[str]:
         res = ins.resource(digest)
         if res is None:
             yield f"content {digest.hex()} has {len(extents)} extents but no resource"
-        elif res.layout != LAYOUT_CHUNKS:
+        elif res.layout == LAYOUT_WHOLE_BLOB:
             yield f"resource {digest.hex()} is a whole-file blob but has {len(extents)} extents{_used_by(ins, digest)}"
+        elif res.layout != LAYOUT_CHUNKS:
+            continue  # resources_are_well_formed says it
         elif res.state == LOST:
             yield f"resource {digest.hex()} is lost but still has {len(extents)} extents{_used_by(ins, digest)}"
         else:
