@@ -335,10 +335,10 @@ def lose_damaged_chunks(store: Store, damaged: set[bytes]) -> list[str]:
         bad.update({digest: "does not hash to its name" for digest in damaged
                     if (chunk := ins.chunk(digest)) is not None and not store.chunks.intact(chunk)})
         lost = []
-        for digest, extents in sorted(ins.extent_map().items()):
-            res = ins.resource(digest)
-            if res is None or not res.complete or res.layout != LAYOUT_CHUNKS:
+        for res in ins.resources():
+            if not res.complete or res.layout != LAYOUT_CHUNKS:
                 continue
+            digest, extents = res.digest, ins.extent_map().get(res.digest, [])
             named = sorted({extent.chunk for extent in extents if extent.chunk in bad})
             why = (f"its chunk {named[0].hex()} {bad[named[0]]}" + (f" (and {len(named) - 1} more)" if len(named) > 1
                                                                      else "")) if named else None
