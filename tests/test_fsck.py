@@ -39,8 +39,8 @@ from fusestore.catalog import (
 from fusestore.catalog.records import u64
 from fusestore.store.fsck import CHECKS, DEEP_CHECKS, find_problems, run_checks
 from fusestore.store.inspect import Inspection
-from fusestore.store.repair import recovery_plan
 from fusestore.store.owners import Owner
+from fusestore.store.repair import recovery_plan
 
 from .helpers import ENV, ENV2, put
 
