@@ -263,6 +263,13 @@ class Inspection:
         """Paths under ``packs/`` that are not named as packs."""
         return self._scan_packs()[1]
 
+    def pack_file_size(self, pack: int) -> int | None:
+        """The length of one pack's file, None when it has none (a stat, not a scan of ``packs/``)."""
+        try:
+            return os.stat(self.path / "packs" / f"{pack:016x}").st_size
+        except FileNotFoundError:
+            return None
+
     def _scan_packs(self) -> tuple[list[PackFile], list[str]]:
         if self._packs is None:
             files: list[PackFile] = []
