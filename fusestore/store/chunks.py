@@ -232,6 +232,8 @@ class Chunks:
         if resource is None:
             resource = Resource(digest, size, 0, PENDING, LAYOUT_CHUNKS)
             tx.save_resource(resource)
+        elif resource.complete and resource.layout == LAYOUT_CHUNKS:
+            return  # another writer stored it while this one waited for the stripe: its uses are taken
         elif resource.layout != LAYOUT_CHUNKS:
             assert not resource.complete, f"extents added to the complete content {digest.hex()}"
             resource.layout = LAYOUT_CHUNKS
