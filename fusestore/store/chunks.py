@@ -161,6 +161,7 @@ class Chunks:
         afterwards; on failure it calls ``drop_partial``. ``on_stored(n)``
         after each batch (it may raise to stop).
         """
+        self._release_prefix(digest)
         runs: list[Extent] = []
         data: dict[bytes, bytes] = {}
         batched = 0
@@ -180,6 +181,18 @@ class Chunks:
                 runs, data, batched = [], {}, 0
         if runs or size == 0:
             self._store_batch(digest, size, _Batch(runs, data, {}))
+
+    def _release_prefix(self, digest: bytes) -> None:
+        """The extents a store cut short left to a still pending content go, before this store takes them again.
+
+        Recovery commits a kept staging file whose content may be such a
+        prefix: its batches write the same extent keys, and would count the
+        chunk uses a second time.
+        """
+        with self.catalog.write() as tx:
+            resource = tx.resource(digest)
+            if resource is not None and not resource.complete and next(tx.extents(digest), None) is not None:
+                self.release(tx, digest)
 
     def _digest(self, piece: bytes) -> bytes:
         zero = self._zero_digests.get(len(piece))
