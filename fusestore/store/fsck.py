@@ -1,7 +1,8 @@
 """Consistency checks of a store: the invariants of docs/FORMAT.md, one named check each.
 
 A check is a function of an ``Inspection`` that yields one readable line per
-broken instance of its invariant, naming the inode's path or the digest. The
+broken instance of its invariant, naming the digest or pack and the paths of
+the files affected. The
 checks in ``CHECKS`` hold at every moment nothing is in flight: on a closed
 store, and on an open one between operations (tests run them after every
 step). ``DEEP_CHECKS`` read every chunk and blob. ``fusestore fsck`` runs them all

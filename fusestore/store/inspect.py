@@ -1,8 +1,9 @@
 """A read-only look at a store: what fsck and stats read, without changing a byte.
 
 ``Inspection.open(path)`` takes the store's lock shared (``InspectionLock``),
-opens the catalog read-only and reads the pool and staging directories by
-listing them: it creates no file, writes none and runs no recovery, so it
+opens the catalog read-only and reads the packs, pool and staging
+directories by listing them (a chunk's stored bytes through a descriptor
+of its own): it creates no file, writes none and runs no recovery, so it
 can look at a store a crash left behind exactly as it was left. Every scan
 of one inspection reads the same catalog transaction.
 

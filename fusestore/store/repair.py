@@ -293,7 +293,7 @@ def fix_refcounts(store: Store) -> list[str]:
                 state = COMPLETE if intact else LOST
                 if state == LOST:
                     tx.delete_extents(digest)  # the chunk counts follow (fix_chunk_refcounts)
-                tx.save_resource(Resource(digest, length, count, state, layout if intact else LAYOUT_WHOLE_BLOB))
+                tx.save_resource(Resource(digest, length, count, state, layout))
                 done.append(f"made the missing resource {digest.hex()} ({length} bytes, refcount {count}, "
                             f"{'complete' if state == COMPLETE else 'lost: no intact bytes'}; "
                             f"used by {described[digest]})")
