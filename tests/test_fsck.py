@@ -499,6 +499,37 @@ def test_a_pending_prefix_and_an_unborn_pack_are_not_damage(healthy: Healthy) ->
     assert problems(healthy.path) == {}
 
 
+def test_the_recovery_plan_says_it_releases_the_prefix_of_an_abandoned_content(healthy: Healthy) -> None:
+    chunk = healthy.chunk()
+    digest = digest_of(b"half stored, and nobody will finish it")
+    with catalog_write(healthy.path) as tx:
+        tx.save_resource(Resource(digest, 10 * chunk.length, 0, PENDING, 1))  # as Chunks.store makes it
+        tx.add_extents(digest, [Extent(chunk.length, chunk.digest, chunk.length)])
+        tx.save_chunk(Chunk(**{**chunk.__dict__, "refcount": chunk.refcount + 1}))
+    assert problems(healthy.path) == {}
+    with Inspection.open(healthy.path) as ins:
+        plan = list(recovery_plan(ins))
+    assert plan[1:] == [  # the first: the healthy store's orphan
+        f"recovery would drop the content {digest.hex()} ({10 * chunk.length} bytes), still pending with "
+        f"no upload left to finish it, and release the {chunk.length} bytes of chunks stored for it so far"]
+    Store.open(healthy.path).close()
+    assert problems(healthy.path) == {}
+    assert healthy.chunk().refcount == chunk.refcount
+    with Inspection.open(healthy.path) as ins:
+        assert ins.resource(digest) is None
+
+
+def test_a_pending_resource_with_more_than_a_prefix_is_reported(healthy: Healthy) -> None:
+    chunk = healthy.chunk()
+    digest = digest_of(b"claims fewer bytes than its extents")
+    with catalog_write(healthy.path) as tx:
+        tx.save_resource(Resource(digest, chunk.length - 1, 0, PENDING, 1))
+        tx.add_extents(digest, [Extent(chunk.length, chunk.digest, chunk.length)])
+        tx.save_chunk(Chunk(**{**chunk.__dict__, "refcount": chunk.refcount + 1}))
+    assert problems(healthy.path) == {"extents_cover_their_contents": [
+        f"resource {digest.hex()} ({chunk.length - 1} bytes) has extents covering {chunk.length} bytes"]}
+
+
 @pytest.mark.parametrize(("check", "damage"), DAMAGES, ids=[f"{c}-{i}" for i, (c, _) in enumerate(DAMAGES)])
 def test_each_check_finds_the_damage_it_is_named_for(healthy: Healthy, check: str, damage: Callable[..., None]) -> None:
     damage(healthy)

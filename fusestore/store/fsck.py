@@ -101,6 +101,12 @@ def _wanted_blobs(ins: Inspection) -> set[bytes]:
             if res.complete and res.layout == LAYOUT_WHOLE_BLOB and res.digest != EMPTY_DIGEST}
 
 
+def cut_short(res: Resource) -> bool:
+    """A pending resource nothing references: what ``Chunks.store`` leaves while it stores, or when a crash cut
+    it short (recovery drops it, and its extents, which must be a prefix of it)."""
+    return res.state == PENDING and res.refcount == 0
+
+
 def _pack_name(pack: int) -> str:
     return f"pack {pack:016x}"
 
@@ -309,7 +315,7 @@ def resources_are_well_formed(ins: Inspection) -> Iterator[str]:
         name = f"resource {res.digest.hex()}"
         if len(res.digest) != 32:
             yield f"{name} has a digest of {len(res.digest)} bytes"
-        if res.refcount < 1:
+        if res.refcount < 1 and not cut_short(res):
             yield f"{name} has refcount {res.refcount}: a resource goes with its last reference"
         if res.state not in (PENDING, COMPLETE, LOST):
             yield f"{name} has unknown state {res.state}"
@@ -348,7 +354,7 @@ def pending_resources_are_reserved(ins: Inspection) -> Iterator[str]:
     """A pending resource is held by an upload that reserved it (recovery undoes unfinished ones), nothing else."""
     reserved = {record.expected for record in ins.staging_records() if record.reserved}
     for res in ins.resources():
-        if res.state == PENDING and res.digest not in reserved:
+        if res.state == PENDING and res.digest not in reserved and not cut_short(res):
             yield f"resource {res.digest.hex()} is pending but no upload reserved it{_used_by(ins, res.digest)}"
 
 

@@ -91,8 +91,10 @@ def recovery_plan(ins: Inspection) -> Iterator[str]:
     reserved = {record.expected for record in ins.staging_records() if record.reserved}  # their undo says it
     for res in ins.resources():
         if res.state == PENDING and res.digest not in reserved and not ins.inodes_using(res.digest):
+            extents = ins.extent_map().get(res.digest, [])
+            stored = f", and release the {extents[-1].end} bytes of chunks stored for it so far" if extents else ""
             yield (f"recovery would drop the content {res.digest.hex()} ({res.length} bytes), still pending "
-                   "with no upload left to finish it")
+                   f"with no upload left to finish it{stored}")
     recorded = {record.name for record in ins.staging_records()}
     for name in ins.staging_files():
         if name.removesuffix(".blob") not in recorded:
