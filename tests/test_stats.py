@@ -169,6 +169,8 @@ def test_people_get_binary_units_with_one_decimal_and_the_ratio_with_two() -> No
     text = table(Stats(files=1, environments=2, logical_bytes=3 << 20, stored_bytes=1 << 20, contents=1,
                        per_environment={ENV: 3 << 20, ENV2: 0}))
     assert "3145728  (3.0 MiB)" in text and "dedup ratio" in text and " 3.00\n" in text
+    for row in ("contents", "chunk bytes", "stored bytes", "store-wide chunks", "packs", "pack bytes", "live bytes"):
+        assert f"\n{row} " in text, row
     assert f"  {ENV}  3145728  (3.0 MiB)" in text and text.endswith(f"  {ENV2}        0  (0 B)\n")
 
 

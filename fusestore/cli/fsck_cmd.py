@@ -33,7 +33,8 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     fsck = commands.add_parser(
         "fsck", help="check an unmounted store, and repair it with --repair",
         description="Check STORE, which must not be mounted: the catalog file's structure, then every "
-                    "invariant of docs/FORMAT.md. Prints one line per problem, naming the path or the blob; "
+                    "invariant of docs/FORMAT.md. Prints one line per problem, naming the chunk, pack or blob and "
+                    "the paths of the files affected; "
                     "without --repair nothing under STORE changes.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
