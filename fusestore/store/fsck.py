@@ -407,7 +407,8 @@ def freed_packs_have_no_rows(ins: Inspection) -> Iterator[str]:
 
 
 def extents_cover_their_contents(ins: Inspection) -> Iterator[str]:
-    """A complete chunked content's extents cover [0, length) end to end; a pending one's a prefix; others none."""
+    """A complete chunked content's extents cover [0, length) end to end, a pending one's a prefix of it; a lost
+    or whole-blob content has none, nor has a digest without a resource."""
     for digest, extents in ins.extent_map().items():
         res = ins.resource(digest)
         if res is None:
@@ -573,7 +574,7 @@ def packs_directory_holds_only_packs(ins: Inspection) -> Iterator[str]:
 
 
 def complete_resources_have_blobs(ins: Inspection) -> Iterator[str]:
-    """Every complete resource but the empty content has its blob in the pool."""
+    """Every complete whole-blob resource (of a format-2 store) but the empty content has its blob in the pool."""
     present = {blob.digest for blob in ins.blobs()}
     for digest in sorted(_wanted_blobs(ins) - present):
         yield f"blob {digest.hex()} is missing from the pool{_used_by(ins, digest)}"
@@ -592,7 +593,7 @@ def no_stray_blobs(ins: Inspection) -> Iterator[str]:
 
 
 def blob_sizes_match_lengths(ins: Inspection) -> Iterator[str]:
-    """Each blob of a complete resource is as long as the resource says (a cut-off write shows here)."""
+    """Each blob of a complete whole-blob resource is as long as the resource says (a cut-off write shows here)."""
     for blob in ins.blobs():
         res = ins.resource(blob.digest)
         if res is not None and res.complete and res.layout == LAYOUT_WHOLE_BLOB and blob.size != res.length:
