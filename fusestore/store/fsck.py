@@ -310,7 +310,8 @@ def inodes_have_names(ins: Inspection) -> Iterator[str]:
 
 
 def resources_are_well_formed(ins: Inspection) -> Iterator[str]:
-    """Resources have a 32-byte digest, a refcount of at least 1, a known state and layout; empty content is empty."""
+    """Resources have a 32-byte digest, a refcount of at least 1 (0 only while pending: a store in progress or
+    cut short), a known state and layout; empty content is empty."""
     for res in ins.resources():
         name = f"resource {res.digest.hex()}"
         if len(res.digest) != 32:
@@ -351,7 +352,8 @@ def file_contents_are_complete(ins: Inspection) -> Iterator[str]:
 
 
 def pending_resources_are_reserved(ins: Inspection) -> Iterator[str]:
-    """A pending resource is held by an upload that reserved it (recovery undoes unfinished ones), nothing else."""
+    """A pending resource is held by an upload that reserved it (recovery undoes unfinished ones), nothing else;
+    one nothing holds is a store in progress or cut short (recovery drops it)."""
     reserved = {record.expected for record in ins.staging_records() if record.reserved}
     for res in ins.resources():
         if res.state == PENDING and res.digest not in reserved and not cut_short(res):
