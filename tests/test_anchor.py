@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from fusestore import Store, errors
-from fusestore.catalog import Catalog, rollback_due
+from fusestore.catalog import FORMAT_VERSION, Catalog, rollback_due
 from fusestore.catalog.anchor import SLOT_SIZE, AnchorFile
 from fusestore.cli import fsck_cmd
 from fusestore.store.fsck import find_problems
@@ -190,7 +190,7 @@ def test_a_format_1_store_is_upgraded(tmp_path: Path) -> None:
     with Store.open(store_path) as store:
         assert read(store, "old") == b"written by format 1"
         with store.catalog.read() as tx:
-            assert tx.meta_get(b"format") == b"2"
+            assert tx.meta_get(b"format") == str(FORMAT_VERSION).encode()
     assert AnchorFile(store_path / "catalog" / "anchor", readonly=True).last() is not None
 
 

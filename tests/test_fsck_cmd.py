@@ -19,6 +19,8 @@ import lmdb
 import pytest
 
 from fusestore import Store, errors
+from fusestore.catalog import COMPLETE, LAYOUT_WHOLE_BLOB, Catalog, Chunk, Inode, Resource
+from fusestore.store.inspect import Inspection
 
 from .helpers import ENV, ENV2, put, read
 
@@ -27,7 +29,10 @@ OTHER = b"other bytes, used once"
 FUSESTORE = [sys.executable, "-m", "fusestore"]
 RESOURCE = struct.Struct(">QQBB")
 INODE = struct.Struct(">IIIIQqqqQQQ")
+CHUNK = struct.Struct(">QQIIBQ")
+PACK = struct.Struct(">QQB")
 U64 = struct.Struct(">Q")
+OLD = b"a whole-file blob of a format-2 store"
 
 
 def fsck(path: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -41,6 +46,19 @@ def digest_of(data: bytes) -> bytes:
 def blob_path(store: Path, data: bytes) -> Path:
     h = digest_of(data).hex()
     return store / "pool" / h[:2] / h[2:4] / h
+
+
+def chunk_of(store: Path, data: bytes) -> Chunk:
+    """The chunk of a content of one chunk, as the catalog places it."""
+    with Inspection.open(store) as ins:
+        (extent,) = ins.extents_of(digest_of(data))
+        chunk = ins.chunk(extent.chunk)
+    assert chunk is not None
+    return chunk
+
+
+def pack_path(store: Path, pack: int) -> Path:
+    return store / "packs" / f"{pack:016x}"
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -110,21 +128,86 @@ def bump_refcount(path: Path) -> None:
     change_resource(path, SHARED, refcount=+1)
 
 
-def delete_blob(path: Path) -> None:
-    blob_path(path, SHARED).unlink()
-
-
 def add_extra_blob(path: Path) -> None:
     blob = blob_path(path, b"nobody's bytes")
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(b"nobody's bytes")
 
 
-def flip_a_byte(path: Path) -> None:
-    blob = blob_path(path, SHARED)
-    data = bytearray(blob.read_bytes())
-    data[3] ^= 0x01
-    blob.write_bytes(bytes(data))
+def add_whole_blob_file(path: Path) -> None:
+    """/ENV/old, a file of a format-2 store: its content a whole-file blob in ``pool/``."""
+    blob_path(path, OLD).parent.mkdir(parents=True)
+    blob_path(path, OLD).write_bytes(OLD)
+    env_ino = lookup(path, [ENV.encode()])
+    catalog = Catalog(path / "catalog")
+    try:
+        with catalog.write() as tx:
+            ino = tx.new_ino()
+            tx.save_inode(Inode(ino, 0o100644, 0, 0, size=len(OLD), space=env_ino, content=digest_of(OLD)))
+            tx.add_entry(env_ino, b"old", ino)
+            tx.save_resource(Resource(digest_of(OLD), len(OLD), 1, COMPLETE, LAYOUT_WHOLE_BLOB))
+    finally:
+        catalog.close()
+
+
+def flip_a_byte(path: Path, data: bytes = SHARED) -> None:
+    """One bit of the content's chunk, in its pack file."""
+    chunk = chunk_of(path, data)
+    with open(pack_path(path, chunk.pack), "r+b") as pack:
+        pack.seek(chunk.offset + 3)
+        byte = pack.read(1)
+        pack.seek(-1, os.SEEK_CUR)
+        pack.write(bytes([byte[0] ^ 0x01]))
+
+
+def delete_the_pack(path: Path) -> None:
+    pack_path(path, chunk_of(path, SHARED).pack).unlink()
+
+
+def cut_the_pack(path: Path) -> None:
+    """The pack ends inside OTHER's chunk (stored after SHARED's)."""
+    chunk = chunk_of(path, OTHER)
+    os.truncate(pack_path(path, chunk.pack), chunk.offset + 2)
+
+
+def add_foreign_pack(path: Path) -> None:
+    pack_path(path, 0xFF).write_bytes(b"not ours")
+
+
+def change_chunk_refcount(path: Path) -> None:
+    with raw(path, b"chunks") as (txn, db):
+        fields = list(CHUNK.unpack(txn.get(digest_of(SHARED), db=db)))
+        fields[5] += 2
+        txn.put(digest_of(SHARED), CHUNK.pack(*fields), db=db)
+
+
+def change_pack_live(path: Path) -> None:
+    key = U64.pack(chunk_of(path, SHARED).pack)
+    with raw(path, b"packs") as (txn, db):
+        size, live, sealed = PACK.unpack(txn.get(key, db=db))
+        txn.put(key, PACK.pack(size, live + 7, sealed), db=db)
+
+
+def delete_index_row(path: Path) -> None:
+    chunk = chunk_of(path, SHARED)
+    with raw(path, b"packchunks") as (txn, db):
+        assert txn.delete(U64.pack(chunk.pack) + U64.pack(chunk.offset), db=db)
+
+
+def delete_extent(path: Path) -> None:
+    with raw(path, b"extents") as (txn, db):
+        assert txn.delete(digest_of(OTHER) + U64.pack(len(OTHER)), db=db)
+
+
+def delete_chunk_row(path: Path) -> None:
+    chunk = chunk_of(path, OTHER)
+    with raw(path, b"chunks") as (txn, db):
+        assert txn.delete(chunk.digest, db=db)
+
+
+def add_unsynced_unknown_pack(path: Path) -> None:
+    with raw(path, b"unsynced") as (txn, db):
+        txn.put(U64.pack(999), U64.pack(0), db=db)
 
 
 def add_dangling_entry(path: Path) -> None:
@@ -167,9 +250,19 @@ def unfinished_put(path: Path) -> None:
 # (name, damage, flags, what the check says, what the repair says)
 DAMAGES: list[tuple[str, Callable[[Path], None], tuple[str, ...], str, str]] = [
     ("refcount", bump_refcount, (), "refcounts_match_references: resource", "set the refcount of"),
-    ("missing-blob", delete_blob, (), "complete_resources_have_blobs: blob", "lost: its blob is missing"),
+    ("deleted-pack", delete_the_pack, (), "packs_have_files: pack", "whose file is missing"),
+    ("cut-pack", cut_the_pack, (), "chunks_lie_within_their_packs: chunk", f"marked content {digest_of(OTHER).hex()} "
+     "lost: its chunk"),
+    ("foreign-pack", add_foreign_pack, (), "pack_files_have_rows: pack 00000000000000ff", "ran recovery"),
     ("extra-blob", add_extra_blob, (), "no_stray_blobs: blob", "deleted blob"),
-    ("flipped-byte", flip_a_byte, ("--verify",), "blobs_hash_to_their_names: blob", "holds bytes of another hash"),
+    ("flipped-byte", flip_a_byte, ("--verify",), "chunks_hash_to_their_names: chunk", "does not hash to its name"),
+    ("chunk-refcount", change_chunk_refcount, (), "chunk_refcounts_match_extents: chunk", "set the refcount of chunk"),
+    ("pack-live", change_pack_live, (), "pack_live_matches_chunks: pack", "set the live bytes of pack"),
+    ("index-row", delete_index_row, (), "pack_index_matches_chunks: chunk", "indexed chunk"),
+    ("extent", delete_extent, (), "extents_cover_their_contents: resource", "deleted chunk"),
+    ("chunk-row", delete_chunk_row, (), "extents_name_their_chunks: content", "has no row"),
+    ("unsynced-pack", add_unsynced_unknown_pack, (), "unsynced_keys_are_known: pack 00000000000003e7",
+     "ran recovery"),
     ("dangling-entry", add_dangling_entry, (), f"entries_point_at_inodes: entry /{ENV}/ghost",
      f"removed entry /{ENV}/ghost"),
     ("nlink", wrong_nlink, (), "nlink_matches_entries:", "from 3 to 1"),
@@ -217,19 +310,54 @@ def test_a_flipped_byte_goes_unseen_without_verify(made: Path) -> None:
     assert fsck(made).returncode == 0
 
 
-def test_lines_name_the_paths_and_the_blob(made: Path) -> None:
-    delete_blob(made)
+def test_lines_name_the_paths_and_the_pack(made: Path) -> None:
+    chunk = chunk_of(made, OTHER)
+    cut_the_pack(made)
     out = fsck(made).stdout
-    assert out == (f"complete_resources_have_blobs: blob {digest_of(SHARED).hex()} is missing from the pool "
-                   f"(used by /{ENV}/a/b, /{ENV2}/copy)\n")
+    assert out == (f"chunks_lie_within_their_packs: chunk {chunk.digest.hex()} ends at {chunk.offset + chunk.stored} "
+                   f"in pack {chunk.pack:016x}, whose file has {chunk.offset + 2} bytes (used by /{ENV}/other)\n"
+                   f"sealed_pack_sizes_match_files: sealed pack {chunk.pack:016x} has size "
+                   f"{chunk.offset + chunk.stored}, its file {chunk.offset + 2} bytes\n")
 
 
-def test_a_lost_blob_reads_content_lost_until_the_same_bytes_come_back(made: Path) -> None:
+def test_a_cut_pack_loses_only_the_contents_past_the_cut(made: Path) -> None:
+    cut_the_pack(made)
+    fixed = fsck(made, "--repair").stdout
+    assert f"marked content {digest_of(SHARED).hex()}" not in fixed, fixed
+    assert "set the size of sealed pack" in fixed, fixed
+    assert fsck(made, "--verify").returncode == 0
+    with Store.open(made) as store:
+        assert read(store, "a/b") == SHARED
+        with pytest.raises(errors.ContentLost):
+            read(store, "other")
+
+
+def test_a_deleted_pack_is_freed_once_nothing_is_in_it(made: Path) -> None:
+    pack = chunk_of(made, SHARED).pack
+    delete_the_pack(made)
+    fixed = fsck(made, "--repair").stdout
+    assert f"freed sealed pack {pack:016x}" in fixed, fixed
+    with Inspection.open(made) as ins:
+        assert list(ins.pack_rows()) == [] and list(ins.chunks()) == [] and list(ins.extents()) == []
+        assert {res.state for res in ins.resources() if res.length} == {2}  # every content with bytes: lost
+
+
+def test_a_pack_row_without_its_file_is_left_to_recovery(made: Path) -> None:
+    """A crash between a new pack's row and its file: no damage, and the next open frees it."""
+    with raw(made, b"packs") as (txn, db):
+        txn.put(U64.pack(50), PACK.pack(0, 0, 0), db=db)
+    checked = fsck(made)
+    assert checked.stdout == ("recovery would free pack 0000000000000032: a crash came between its row and its file, "
+                              "and nothing is in it\n"), checked.stdout
+    assert "ran recovery" in fsck(made, "--repair").stdout
+    assert fsck(made).returncode == 0
+
+
+def test_a_lost_chunk_reads_content_lost_until_the_same_bytes_come_back(made: Path) -> None:
     flip_a_byte(made)
     fixed = fsck(made, "--verify", "--repair")
     assert fixed.returncode == 1
-    moved = made / "lost+found" / digest_of(SHARED).hex()
-    assert moved.read_bytes() != SHARED and len(moved.read_bytes()) == len(SHARED)
+    assert f"marked content {digest_of(SHARED).hex()} lost" in fixed.stdout
     later = fsck(made, "--verify")
     assert later.returncode == 0, later.stdout
     assert later.stdout.startswith(f"notice: content {digest_of(SHARED).hex()}") and f"/{ENV2}/copy" in later.stdout
@@ -253,12 +381,30 @@ def test_a_proof_of_access_ask_for_lost_content_says_upload_it(made: Path) -> No
             store.put_for_environment_request(ENV, "linked", digest_of(SHARED).hex())
 
 
-def test_a_wrong_length_blob_goes_to_lost_and_found(made: Path) -> None:
-    os.truncate(blob_path(made, SHARED), 4)
+def test_a_whole_file_blob_of_an_older_store_is_checked_and_repaired_as_before(made: Path) -> None:
+    add_whole_blob_file(made)
+    assert fsck(made, "--verify").returncode == 0
+    with Store.open(made) as store:
+        assert read(store, "old") == OLD
+    os.truncate(blob_path(made, OLD), 4)
     assert "blob_sizes_match_lengths" in fsck(made).stdout
-    assert "has 4 bytes, not 12" in fsck(made, "--repair").stdout
-    assert (made / "lost+found" / digest_of(SHARED).hex()).stat().st_size == 4
+    assert f"has 4 bytes, not {len(OLD)}" in fsck(made, "--repair").stdout
+    assert (made / "lost+found" / digest_of(OLD).hex()).stat().st_size == 4
     assert fsck(made).returncode == 0
+    with Store.open(made) as store:
+        assert read(store, "other") == OTHER
+        with pytest.raises(errors.ContentLost):
+            read(store, "old")
+
+
+def test_a_flipped_byte_of_a_whole_file_blob_is_found_by_verify(made: Path) -> None:
+    add_whole_blob_file(made)
+    data = bytearray(OLD)
+    data[3] ^= 0x01
+    blob_path(made, OLD).write_bytes(bytes(data))
+    assert "blobs_hash_to_their_names: blob" in fsck(made, "--verify").stdout
+    assert "holds bytes of another hash" in fsck(made, "--verify", "--repair").stdout
+    assert fsck(made, "--verify").returncode == 0
 
 
 def test_a_directory_cycle_is_reported_not_repaired(made: Path) -> None:
@@ -355,19 +501,19 @@ def test_progress_on_a_terminal_is_a_bar(made: Path) -> None:
             return True
 
     err = Terminal()
-    meter = Meter(err, total_bytes=4 << 20, total_files=2)
+    meter = Meter(err, total_bytes=4 << 20, total_files=2, what="chunks")
     meter.started -= 1.0
     meter.shown -= 1.0
     meter.advance(2 << 20, 1)
     meter.finish()
     shown = err.getvalue()
-    assert shown.startswith("\rverify [") and "2.0 MiB/4.0 MiB, 1/2 files" in shown and "ETA" in shown
+    assert shown.startswith("\rverify chunks [") and "2.0 MiB/4.0 MiB, 1/2 chunks" in shown and "ETA" in shown
 
 
 # -- through the mount -----------------------------------------------------------------------------------------------
 
 
-def test_a_file_whose_blob_fsck_lost_fails_with_eio_until_written_again(mount: object) -> None:
+def test_a_file_whose_chunk_fsck_lost_fails_with_eio_until_written_again(mount: object) -> None:
     from .mount_helpers import Mount
 
     assert isinstance(mount, Mount)
@@ -375,7 +521,7 @@ def test_a_file_whose_blob_fsck_lost_fails_with_eio_until_written_again(mount: o
     target = mount.path / ENV / "f"
     target.write_bytes(SHARED)
     mount.umount()
-    blob_path(mount.store, SHARED).unlink()
+    delete_the_pack(mount.store)
     assert fsck(mount.store, "--repair").returncode == 1
     mount.mount()
     cat = subprocess.run(["cat", str(target)], capture_output=True, text=True, timeout=30)

@@ -15,7 +15,7 @@ import blake3
 import pytest
 
 from fusestore import Store, errors
-from fusestore.catalog import FORMAT_VERSION, ROOT_INO, Catalog
+from fusestore.catalog import FORMAT_VERSION, LAYOUT_CHUNKS, ROOT_INO, Catalog, Extent
 from fusestore.store.fsck import CHECKS, DEEP_CHECKS, run_checks
 from fusestore.store.inspect import Entry, Inspection
 from fusestore.store.owners import Owner
@@ -51,10 +51,18 @@ def read_everything(ins: Inspection) -> None:
     ins.blobs()
     ins.pool_debris()
     ins.staging_files()
+    list(ins.extents())
+    list(ins.pack_rows())
+    list(ins.pack_index())
+    ins.pack_files()
+    ins.pack_debris()
     for entry in entries:
         ins.paths_of(entry.child)
     for res in ins.resources():
         ins.paths_using(res.digest)
+    for chunk in ins.chunks():
+        ins.paths_using_chunk(chunk.digest)
+        ins.stored_bytes_of(chunk)
     assert run_checks(ins, CHECKS + DEEP_CHECKS) == []
 
 
@@ -131,7 +139,7 @@ def test_no_store_opens_while_an_inspection_looks(closed_store: Path) -> None:
         other = subprocess.run(  # inspections share the lock (LMDB allows one per process)
             [sys.executable, "-c",
              "import sys; from fusestore.store.inspect import Inspection\n"
-             "with Inspection.open(sys.argv[1]) as ins: print(len(ins.blobs()))", str(closed_store)],
+             "with Inspection.open(sys.argv[1]) as ins: print(len(ins.pack_files()))", str(closed_store)],
             capture_output=True, text=True, cwd=REPO, timeout=60,
         )
         assert (other.returncode, other.stdout) == (0, "1\n"), other.stderr
@@ -147,9 +155,18 @@ def test_scans_return_what_puts_made(closed_store: Path) -> None:
         assert {d: (r.refcount, r.length, r.complete) for d, r in resources.items()} == {
             shared: (2, 12, True), empty: (1, 0, True),
         }
-        assert [blob.digest for blob in ins.blobs()] == [shared]
-        assert ins.blobs()[0].size == 12
-        assert ins.pool_debris() == [] and ins.staging_files() == []
+        assert resources[shared].layout == LAYOUT_CHUNKS
+        assert ins.blobs() == [] and ins.pool_debris() == [] and ins.staging_files() == []
+        (chunk,) = ins.chunks()  # 12 bytes are one chunk, stored once for both files
+        assert (chunk.digest, chunk.length, chunk.refcount) == (shared, 12, 1)
+        assert ins.extents_of(shared) == [Extent(12, shared, 12, 1)] and ins.extents_of(empty) == []
+        assert list(ins.extents()) == [(shared, Extent(12, shared, 12, 1))]
+        (pack,) = ins.pack_rows()
+        assert (pack.pack, pack.sealed, pack.live) == (chunk.pack, True, chunk.stored)
+        assert [(f.pack, f.size) for f in ins.pack_files()] == [(pack.pack, pack.size)]
+        assert list(ins.pack_index()) == [(pack.pack, chunk.offset, shared)] and ins.pack_debris() == []
+        assert ins.stored_bytes_of(chunk) == b"shared bytes"  # too short to compress
+        assert ins.paths_using_chunk(shared) == sorted([f"/{ENV}/a/b", f"/{ENV}/hard", f"/{ENV2}/copy"])
         env = next(e.child for e in ins.entries() if e.parent == ROOT_INO and e.name == ENV.encode())
         names = {e.name: e.child for e in ins.entries() if e.parent == env}
         assert sorted(names) == [b"a", b"empty", b"hard", b"sym"]
@@ -186,6 +203,36 @@ def test_reverse_lookups_give_paths_from_the_mount_root(closed_store: Path) -> N
         assert ins.path_of(users) == "/.users"
         assert ins.describe(ino) == f"/{ENV}/a/b (inode {ino})"
         assert ins.path_of(10**9) is None and ins.paths_of(10**9) == []
+
+
+def test_a_repeated_chunk_is_one_extent_and_names_every_file_using_it(store_path: Path) -> None:
+    piece = bytes(range(256)) * 256  # 64 KiB: a chunk boundary depends on the bytes, so repeats cut alike
+    with Store.open(store_path) as store:
+        put(store, "zeros", bytes(1 << 20))
+        put(store, "other", piece + b"tail")
+    with Inspection.open(store_path) as ins:
+        zeros = blake3.blake3(bytes(1 << 20)).digest()
+        extents = ins.extents_of(zeros)
+        assert sum(extent.count for extent in extents) > len(extents) >= 1, extents
+        assert extents[-1].end == 1 << 20
+        assert ins.extent_map()[zeros] == extents
+        (chunk_digest,) = {extent.chunk for extent in extents if extent.count > 1}
+        assert ins.contents_using_chunk(chunk_digest) == {zeros}
+        assert ins.paths_using_chunk(chunk_digest) == [f"/{ENV}/zeros"]
+        chunk = ins.chunk(chunk_digest)
+        assert chunk is not None and chunk.refcount == sum(e.count for e in extents if e.chunk == chunk_digest)
+        assert chunk.stored < chunk.length  # zeros compress
+        assert ins.paths_using_chunk(bytes(32)) == []
+
+
+def test_stored_bytes_of_a_chunk_of_a_cut_pack_are_what_is_left(closed_store: Path) -> None:
+    with Inspection.open(closed_store) as ins:
+        (chunk,) = ins.chunks()
+        os.truncate(ins.pack_files()[0].path, chunk.offset + 5)
+        assert ins.stored_bytes_of(chunk) == b"share"
+        os.unlink(ins.pack_files()[0].path)
+        with pytest.raises(FileNotFoundError):
+            ins.stored_bytes_of(chunk)
 
 
 # -- what is not a store ---------------------------------------------------------------------

@@ -43,16 +43,19 @@ def test_an_empty_store_counts_nothing_and_its_ratio_is_one(store: Store) -> Non
     empty = figures(store)
     assert empty == Stats()
     assert empty.as_dict() == {"files": 0, "directories": 0, "environments": 0, "logical_bytes": 0,
-                               "stored_bytes": 0, "blobs": 0, "dedup_ratio": 1.0, "per_environment": {}}
+                               "contents": 0, "chunk_bytes": 0, "stored_bytes": 0, "dedup_ratio": 1.0,
+                               "chunks": 0, "packs": 0, "pack_bytes": 0, "live_bytes": 0, "per_environment": {}}
     assert list(json.loads(empty.to_json())) == list(KEYS)
 
 
 def test_two_copies_store_once_and_give_a_ratio_of_two(store: Store) -> None:
     put(store, "a", b"same bytes")
     put(store, "b", b"same bytes", env=ENV2)
-    put(store, "c", b"")  # the empty content: a file of 0 bytes, no blob
+    put(store, "c", b"")  # the empty content: a file of 0 bytes, no chunk
     got = figures(store)
-    assert (got.files, got.environments, got.logical_bytes, got.stored_bytes, got.blobs) == (3, 2, 20, 10, 1)
+    assert (got.files, got.environments, got.logical_bytes, got.contents) == (3, 2, 20, 1)
+    assert (got.chunk_bytes, got.stored_bytes) == (10, 10)  # too short to compress
+    assert (got.chunks, got.packs, got.pack_bytes, got.live_bytes) == (1, 1, 10, 10)
     assert got.dedup_ratio == 2.0
     assert got.per_environment == {ENV: 10, ENV2: 10}
 
@@ -63,16 +66,20 @@ def test_a_file_with_several_names_counts_once(store: Store) -> None:
     store.namespace.link(ino, parent, b"g")
     store.namespace.link(ino, parent, b"h")
     got = figures(store)
-    assert (got.files, got.logical_bytes, got.stored_bytes, got.blobs) == (1, 5, 5, 1)
+    assert (got.files, got.logical_bytes, got.stored_bytes, got.contents) == (1, 5, 5, 1)
 
 
 def test_user_and_global_files_are_not_in_environments(store: Store) -> None:
     store.put_for_user("alice", "d/private", io.BytesIO(b"only alice"), 10)
     store.put_global("g/shared", io.BytesIO(b"everyone's"), 10)
-    assert figures(store) == Stats()
+    got = figures(store)
+    assert (got.files, got.directories, got.logical_bytes, got.contents, got.chunk_bytes, got.stored_bytes) == (
+        0, 0, 0, 0, 0, 0)
+    assert (got.chunks, got.live_bytes) == (2, 20), "the store-wide figures count every namespace"
     put(store, "copy", b"everyone's")  # a content global files also use counts once, for the environment
     got = figures(store)
-    assert (got.files, got.directories, got.logical_bytes, got.stored_bytes, got.blobs) == (1, 0, 10, 10, 1)
+    assert (got.files, got.directories, got.logical_bytes, got.stored_bytes, got.contents) == (1, 0, 10, 10, 1)
+    assert (got.chunks, got.live_bytes) == (2, 20)
 
 
 def test_an_empty_environment_is_listed_with_zero(store: Store) -> None:
@@ -106,6 +113,37 @@ def test_a_pending_upload_is_a_file_without_logical_bytes(store: Store) -> None:
     assert (figures(store).files, figures(store).logical_bytes) == (1, 100)
 
 
+def test_chunks_count_once_within_and_across_files_and_compression_shows(store: Store) -> None:
+    piece = os.urandom(200 << 10)  # about a dozen chunks, incompressible
+    put(store, "random", piece)
+    put(store, "twice", piece + piece)  # cut alike after the join: its chunks are mostly the first file's
+    put(store, "zeros", bytes(1 << 20))  # one chunk of zeros, 16 times, that compresses to almost nothing
+    got = figures(store)
+    assert got.logical_bytes == (600 << 10) + (1 << 20)
+    assert got.contents == 3
+    with Inspection.over(store.catalog, store.path) as ins:
+        chunks = list(ins.chunks())
+    assert got.chunks == len(chunks) and got.chunk_bytes == sum(chunk.length for chunk in chunks)
+    assert got.stored_bytes == got.live_bytes == sum(chunk.stored for chunk in chunks)
+    assert (200 << 10) + 65536 <= got.chunk_bytes < (300 << 10) + 65536, "each distinct chunk once"
+    assert got.stored_bytes < (300 << 10), "the zeros compress"
+    assert got.dedup_ratio == got.logical_bytes / got.stored_bytes > 5
+    assert got.pack_bytes >= got.live_bytes and got.packs == 1
+
+
+def test_a_deletion_lowers_live_bytes_and_leaves_the_dead_bytes_in_the_sealed_pack(store_path: Path) -> None:
+    with Store.open(store_path) as store:
+        put(store, "kept", os.urandom(40 << 10))
+        put(store, "gone", os.urandom(40 << 10))
+    with Store.open(store_path) as store:  # the first pack is sealed now
+        before = figures(store)
+        store.remove_for_environment(ENV, "gone")
+        after = figures(store)
+    assert after.pack_bytes == before.pack_bytes and after.packs == before.packs
+    assert after.live_bytes < before.live_bytes - (39 << 10) and after.chunks < before.chunks
+    assert after.stored_bytes == after.live_bytes and after.logical_bytes == 40 << 10
+
+
 def test_an_inspection_of_a_closed_store_gives_the_open_stores_figures(store_path: Path) -> None:
     with Store.open(store_path) as store:
         put(store, "x/y", b"hello")
@@ -115,11 +153,12 @@ def test_an_inspection_of_a_closed_store_gives_the_open_stores_figures(store_pat
 
 
 def test_the_json_reads_back_and_nothing_else_does() -> None:
-    some = Stats(files=2, directories=1, environments=1, logical_bytes=10, stored_bytes=4, blobs=1,
-                 per_environment={ENV: 10})
+    some = Stats(files=2, directories=1, environments=1, logical_bytes=10, contents=1, chunk_bytes=8,
+                 stored_bytes=4, chunks=2, packs=1, pack_bytes=9, live_bytes=6, per_environment={ENV: 10})
     assert Stats.from_json(some.to_json()) == some
     assert json.loads(some.to_json())["dedup_ratio"] == 2.5
-    for bad in (b"[]", b'{"files": 1}', some.to_json().replace(b'"blobs"', b'"blob"')):
+    for bad in (b"[]", b'{"files": 1}', some.to_json().replace(b'"contents"', b'"content"'),
+                some.to_json().replace(b'"chunks": 2', b'"chunks": "2"')):
         with pytest.raises(ValueError):
             Stats.from_json(bad)
 
@@ -127,9 +166,11 @@ def test_the_json_reads_back_and_nothing_else_does() -> None:
 def test_people_get_binary_units_with_one_decimal_and_the_ratio_with_two() -> None:
     assert [human(n) for n in (0, 1023, 1024, 1536, 5 << 20, 3 << 30)] == [
         "0 B", "1023 B", "1.0 KiB", "1.5 KiB", "5.0 MiB", "3.0 GiB"]
-    text = table(Stats(files=1, environments=2, logical_bytes=3 << 20, stored_bytes=1 << 20, blobs=1,
+    text = table(Stats(files=1, environments=2, logical_bytes=3 << 20, stored_bytes=1 << 20, contents=1,
                        per_environment={ENV: 3 << 20, ENV2: 0}))
     assert "3145728  (3.0 MiB)" in text and "dedup ratio" in text and " 3.00\n" in text
+    for row in ("contents", "chunk bytes", "stored bytes", "store-wide chunks", "packs", "pack bytes", "live bytes"):
+        assert f"\n{row} " in text, row
     assert f"  {ENV}  3145728  (3.0 MiB)" in text and text.endswith(f"  {ENV2}        0  (0 B)\n")
 
 
@@ -176,8 +217,11 @@ def test_stats_holds_a_fresh_snapshot_at_each_open(mount: Mount) -> None:
         os.link(env / "b", env / "c")
         now = read_stats(mount)
         assert (now["files"], now["directories"], now["environments"]) == (2, 1, 1)
-        assert (now["logical_bytes"], now["stored_bytes"], now["blobs"]) == (10000, 5000, 1)
-        assert now["dedup_ratio"] == 2.0 and now["per_environment"] == {ENV: 10000}
+        assert (now["logical_bytes"], now["contents"], now["chunk_bytes"]) == (10000, 1, 5000)
+        stored = now["stored_bytes"]
+        assert isinstance(stored, int) and 0 < stored < 1000, "repeated text compresses"
+        assert now["live_bytes"] == stored and now["chunks"] == 1 and now["packs"] == 1
+        assert now["dedup_ratio"] == 10000 / stored and now["per_environment"] == {ENV: 10000}
         held.seek(0)
         assert held.read() == before  # an open handle keeps its snapshot
         assert json.loads(before)["files"] == 1

@@ -180,6 +180,10 @@ class Txn:
         self.raw.delete(chunk.digest, db=self._table(self.catalog.chunks))
         self.raw.delete(u64(chunk.pack) + u64(chunk.offset), db=self._table(self.catalog.packchunks))
 
+    def delete_index_row(self, pack: int, offset: int) -> None:
+        """One row of the index of chunks by place, whatever it names (``fsck --repair`` drops stray ones)."""
+        self.raw.delete(u64(pack) + u64(offset), db=self._table(self.catalog.packchunks))
+
     def chunks(self) -> Iterator[Chunk]:
         if self.catalog.chunks is None:
             return

@@ -16,9 +16,12 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from . import mounts
+
+if TYPE_CHECKING:
+    from ..store.inspect import Inspection
 
 EXIT_CODES_HELP = """\
 exit status:
@@ -32,15 +35,18 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     fsck = commands.add_parser(
         "fsck", help="check an unmounted store, and repair it with --repair",
         description="Check STORE, which must not be mounted: the catalog file's structure, then every "
-                    "invariant of docs/FORMAT.md. Prints one line per problem, naming the path or the blob; "
+                    "invariant of docs/FORMAT.md. Prints one line per problem, naming the chunk, pack or blob and "
+                    "the paths of the files affected; "
                     "without --repair nothing under STORE changes.",
         epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fsck.add_argument("store", type=Path, metavar="STORE", help="store directory (never created)")
-    fsck.add_argument("--verify", action="store_true", help="also re-hash every blob (BLAKE3): reads the whole pool")
+    fsck.add_argument("--verify", action="store_true",
+                      help="also read, decode and re-hash (BLAKE3) every chunk and blob: reads every pack")
     fsck.add_argument("--repair", action="store_true",
                       help="recover (and upgrade a store made before chunks), then repair what was found "
-                           "(damaged blobs go to STORE/lost+found)")
+                           "(contents with damaged chunks or blobs are marked lost; damaged blobs go to "
+                           "STORE/lost+found)")
     fsck.set_defaults(run=run)
 
 
@@ -65,6 +71,7 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
     if not (path / "catalog" / "data.mdb").is_file():
         return cannot(f"no store at {path}: no catalog/data.mdb")
     corrupt: set[bytes] = set()
+    damaged: set[bytes] = set()
     notices: list[str] = []
     upgrade_due = False
     try:
@@ -88,11 +95,7 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
                 with Inspection.open(path) as ins:
                     problems = [str(problem) for problem in fsck.run_checks(ins)]
                     if verify:
-                        meter = Meter(err, sum(blob.size for blob in ins.blobs()), len(ins.blobs()))
-                        for blob, digest in fsck.misnamed_blobs(ins, meter.advance):
-                            corrupt.add(blob.digest)
-                            problems.append(f"blobs_hash_to_their_names: {fsck.misnamed_message(ins, blob, digest)}")
-                        meter.finish()
+                        problems += _verify(ins, corrupt, damaged, err)
                     plan = list(repairs.recovery_plan(ins))
                     problems += plan
                     notices = [f"notice: {line}" for line in fsck.lost_contents(ins)]
@@ -108,13 +111,35 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
         print(line, file=out)
     if repair and (problems or upgrade_due):
         try:
-            _repair(path, corrupt, out, recovered=bool(plan), upgrade_due=upgrade_due)
+            _repair(path, corrupt, damaged, out, recovered=bool(plan), upgrade_due=upgrade_due)
         except (errors.StoreLocked, errors.StoreExposed) as exc:
             return cannot(f"not repaired: {exc}")
     return 1 if problems else 0
 
 
-def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool, upgrade_due: bool) -> None:
+def _verify(ins: "Inspection", corrupt: set[bytes], damaged: set[bytes], err: TextIO) -> list[str]:
+    """Read every chunk, then every blob, with a meter; the bad ones are added to ``damaged`` and ``corrupt``."""
+    from ..store import fsck
+
+    problems = []
+    chunks = list(ins.chunks())
+    meter = Meter(err, sum(chunk.stored for chunk in chunks), len(chunks), "chunks")
+    for chunk, why in fsck.damaged_chunks(ins, meter.advance):
+        damaged.add(chunk.digest)
+        problems.append(f"chunks_hash_to_their_names: {fsck.damaged_message(ins, chunk, why)}")
+    meter.finish()
+    blobs = ins.blobs()
+    if blobs:
+        meter = Meter(err, sum(blob.size for blob in blobs), len(blobs), "blobs")
+        for blob, digest in fsck.misnamed_blobs(ins, meter.advance):
+            corrupt.add(blob.digest)
+            problems.append(f"blobs_hash_to_their_names: {fsck.misnamed_message(ins, blob, digest)}")
+        meter.finish()
+    return problems
+
+
+def _repair(path: Path, corrupt: set[bytes], damaged: set[bytes], out: TextIO, *, recovered: bool,
+            upgrade_due: bool) -> None:
     """Open the store (recovery runs), repair, say what changed, and what is left."""
     from ..store import Store, fsck, repair
 
@@ -126,7 +151,7 @@ def _repair(path: Path, corrupt: set[bytes], out: TextIO, *, recovered: bool, up
             print("repaired: ran recovery, which did what the 'recovery would' lines say", file=out)
         if upgrade_due:
             print("repaired: chunked the whole-file blobs into packs (the store's upgrade)", file=out)
-        for line in repair.repair(store, corrupt):
+        for line in repair.repair(store, corrupt, damaged):
             print(f"repaired: {line}", file=out)
         compacted = store.compact()
         if compacted.packs_freed:
@@ -144,8 +169,10 @@ class Meter:
     BAR_EVERY = 0.2
     LINE_EVERY = 5.0
 
-    def __init__(self, err: TextIO, total_bytes: int, total_files: int) -> None:
+    def __init__(self, err: TextIO, total_bytes: int, total_files: int, what: str) -> None:
+        """``what``: the items counted (chunks, blobs)."""
         self.err = err
+        self.what = what
         self.terminal = err.isatty()
         self.total_bytes, self.total_files = total_bytes, total_files
         self.bytes = self.files = 0
@@ -170,14 +197,14 @@ class Meter:
         rate = self.bytes / elapsed
         left = (self.total_bytes - self.bytes) / rate if rate > 0 else 0.0
         size = mounts.human_bytes
-        figures = (f"{size(self.bytes)}/{size(self.total_bytes)}, {self.files}/{self.total_files} files, "
+        figures = (f"{size(self.bytes)}/{size(self.total_bytes)}, {self.files}/{self.total_files} {self.what}, "
                    f"{size(rate)}/s, ETA {_duration(left)}")
         if self.terminal:
             done = self.bytes / self.total_bytes if self.total_bytes else 1.0
             bar = "#" * int(done * 30)
-            self.err.write(f"\rverify [{bar:<30}] {done:4.0%} {figures}\x1b[K")
+            self.err.write(f"\rverify {self.what} [{bar:<30}] {done:4.0%} {figures}\x1b[K")
         else:
-            self.err.write(f"fusestore fsck: verifying blobs: {figures}\n")
+            self.err.write(f"fusestore fsck: verifying {self.what}: {figures}\n")
         self.err.flush()
 
 

@@ -28,8 +28,9 @@ def add_parser(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     stats = commands.add_parser(
         "stats", help="files, bytes and deduplication of a store or a mount",
         description="Print how many files, directories and environments a store holds, their logical "
-                    "bytes, the bytes stored for them, the dedup ratio and the bytes of each environment you "
-                    "own (root: all). On a "
+                    "bytes, their distinct contents, the bytes of their distinct chunks before and after "
+                    "compression, the dedup ratio, the store's chunks, packs, pack bytes and live bytes, and the "
+                    "bytes of each environment you own (root: all). On a "
                     "mount point: the live daemon's view (MOUNTPOINT/.stats). On an unmounted store: read "
                     "read-only. Exit status 2 when the path is no store, or a store a mount holds.",
     )
@@ -102,11 +103,15 @@ def table(figures: "Stats") -> str:
 
     When the mount withholds the store-wide totals from this reader, a line says so instead of them.
     """
+    def size(name: str, value: int) -> tuple[str, str, str]:
+        return name, str(value), mounts.human_bytes(value)
+
     rows = [("files", str(figures.files), ""), ("directories", str(figures.directories), ""),
-            ("environments", str(figures.environments), ""),
-            ("logical bytes", str(figures.logical_bytes), mounts.human_bytes(figures.logical_bytes)),
-            ("stored bytes", str(figures.stored_bytes), mounts.human_bytes(figures.stored_bytes)),
-            ("dedup ratio", f"{figures.dedup_ratio:.2f}", ""), ("blobs", str(figures.blobs), "")]
+            ("environments", str(figures.environments), ""), size("logical bytes", figures.logical_bytes),
+            ("contents", str(figures.contents), ""), size("chunk bytes", figures.chunk_bytes),
+            size("stored bytes", figures.stored_bytes), ("dedup ratio", f"{figures.dedup_ratio:.2f}", ""),
+            ("store-wide chunks", str(figures.chunks), ""), ("packs", str(figures.packs), ""),
+            size("pack bytes", figures.pack_bytes), size("live bytes", figures.live_bytes)]
     if not figures.totals_shown:
         rows = []
     envs = [(f"  {env}", str(size), mounts.human_bytes(size)) for env, size in sorted(figures.per_environment.items())]

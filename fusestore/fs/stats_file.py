@@ -10,7 +10,7 @@ shows depends on who opens it (``store.stats``: only the environments the
 reader owns, and the totals unless the store's tenancy withholds them).
 
 The snapshot is computed on the event loop (the virtual-file interface is
-synchronous): about 20 ms for 10,000 files. It is kept until the catalog
+synchronous): about 55 ms for 10,000 files. It is kept until the catalog
 commits again, so a stat or a listing of ``/`` on a quiet store costs
 nothing; on a busy store of millions of files it would want a worker thread.
 

@@ -42,7 +42,7 @@ from ..catalog import COMPLETE, LAYOUT_CHUNKS, LOST, U64, Catalog, Inode, Resour
 from ..digests import EMPTY_DIGEST, hash_ranges
 from ..pool import BlobMissing, BlobReader, BlobStore, StagingFile
 from ..pool.blobstore import Progress
-from .chunks import ChunkStream, Chunks
+from .chunks import Chunks, ChunkStream
 from .openinodes import OpenInodes
 from .stopping import Stopping
 

@@ -1,8 +1,9 @@
 """A read-only look at a store: what fsck and stats read, without changing a byte.
 
 ``Inspection.open(path)`` takes the store's lock shared (``InspectionLock``),
-opens the catalog read-only and reads the pool and staging directories by
-listing them: it creates no file, writes none and runs no recovery, so it
+opens the catalog read-only and reads the packs, pool and staging
+directories by listing them (a chunk's stored bytes through a descriptor
+of its own): it creates no file, writes none and runs no recovery, so it
 can look at a store a crash left behind exactly as it was left. Every scan
 of one inspection reads the same catalog transaction.
 
@@ -105,6 +106,8 @@ class Inspection:
         self._users: dict[bytes, list[int]] | None = None
         self._pool: tuple[list[BlobFile], list[str]] | None = None
         self._packs: tuple[list[PackFile], list[str]] | None = None
+        self._extents: dict[bytes, list[Extent]] | None = None
+        self._chunk_users: dict[bytes, set[bytes]] | None = None
 
     @classmethod
     @contextmanager
@@ -194,8 +197,51 @@ class Inspection:
     def extents_of(self, digest: bytes) -> list[Extent]:
         return list(self.tx.extents(digest))
 
+    def extent_map(self) -> dict[bytes, list[Extent]]:
+        """Every content's extents in order, by content digest (read once, kept: several checks walk them)."""
+        if self._extents is None:
+            extents: dict[bytes, list[Extent]] = defaultdict(list)
+            for digest, extent in self.tx.all_extents():
+                extents[digest].append(extent)
+            self._extents = dict(extents)
+        return self._extents
+
+    def contents_using_chunk(self, digest: bytes) -> set[bytes]:
+        """The contents some extent of which names the chunk ``digest``."""
+        if self._chunk_users is None:
+            users: dict[bytes, set[bytes]] = defaultdict(set)
+            for content, extents in self.extent_map().items():
+                for extent in extents:
+                    users[extent.chunk].add(content)
+            self._chunk_users = dict(users)
+        return self._chunk_users.get(digest, set())
+
+    def paths_using_chunk(self, digest: bytes) -> list[str]:
+        """The path of every hard link of every file whose content uses the chunk ``digest``, sorted."""
+        return sorted({path for content in self.contents_using_chunk(digest) for path in self.paths_using(content)})
+
     def pack_rows(self) -> Iterator[Pack]:
         return self.tx.packs()
+
+    def stored_bytes_of(self, chunk: Chunk) -> bytes:
+        """The chunk's stored bytes as its pack file holds them (fewer when the file ends early).
+
+        Read through a descriptor of its own, so that nothing is created:
+        FileNotFoundError when the pack file is missing.
+        """
+        fd = os.open(self.path / "packs" / f"{chunk.pack:016x}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            parts: list[bytes] = []
+            offset, left = chunk.offset, chunk.stored
+            while left > 0:
+                part = os.pread(fd, left, offset)
+                if not part:
+                    break
+                parts.append(part)
+                offset, left = offset + len(part), left - len(part)
+            return b"".join(parts)
+        finally:
+            os.close(fd)
 
     def pack_index(self) -> Iterator[PackIndexRow]:
         return (PackIndexRow(*row) for row in self.tx.pack_index())
@@ -217,6 +263,13 @@ class Inspection:
     def pack_debris(self) -> list[str]:
         """Paths under ``packs/`` that are not named as packs."""
         return self._scan_packs()[1]
+
+    def pack_file_size(self, pack: int) -> int | None:
+        """The length of one pack's file, None when it has none (a stat, not a scan of ``packs/``)."""
+        try:
+            return os.stat(self.path / "packs" / f"{pack:016x}").st_size
+        except FileNotFoundError:
+            return None
 
     def _scan_packs(self) -> tuple[list[PackFile], list[str]]:
         if self._packs is None:

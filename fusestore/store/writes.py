@@ -210,7 +210,7 @@ class Writes:
     # -- commit -----------------------------------------------------------------------
 
     def stream(self) -> ChunkStream:
-        """A store of an open file's bytes as they are written in order (``chunks.ChunkStream``; the caller closes it)."""
+        """A store of an open file's bytes as they are written in order (``ChunkStream``; the caller closes it)."""
         return self.content.chunks.stream(self.staging.create)
 
     def commit(self, staged: StagingFile, digest: bytes, size: int, *, mtime_ns: int | None = None,
