@@ -97,6 +97,7 @@ class Chunks:
         self._open: int | None = None  # the pack appends go to
         self._pack_lock = threading.Lock()
         self._held: Counter[int] = Counter()  # pack -> stores in flight whose appends to it are not recorded yet
+        self._held_lock = threading.Lock()  # taken last, under any other lock
         self._verified: set[bytes] = set()
         self._zero_digests: dict[int, bytes] = {}
 
@@ -154,12 +155,12 @@ class Chunks:
         Its live bytes say only what is recorded, so it may look empty; a
         sealed pack left with nothing live once let go is compaction's.
         """
-        with self._pack_lock:
+        with self._held_lock:
             return self._held[pack_id] > 0
 
     def let_go(self, hold: set[int]) -> None:
         """A store in flight recorded (or gave up) its appends to these packs."""
-        with self._pack_lock:
+        with self._held_lock:
             for pack_id in hold:
                 self._held[pack_id] -= 1
                 if self._held[pack_id] <= 0:
@@ -285,7 +286,8 @@ class Chunks:
             offset = self.packs.append(self._open, stored)
             if hold is not None and self._open not in hold:
                 hold.add(self._open)
-                self._held[self._open] += 1
+                with self._held_lock:
+                    self._held[self._open] += 1
             return Chunk(chunk.digest, self._open, offset, len(stored), chunk.length, chunk.codec)
 
     def _roll(self) -> None:
