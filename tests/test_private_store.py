@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import blake3
 import pytest
 
 from fusestore import Store, errors, private
@@ -109,8 +110,11 @@ def test_a_file_in_the_way_is_not_a_directory(tmp_path: Path) -> None:
 def test_lost_and_found_is_private_whatever_the_blob_was(store_path: Path) -> None:
     from fusestore.cli.fsck_cmd import check
 
-    with Store.open(store_path) as store:
-        digest = put(store, "a.txt", b"a blob that will be damaged")
+    from .format2 import make_format2
+
+    damaged = b"a blob that will be damaged"
+    make_format2(store_path, lambda store: put(store, "a.txt", damaged))
+    digest = blake3.blake3(damaged).hexdigest()
     blob = store_path / "pool" / digest[:2] / digest[2:4] / digest
     os.truncate(blob, 3)
     blob.chmod(0o644)  # as a store written before the rule left it
