@@ -236,11 +236,12 @@ class Chunks:
 
     def digest(self, piece: bytes) -> bytes:
         """The BLAKE3 of a chunk (a chunk of zeros of a length seen before costs a scan, not a hash)."""
-        zero = self._zero_digests.get(len(piece))
-        if zero is not None and piece.count(0) == len(piece):
+        zeros = piece[:1] == b"\0" and piece[-1:] == b"\0" and piece.count(0) == len(piece)  # ends first: cheap
+        zero = self._zero_digests.get(len(piece)) if zeros else None
+        if zero is not None:
             return zero
         digest = blake3.blake3(piece).digest()
-        if zero is None and len(self._zero_digests) < 64 and piece.count(0) == len(piece):
+        if zeros and len(self._zero_digests) < 64:
             self._zero_digests[len(piece)] = digest
         return digest
 
@@ -261,10 +262,15 @@ class Chunks:
 
     def append(self, chunk_digest: bytes, piece: bytes, hold: set[int] | None) -> Chunk:
         """Encode and append a chunk; ``hold`` (of a store in flight) keeps its pack from being freed (``held``)."""
-        codec, stored = encode(piece, self.compression)
-        appended = self.append_stored(Chunk(chunk_digest, 0, 0, len(stored), len(piece), codec), stored, hold=hold)
-        assert appended is not None, "an append that may roll always finds room"
-        return appended
+        return self.append_all([(chunk_digest, piece)], hold)[0]
+
+    def append_all(self, pieces: list[tuple[bytes, bytes]], hold: set[int] | None) -> list[Chunk]:
+        """Encode (digest, bytes) chunks and append them to one pack with one write: their places, in order."""
+        encoded = []
+        for chunk_digest, piece in pieces:
+            codec, stored = encode(piece, self.compression)
+            encoded.append((Chunk(chunk_digest, 0, 0, len(stored), len(piece), codec), stored))
+        return self._append_encoded(encoded, roll=True, hold=hold) or []
 
     def append_stored(self, chunk: Chunk, stored: bytes, *, roll: bool = True,
                       hold: set[int] | None = None) -> Chunk | None:
@@ -277,18 +283,28 @@ class Chunks:
         what was appended but not recorded). Compaction moves the chunk
         there once the bytes are durable.
         """
+        appended = self._append_encoded([(chunk, stored)], roll=roll, hold=hold)
+        return appended[0] if appended else None
+
+    def _append_encoded(self, encoded: list[tuple[Chunk, bytes]], *, roll: bool,
+                        hold: set[int] | None) -> list[Chunk] | None:
+        """One write of stored chunks to the open pack (one syscall for many: they are small)."""
         with self._pack_lock:
             if self._open is None or self.packs.end(self._open) >= PACK_TARGET:
                 if not roll:
                     return None
                 self._roll()
             assert self._open is not None
-            offset = self.packs.append(self._open, stored)
+            offset = self.packs.append(self._open, b"".join(stored for _, stored in encoded))
             if hold is not None and self._open not in hold:
                 hold.add(self._open)
                 with self._held_lock:
                     self._held[self._open] += 1
-            return Chunk(chunk.digest, self._open, offset, len(stored), chunk.length, chunk.codec)
+            placed = []
+            for chunk, stored in encoded:
+                placed.append(Chunk(chunk.digest, self._open, offset, len(stored), chunk.length, chunk.codec))
+                offset += len(stored)
+            return placed
 
     def _roll(self) -> None:
         """Seal the open pack (if any) and open a new one: its row first, then its file.
@@ -599,8 +615,8 @@ class _Gatherer:
         if self._group:
             with self._chunks.catalog.read() as tx:
                 lacking = [(d, piece) for d, piece in self._group if tx.chunk(d) is None]
-            for chunk_digest, piece in lacking:
-                self._batch.appended[chunk_digest] = self._chunks.append(chunk_digest, piece, self._hold)
+            for chunk in self._chunks.append_all(lacking, self._hold) if lacking else []:
+                self._batch.appended[chunk.digest] = chunk
         if self._on_stored is not None and self._grouped:
             self._on_stored(self._grouped)
         self._batched += self._grouped
