@@ -47,15 +47,23 @@ def test_compressible_chunks_are_stored_compressed_and_random_ones_raw() -> None
         assert encode(SAMPLES["random"], Compression(ZSTD, level)) == (RAW, SAMPLES["random"])
 
 
+def test_a_chunk_whose_middle_does_not_compress_is_raw_without_compressing_it_all() -> None:
+    data = bytes(12288) + os.urandom(8192) + bytes(12288)  # the sample, from the middle, is random; most is not
+    assert len(zstandard.ZstdCompressor(level=3).compress(data)) < len(data) // 2
+    assert encode(data, DEFAULT_COMPRESSION)[0] == RAW
+
+
 def test_raw_compression_never_compresses() -> None:
     assert encode(bytes(65536), Compression(RAW)) == (RAW, bytes(65536))
 
 
 def test_a_frame_must_save_a_32nd() -> None:
-    """Random bytes with a compressible stretch: compressed exactly when the frame is 1/32 shorter."""
+    """Random bytes with a compressible stretch in the middle (where the sample is): compressed exactly when the
+    frame is 1/32 shorter."""
     codecs = set()
     for zeros in range(0, 1024, 16):
-        data = os.urandom(16384 - zeros) + bytes(zeros)
+        half = (16384 - zeros) // 2
+        data = os.urandom(half) + bytes(zeros) + os.urandom(16384 - zeros - half)
         frame = zstandard.ZstdCompressor(level=3).compress(data)
         codec, stored = encode(data, DEFAULT_COMPRESSION)
         assert codec == (ZSTD if len(frame) <= len(data) - len(data) // 32 else RAW), zeros
