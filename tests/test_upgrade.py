@@ -33,7 +33,7 @@ from .helpers import ENV, put, read
 
 MiB = 1 << 20
 SMALL = b"small file\n"
-LARGE = hashlib.shake_256(b"large").digest(9 * MiB)  # three batches of Chunks.store, hundreds of chunks
+LARGE = hashlib.shake_256(b"large").digest(9 * MiB)  # three 4 MiB batches of Chunks.store, appends of 1 MiB
 SPARSE = b"head" + bytes(6 * MiB) + b"tail"
 CRASHED = 17  # the exit status of a child that reached its crash point
 UPGRADE_LOG = "fusestore.store.upgrade"
@@ -192,7 +192,7 @@ def upgrade_in_child(store_path: Path, *, packs: int | None = None, switches: in
 
 def test_a_crash_between_batches_is_converted_again(store_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     make_format2(store_path, lambda store: put(store, "dir/large", LARGE))
-    upgrade_in_child(store_path, packs=350)  # in the second batch of the large file
+    upgrade_in_child(store_path, packs=6)  # in the second batch of the large file (one append per MiB)
     digest = digest_of(LARGE)
     with Inspection.open(store_path) as ins:
         res = ins.resource(digest)
@@ -218,8 +218,8 @@ def test_a_crash_after_a_switch_before_its_blob_is_deleted_loses_nothing(old_sto
 
 def test_one_crash_after_another_then_an_open_finishes_the_upgrade(store_path: Path) -> None:
     make_format2(store_path, fill)
-    upgrade_in_child(store_path, packs=100)
-    upgrade_in_child(store_path, packs=200)  # each open releases what the last one cut short, and goes further
+    upgrade_in_child(store_path, packs=3)
+    upgrade_in_child(store_path, packs=6)  # each open releases what the last one cut short, and goes further
     assert_upgraded(store_path)
 
 
