@@ -23,6 +23,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import blake3
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -119,12 +121,19 @@ def bench_store(args: argparse.Namespace) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def write_file(path: Path, size: int, pattern: bytes, *, fsync: bool = False) -> None:
-    """Write ``size`` bytes in 1 MiB writes, as cp or dd would, and close."""
+def write_file(path: Path, size: int, seed: bytes, *, fsync: bool = False) -> None:
+    """Write ``size`` bytes in 1 MiB writes, as cp or dd would, and close.
+
+    Every block is new (BLAKE3's output stream of ``seed`` and the block's
+    number, about 9 GB/s): content-defined chunks would find a repeated
+    block again, so a repeated pattern is no fresh content.
+    """
     with open(path, "wb", buffering=0) as out:
-        left = size
-        while left:
-            left -= out.write(pattern[: min(len(pattern), left)])
+        block = 0
+        while block * IO_BUFFER < size:
+            length = min(IO_BUFFER, size - block * IO_BUFFER)
+            out.write(blake3.blake3(seed + block.to_bytes(8, "big")).digest(length=length))
+            block += 1
         if fsync:
             os.fsync(out.fileno())
 
