@@ -45,7 +45,7 @@ from ..catalog import LAYOUT_CHUNKS, PENDING, Catalog, Chunk, Chunking, Extent, 
 from ..pool import StagingFile
 from ..pool.blobstore import Progress
 from ..pool.chunker import DEFAULT_PARAMS, ChunkParams, StreamChunker, chunks
-from ..pool.codec import DEFAULT_COMPRESSION, Compression, DamagedChunk, decode, encode
+from ..pool.codec import DEFAULT_COMPRESSION, RAW, Compression, DamagedChunk, decode, encode
 from ..pool.packs import PackMissing, PackStore
 from ..pool.staging import ShortRead
 
@@ -54,6 +54,7 @@ LOOKUP_BYTES = 1 << 20  # content cut before its chunks are looked up in the cat
 BATCH_BYTES = 64 << 20  # content recorded per write transaction: each dirties pages all over the chunk table
 ANCHOR_AFTER_RUNS = 1024  # a batch recording this many runs asks for an anchor, so its replaced pages are reused
 WINDOW = 64  # extents a reader looks up at once
+SPAN_BYTES = 1 << 20  # at most this much of raw chunks back to back in one pack is read at once
 VERIFIED_MAX = 1 << 20  # chunk digests remembered as verified before the memory is given back
 
 log = logging.getLogger(__name__)
@@ -495,9 +496,21 @@ class ChunkReader:
         if self._cached is not None and self._cached[0] <= offset < self._cached[0] + len(self._cached[1]):
             return self._cached
         for attempt in range(2):
-            extent, chunk = self._locate(offset, refresh=attempt > 0)
+            index = self._locate(offset, refresh=attempt > 0)
+            extent, chunk = self._window[index]
             start = extent.start + (offset - extent.start) // extent.length * extent.length
+            span = self._raw_span(index) if extent.count == 1 else [chunk]
             try:
+                if len(span) > 1:
+                    stored = self._chunks.packs.read(chunk.pack, chunk.offset, sum(c.stored for c in span))
+                    if self._verify:
+                        at = 0
+                        for piece in span:
+                            if not self._chunks.check(piece, stored[at:at + piece.length]):
+                                self._on_damage(f"has a chunk that does not hash to its name {piece.digest.hex()}")
+                            at += piece.length
+                    self._cached = (start, stored)
+                    return self._cached
                 data = self._chunks.load(chunk)
             except PackMissing:
                 if attempt == 0:  # moved by a compaction since it was looked up
@@ -513,12 +526,33 @@ class ChunkReader:
             return self._cached
         raise AssertionError("unreachable")
 
-    def _locate(self, offset: int, *, refresh: bool) -> tuple[Extent, Chunk]:
+    def _locate(self, offset: int, *, refresh: bool) -> int:
+        """The index in the window of the extent holding byte ``offset`` (the window moves there if needed)."""
         index = bisect.bisect_right(self._ends, offset)
         if refresh or index >= len(self._window) or self._window[index][0].start > offset:
             self._load_window(offset)
             index = 0
-        return self._window[index]
+        return index
+
+    def _raw_span(self, index: int) -> list[Chunk]:
+        """The chunks from ``index`` on that one read can fetch: single, raw, back to back in one pack.
+
+        Fresh content is appended in order, so a sequential reader of it
+        gets up to ``SPAN_BYTES`` per read instead of a read per chunk.
+        """
+        first = self._window[index][1]
+        span = [first]
+        if first.codec != RAW:
+            return span
+        total = first.stored
+        for extent, chunk in self._window[index + 1:]:
+            last = span[-1]
+            if (extent.count != 1 or chunk.codec != RAW or chunk.pack != last.pack
+                    or chunk.offset != last.offset + last.stored or total + chunk.stored > SPAN_BYTES):
+                break
+            span.append(chunk)
+            total += chunk.stored
+        return span
 
     def _load_window(self, offset: int) -> None:
         window: list[tuple[Extent, Chunk]] = []
