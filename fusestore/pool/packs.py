@@ -255,6 +255,7 @@ class LocalPackStore:
                 file = _Descriptor(os.open(self.path_of(pack), os.O_RDONLY | os.O_CLOEXEC))
             except FileNotFoundError:
                 raise _missing(pack) from None
+            os.posix_fadvise(file.fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)  # chunks of a content lie in order: read ahead
             self._readers[pack] = file
             if len(self._readers) > self._read_cache:
                 self._readers.popitem(last=False)
