@@ -59,6 +59,15 @@ def syncfs(fd: int) -> None:
         _check(_syncfs(fd))
 
 
+def syncfs_path(directory: str | os.PathLike[str]) -> None:
+    """``syncfs`` of the filesystem holding ``directory`` (a barrier of a store's packs or blobs)."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        syncfs(fd)
+    finally:
+        os.close(fd)
+
+
 def reserve_beyond_end(fd: int, length: int) -> None:
     """Allocate disk blocks for the ``length`` bytes after the file's end, without changing its size.
 

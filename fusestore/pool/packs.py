@@ -206,11 +206,7 @@ class LocalPackStore:
 
     def barrier(self) -> None:
         if self.trust_syncfs:
-            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                linux.syncfs(fd)
-            finally:
-                os.close(fd)
+            linux.syncfs_path(self.root)
             return
         with self._lock:
             packs, self._since_barrier = self._since_barrier, set()

@@ -345,7 +345,7 @@ class Chunks:
             chunk = tx.chunk(chunk_digest)
             if chunk is None:
                 chunk = batch.appended.get(chunk_digest)
-                if chunk is None or self._pack_of(tx, chunk.pack, changed) is None:
+                if chunk is None or self.pack_of(tx, chunk.pack, changed) is None:
                     vanished.add(chunk_digest)
                     continue
                 changed[chunk.pack].live += chunk.stored
@@ -364,7 +364,8 @@ class Chunks:
         tx.add_extents(digest, batch.runs)
 
     @staticmethod
-    def _pack_of(tx: Txn, pack_id: int, changed: dict[int, Pack]) -> Pack | None:
+    def pack_of(tx: Txn, pack_id: int, changed: dict[int, Pack]) -> Pack | None:
+        """The pack's row, read once per transaction into ``changed`` (its caller saves them all), or None."""
         if pack_id not in changed:
             pack = tx.pack(pack_id)
             if pack is None:
@@ -388,7 +389,7 @@ class Chunks:
                 tx.save_chunk(chunk)
                 continue
             tx.delete_chunk(chunk)
-            pack = self._pack_of(tx, chunk.pack, changed)
+            pack = self.pack_of(tx, chunk.pack, changed)
             if pack is not None:
                 pack.live -= chunk.stored
         for pack in changed.values():

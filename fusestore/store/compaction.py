@@ -85,7 +85,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..catalog import Catalog, Chunk, Pack, Txn, u64
+from ..catalog import Catalog, Chunk, Pack, u64
 from ..pool import PackMissing, ShortRead
 from .chunks import PACK_TARGET, Chunks
 
@@ -202,10 +202,10 @@ class Compaction:
             targets: set[int] = set()
             for old, new in current.copies:
                 chunk = tx.chunk(old.digest)
-                target = _pack(tx, new.pack, changed)
+                target = Chunks.pack_of(tx, new.pack, changed)
                 if chunk is None or (chunk.pack, chunk.offset) != (old.pack, old.offset) or target is None:
                     continue
-                source = _pack(tx, old.pack, changed)
+                source = Chunks.pack_of(tx, old.pack, changed)
                 if source is not None:
                     source.live -= chunk.stored
                 tx.move_chunk(chunk, new.pack, new.offset, new.stored, new.codec)
@@ -226,11 +226,3 @@ class Compaction:
         done.freed_bytes += freed_bytes
         done.copied_bytes += current.copied
 
-
-def _pack(tx: Txn, pack_id: int, changed: dict[int, Pack]) -> Pack | None:
-    if pack_id not in changed:
-        pack = tx.pack(pack_id)
-        if pack is None:
-            return None
-        changed[pack_id] = pack
-    return changed[pack_id]
