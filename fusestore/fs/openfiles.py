@@ -64,6 +64,7 @@ class OpenInode:
     size: int = 0  # of the staged content
     hasher: RunningHash | None = None  # valid while writes came in order from offset 0
     hashed: int = 0
+    unchanged: int = 0  # nothing was written below this offset since the content was copied for an edit
     mtime_ns: int | None = None
     blob: BlobReader | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -136,7 +137,7 @@ class OpenFiles:
                 state.staged = await trio.to_thread.run_sync(self.store.writes.stage, state.ino, keep)
             else:
                 state.staged = self.store.writes.stage(state.ino, 0)
-            state.size = keep
+            state.size = state.unchanged = keep
             state.hasher = self._running_hash(state.staged) if keep == 0 else None
             state.hashed = 0
         return state.staged
@@ -164,6 +165,7 @@ class OpenFiles:
         async with state.lock:
             staged = await self._ensure_staged(state, keep=1 << 63)
             written = staged.write(data, offset)
+            state.unchanged = min(state.unchanged, offset)
             if state.hasher is not None:
                 if offset == state.hashed and written == len(data):
                     await state.hasher.update(data)
@@ -179,6 +181,7 @@ class OpenFiles:
         async with state.lock:
             staged = await self._ensure_staged(state, keep=size)
             staged.truncate(size)
+            state.unchanged = min(state.unchanged, size)
             if size == 0:
                 self._drop_hash(state)
                 state.hasher, state.hashed = self._running_hash(staged), 0
@@ -291,7 +294,8 @@ class OpenFiles:
             writes.abandon(staged, remove_created=False)
             raise
         try:
-            return writes.commit(staged, digest, size, mtime_ns=state.mtime_ns, streamed=streamed)
+            return writes.commit(staged, digest, size, mtime_ns=state.mtime_ns, streamed=streamed,
+                                 unchanged=state.unchanged)
         except Refused as refused:  # a file created only to receive refused content disappears with it
             if refused.dropped is not None:
                 self.on_dropped(refused.dropped.parent, refused.dropped.name, refused.dropped.ino)

@@ -31,6 +31,7 @@ chunk's bytes: a reader then looks the place up again.
 from __future__ import annotations
 
 import bisect
+import itertools
 import logging
 import struct
 import threading
@@ -185,24 +186,56 @@ class Chunks:
     # -- storing ---------------------------------------------------------------------------
 
     def store(self, digest: bytes, size: int, read: Callable[[int, int], bytes],
-              on_stored: Progress | None = None) -> None:
+              on_stored: Progress | None = None, base: tuple[bytes, int] | None = None) -> None:
         """Record the extents of the content ``digest`` of ``size`` bytes, which ``read(length, offset)`` reads.
 
         The caller holds the digest's stripe lock and completes the resource
         afterwards; on failure it calls ``drop_partial``. ``on_stored(n)``
         every ``LOOKUP_BYTES`` (it may raise to stop). A complete resource of a
         whole-file blob keeps its layout (``upgrade`` switches it).
+
+        ``base`` = (digest, n): the first n bytes are those of that stored
+        content (an in-place edit that copied it wrote nothing below n).
+        Its chunks up to the one holding byte n - 1 are taken as they are,
+        and the cutting starts there: a FastCDC cut depends only on the bytes
+        from the chunk's start, so the chunks come out as a cut from 0 would
+        give them, without reading the bytes before.
         """
         self._release_prefix(digest)
         hold: set[int] = set()
         try:
             gatherer = _Gatherer(self, hold, lambda batch: self._record_batch(digest, size, batch, read, hold),
                                  on_stored)
-            for offset, piece in chunks(read, 0, size, self.params):
+            start = self._reuse(gatherer, *base) if base is not None else 0
+            for offset, piece in chunks(read, start, size, self.params):
                 gatherer.add(offset, piece)
             gatherer.finish(empty=size == 0)
         finally:
             self.let_go(hold)
+
+    def _reuse(self, gatherer: "_Gatherer", base: bytes, unchanged: int) -> int:
+        """Feed the base content's chunks that end before the one holding byte ``unchanged - 1``; where it starts."""
+        with self.catalog.read() as tx:
+            resource = tx.resource(base)
+            if unchanged <= 0 or resource is None or not resource.complete or resource.layout != LAYOUT_CHUNKS:
+                return 0
+        last = min(unchanged, resource.length) - 1  # the first byte whose chunk is cut again
+        offset = 0
+        while offset <= last:
+            with self.catalog.read() as tx:
+                window = list(itertools.islice(tx.extents(base, offset), WINDOW * 16))
+            if not window:
+                return offset
+            for run in window:
+                if run.end <= last:
+                    gatherer.add_known(run)
+                    offset = run.end
+                    continue
+                whole = (last - run.start) // run.length  # copies of the run's chunk that end before ``last``
+                if whole:
+                    gatherer.add_known(Extent(run.start + whole * run.length, run.chunk, run.length, whole))
+                return run.start + whole * run.length
+        return offset
 
     def stream(self, spill: Callable[[], StagingFile]) -> "ChunkStream":
         """A store of a content as it is written, in order, before its digest is known (``ChunkStream``)."""
@@ -627,16 +660,33 @@ class _Gatherer:
 
     def add(self, offset: int, piece: bytes) -> None:
         chunk_digest = self._chunks.digest(piece)
-        runs = self._batch.runs
-        if runs and runs[-1].chunk == chunk_digest and runs[-1].end == offset:
-            last = runs[-1]
-            runs[-1] = Extent(offset + len(piece), chunk_digest, last.length, last.count + 1)
-        else:
-            runs.append(Extent(offset + len(piece), chunk_digest, len(piece)))
+        self._extend(Extent(offset + len(piece), chunk_digest, len(piece)))
         if chunk_digest not in self._seen:
             self._seen.add(chunk_digest)
             self._group.append((chunk_digest, piece))
-        self._grouped += len(piece)
+        self._advance(len(piece))
+
+    def add_known(self, run: Extent) -> None:
+        """A run of a chunk the catalog holds (a base content's, before an edit): no bytes, no lookup.
+
+        Should its row go before the batch is recorded, the batch reads it
+        again where the run lies, as for any chunk that vanished.
+        """
+        self._extend(run)
+        self._seen.add(run.chunk)
+        self._advance(run.length * run.count)
+
+    def _extend(self, run: Extent) -> None:
+        runs = self._batch.runs
+        if runs and runs[-1].chunk == run.chunk and runs[-1].end == run.start and runs[-1].length == run.length:
+            last = runs[-1]
+            runs[-1] = Extent(run.end, run.chunk, run.length, last.count + run.count)
+        else:
+            runs.append(run)
+
+    def _advance(self, length: int) -> None:
+        runs = self._batch.runs
+        self._grouped += length
         if self._grouped >= LOOKUP_BYTES:
             self._look_up()
             if self._batched >= BATCH_BYTES and len(runs) > 1:

@@ -118,16 +118,17 @@ class Content:
         self.blobs.barrier()
 
     def store(self, digest: bytes, size: int, read: Callable[[int, int], bytes],
-              streamed: ChunkStream | None = None) -> None:
+              streamed: ChunkStream | None = None, base: tuple[bytes, int] | None = None) -> None:
         """Store the chunks of a content the catalog lacks (the caller holds its stripe, then completes it).
 
-        ``streamed``: a finished stream that cut and stored them as they were written; only its records are left.
+        ``streamed``: a finished stream that cut and stored them as they were
+        written; only its records are left. ``base``: see ``Chunks.store``.
         """
         try:
             if streamed is not None:
                 self.chunks.record_streamed(digest, size, streamed, read, self.stopping.check)
             else:
-                self.chunks.store(digest, size, read, self.stopping.check)
+                self.chunks.store(digest, size, read, self.stopping.check, base)
         except BaseException:
             self.chunks.drop_partial(digest)
             raise

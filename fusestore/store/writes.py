@@ -37,7 +37,7 @@ from ..catalog import COMPLETE, Catalog, Inode, StagingRecord, Synced, Txn
 from ..digests import EMPTY_DIGEST
 from ..pool import StagingArea, StagingFile
 from .attributes import Attributes
-from .chunks import ChunkStream
+from .chunks import ChunkReader, ChunkStream
 from .content import Content
 from .reserved import EXPECT_XATTR
 
@@ -77,6 +77,7 @@ class Writes:
         self._of_inode: dict[int, str] = {}  # ino -> staging name of an open file's change
         self._synced: set[str] = set()  # staging names whose record a checkpoint made durable
         self._retired: list[str] = []  # their staging files once committed: deleted after the next checkpoint
+        self._bases: dict[str, bytes] = {}  # staging name -> the content an in-place edit's copy started from
         self._lock = threading.Lock()
 
     # -- stage --------------------------------------------------------------------
@@ -114,12 +115,14 @@ class Writes:
         staged = self.staging.create()
         try:
             copy_length = min(copy_length, node.size)
+            base = None
             if copy_length:  # an in-place edit: what it starts from is checked whole, whatever the limit
                 reader = self.content.checked_open(ino, whole=True)
                 try:
                     reader.copy_to(staged, copy_length, self.content.stopping.check)
                 finally:
                     reader.close()
+                base = reader.digest if isinstance(reader, ChunkReader) else None  # what was copied, exactly
             with self.catalog.write() as tx:
                 current = tx.inode(ino)
                 if current is None:
@@ -128,6 +131,9 @@ class Writes:
         except BaseException:
             self.staging.discard(staged)
             raise
+        if base is not None:
+            with self._lock:
+                self._bases[staged.name] = base
         return staged
 
     def writable(self, offset: int, length: int) -> int:
@@ -156,6 +162,7 @@ class Writes:
             if self._of_inode.get(ino) == name:
                 del self._of_inode[ino]
             self._synced.discard(name)
+            self._bases.pop(name, None)
 
     def is_staged(self, ino: int) -> bool:
         """Whether an open file's change of ``ino`` is in flight (its committed hash is then not its content)."""
@@ -214,13 +221,16 @@ class Writes:
         return self.content.chunks.stream(self.staging.create)
 
     def commit(self, staged: StagingFile, digest: bytes, size: int, *, mtime_ns: int | None = None,
-               remove_created: bool = True, streamed: ChunkStream | None = None) -> Attributes | None:
+               remove_created: bool = True, streamed: ChunkStream | None = None,
+               unchanged: int = 0) -> Attributes | None:
         """Make the staged bytes the content of their inode (see the module docstring).
 
         Returns the inode's new attributes, or None when the inode was
         unlinked meanwhile and nobody can ever read these bytes. ``mtime_ns``
         keeps a time a tool set after its last write (tar, cp -a, rsync); None
         means now. ``streamed``: a finished stream of exactly these bytes.
+        ``unchanged``: nothing was written below this offset since ``stage``
+        copied the content (its chunks there are taken as they are).
         Raises ``Refused`` for content that is not the expected.
         """
         with self.catalog.read() as tx:
@@ -243,7 +253,10 @@ class Writes:
                 except _NeedsBlob:  # its last reference went meanwhile
                     pass
             if committed is None:
-                committed = self._store_and_commit(record, staged, digest, size, mtime_ns, streamed)
+                with self._lock:
+                    base = self._bases.get(staged.name)
+                reuse = (base, unchanged) if base is not None and unchanged > 0 else None
+                committed = self._store_and_commit(record, staged, digest, size, mtime_ns, streamed, reuse)
         except BaseException:
             # A store that fails promised nothing, and the file it made goes; a file made through
             # the mount stays, with its last content, as on any filesystem whose close() fails.
@@ -254,7 +267,8 @@ class Writes:
         return result
 
     def _store_and_commit(self, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
-                          mtime_ns: int | None, streamed: ChunkStream | None) -> tuple[Attributes | None, Txn]:
+                          mtime_ns: int | None, streamed: ChunkStream | None,
+                          base: tuple[bytes, int] | None) -> tuple[Attributes | None, Txn]:
         """Store the chunks the catalog lacks, then commit; what was stored for nothing is dropped."""
         with self.content.stripe(digest):
             with self.catalog.read() as tx:
@@ -264,7 +278,7 @@ class Writes:
                     return self._commit_once(record, staged, digest, size, mtime_ns, stored=False)
                 except _NeedsBlob:
                     pass
-            self.content.store(digest, size, staged.read, streamed)
+            self.content.store(digest, size, staged.read, streamed, base)
             try:
                 committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
             except BaseException:
