@@ -25,7 +25,16 @@ chunk thought present may lose its last use meanwhile); otherwise the batch
 appends what vanished and tries again. A pack is deleted only after the
 transaction that freed it is durable (``Content`` schedules it), and pack
 ids are never reused, so a stale place gives ``PackMissing``, never another
-chunk's bytes: a reader then looks the place up again.
+chunk's bytes: a reader then looks the place up again. A store in flight
+*holds* the packs it appended to until it has recorded those chunks (or
+given up): a pack's live bytes count only what is recorded, so nothing
+frees a held pack, however empty it looks.
+
+Two callers skip work the content's bytes would otherwise cost: a file
+written in order is cut and stored while it is written (``ChunkStream``, fed
+by the writer's hashing thread), so its commit only records; and an
+in-place edit takes the chunks of the content it copied up to its first
+written byte as they are (``store``'s ``base``).
 """
 
 from __future__ import annotations
