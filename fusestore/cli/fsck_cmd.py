@@ -119,14 +119,14 @@ def check(path: Path, *, verify: bool, repair: bool, out: TextIO, err: TextIO) -
 
 def _verify(ins: "Inspection", corrupt: set[bytes], damaged: set[bytes], err: TextIO) -> list[str]:
     """Read every chunk, then every blob, with a meter; the bad ones are added to ``damaged`` and ``corrupt``."""
-    from ..store import fsck
+    from ..store import fsck, fsck_packs
 
     problems = []
     chunks = list(ins.chunks())
     meter = Meter(err, sum(chunk.stored for chunk in chunks), len(chunks), "chunks")
-    for chunk, why in fsck.damaged_chunks(ins, meter.advance):
+    for chunk, why in fsck_packs.damaged_chunks(ins, meter.advance):
         damaged.add(chunk.digest)
-        problems.append(f"chunks_hash_to_their_names: {fsck.damaged_message(ins, chunk, why)}")
+        problems.append(f"chunks_hash_to_their_names: {fsck_packs.damaged_message(ins, chunk, why)}")
     meter.finish()
     blobs = ins.blobs()
     if blobs:

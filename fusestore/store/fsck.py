@@ -2,7 +2,7 @@
 
 A check is a function of an ``Inspection`` that yields one readable line per
 broken instance of its invariant, naming the digest or pack and the paths of
-the files affected. The
+the files affected (those of chunks and packs are in ``fsck_packs``). The
 checks in ``CHECKS`` hold at every moment nothing is in flight: on a closed
 store, and on an open one between operations (tests run them after every
 step). ``DEEP_CHECKS`` read every chunk and blob. ``fusestore fsck`` runs them all
@@ -20,13 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import blake3
-
-from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO, Chunk, Extent, Resource, verify_structure
+from ..catalog import COMPLETE, LOST, PENDING, ROOT_INO, Resource, verify_structure
 from ..catalog.records import LAYOUT_CHUNKS, LAYOUT_WHOLE_BLOB, U64
 from ..digests import EMPTY_DIGEST, hash_fd
-from ..pool.codec import DamagedChunk, decode
 from . import names
+from .fsck_packs import (
+    chunk_refcounts_match_extents,
+    chunks_are_in_packs,
+    chunks_hash_to_their_names,
+    chunks_lie_within_their_packs,
+    extents_cover_their_contents,
+    extents_name_their_chunks,
+    pack_files_have_rows,
+    pack_index_matches_chunks,
+    pack_live_matches_chunks,
+    pack_name,
+    packs_directory_holds_only_packs,
+    packs_have_files,
+    sealed_pack_sizes_match_files,
+    used_by,
+)
 from .inspect import BlobFile, Inspection, decode_name
 from .namespace import GLOBAL_DIR, USERS_DIR
 
@@ -49,21 +62,6 @@ class Problem:
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _used_by(ins: Inspection, digest: bytes) -> str:
-    return _listed(ins.paths_using(digest))
-
-
-def _chunk_used_by(ins: Inspection, digest: bytes) -> str:
-    return _listed(ins.paths_using_chunk(digest))
-
-
-def _listed(paths: list[str]) -> str:
-    if not paths:
-        return ""
-    more = f", and {len(paths) - 3} more" if len(paths) > 3 else ""
-    return f" (used by {', '.join(paths[:3])}{more})"
 
 
 def _entry_path(ins: Inspection, parent: int, name: bytes) -> str:
@@ -105,10 +103,6 @@ def cut_short(res: Resource) -> bool:
     """A pending resource nothing references: what ``Chunks.store`` leaves while it stores, or when a crash cut
     it short (recovery drops it, and its extents, which must be a prefix of it)."""
     return res.state == PENDING and res.refcount == 0
-
-
-def _pack_name(pack: int) -> str:
-    return f"pack {pack:016x}"
 
 
 # -- the namespace -----------------------------------------------------------------------------
@@ -332,14 +326,14 @@ def refcounts_match_references(ins: Inspection) -> Iterator[str]:
     for res in ins.resources():
         if res.refcount != counted[res.digest]:
             yield (f"resource {res.digest.hex()} has refcount {res.refcount}, "
-                   f"referenced {counted[res.digest]} times{_used_by(ins, res.digest)}")
+                   f"referenced {counted[res.digest]} times{used_by(ins, res.digest)}")
 
 
 def referenced_contents_have_resources(ins: Inspection) -> Iterator[str]:
     """Every content a file points at, or an upload reserved, has a resource."""
     for digest in references(ins):
         if ins.resource(digest) is None:
-            yield f"content {digest.hex()} is referenced but has no resource{_used_by(ins, digest)}"
+            yield f"content {digest.hex()} is referenced but has no resource{used_by(ins, digest)}"
 
 
 def file_contents_are_complete(ins: Inspection) -> Iterator[str]:
@@ -357,7 +351,7 @@ def pending_resources_are_reserved(ins: Inspection) -> Iterator[str]:
     reserved = {record.expected for record in ins.staging_records() if record.reserved}
     for res in ins.resources():
         if res.state == PENDING and res.digest not in reserved and not cut_short(res):
-            yield f"resource {res.digest.hex()} is pending but no upload reserved it{_used_by(ins, res.digest)}"
+            yield f"resource {res.digest.hex()} is pending but no upload reserved it{used_by(ins, res.digest)}"
 
 
 def sizes_match_contents(ins: Inspection) -> Iterator[str]:
@@ -385,7 +379,7 @@ def unsynced_keys_are_known(ins: Inspection) -> Iterator[str]:
         if len(key) == U64.size:
             pack = U64.unpack(key)[0]
             if ins.tx.pack(pack) is None:
-                yield f"{_pack_name(pack)} is listed as unsynced but the catalog has no such pack"
+                yield f"{pack_name(pack)} is listed as unsynced but the catalog has no such pack"
         elif len(key) == 32:
             res = ins.resource(key)
             if res is None or not res.complete:
@@ -400,176 +394,9 @@ def freed_packs_have_no_rows(ins: Inspection) -> Iterator[str]:
         if len(key) == U64.size:
             pack = U64.unpack(key)[0]
             if ins.tx.pack(pack) is not None:
-                yield f"{_pack_name(pack)} is listed as freed but still has its row"
+                yield f"{pack_name(pack)} is listed as freed but still has its row"
         elif len(key) != 32:
             yield f"freed key {key.hex()} is neither a pack id (8 bytes) nor a digest (32 bytes)"
-
-
-# -- chunks and packs ---------------------------------------------------------------------------------------
-
-
-def extents_cover_their_contents(ins: Inspection) -> Iterator[str]:
-    """A complete chunked content's extents cover [0, length) end to end, a pending one's a prefix of it; a lost
-    or whole-blob content has none, nor has a digest without a resource."""
-    for digest, extents in ins.extent_map().items():
-        res = ins.resource(digest)
-        if res is None:
-            yield f"content {digest.hex()} has {len(extents)} extents but no resource"
-        elif res.layout == LAYOUT_WHOLE_BLOB:
-            yield f"resource {digest.hex()} is a whole-file blob but has {len(extents)} extents{_used_by(ins, digest)}"
-        elif res.layout != LAYOUT_CHUNKS:
-            continue  # resources_are_well_formed says it
-        elif res.state == LOST:
-            yield f"resource {digest.hex()} is lost but still has {len(extents)} extents{_used_by(ins, digest)}"
-        else:
-            gap = first_gap(extents, res)
-            if gap is not None:
-                yield f"resource {digest.hex()} ({res.length} bytes) {gap}{_used_by(ins, digest)}"
-    for res in ins.resources():
-        if res.complete and res.layout == LAYOUT_CHUNKS and res.length > 0 and res.digest not in ins.extent_map():
-            yield f"resource {res.digest.hex()} ({res.length} bytes) has no extents{_used_by(ins, res.digest)}"
-
-
-def first_gap(extents: list[Extent], res: Resource) -> str | None:
-    """How the extents fail to tile the content (a pending one may stop early), or None."""
-    covered = 0
-    for extent in extents:
-        if extent.count < 1 or extent.length < 1:
-            return f"has an extent ending at {extent.end} of {extent.count} chunks of {extent.length} bytes"
-        if extent.start != covered:
-            return f"has extents covering up to {covered}, then one from {extent.start}"
-        covered = extent.end
-    if covered > res.length:
-        return f"has extents covering {covered} bytes"
-    if res.complete and covered != res.length:
-        return f"has extents covering only its first {covered} bytes"
-    return None
-
-
-def extents_name_their_chunks(ins: Inspection) -> Iterator[str]:
-    """Every extent's chunk has a row, of the extent's chunk length."""
-    for digest, extents in ins.extent_map().items():
-        for extent in extents:
-            chunk = ins.chunk(extent.chunk)
-            if chunk is None:
-                yield (f"content {digest.hex()} names chunk {extent.chunk.hex()} (at {extent.start}), "
-                       f"which has no row{_used_by(ins, digest)}")
-            elif chunk.length != extent.length:
-                yield (f"content {digest.hex()} names chunk {extent.chunk.hex()} as {extent.length} bytes, "
-                       f"its row says {chunk.length}{_used_by(ins, digest)}")
-
-
-def chunk_refcounts_match_extents(ins: Inspection) -> Iterator[str]:
-    """Each chunk's refcount is the sum of the counts of the extents naming it; a chunk nothing uses has no row."""
-    uses: Counter[bytes] = Counter()
-    for extents in ins.extent_map().values():
-        for extent in extents:
-            uses[extent.chunk] += extent.count
-    for chunk in ins.chunks():
-        if uses[chunk.digest] == 0:
-            yield f"chunk {chunk.digest.hex()} (refcount {chunk.refcount}) has a row but no extent uses it"
-        elif chunk.refcount != uses[chunk.digest]:
-            yield (f"chunk {chunk.digest.hex()} has refcount {chunk.refcount}, used {uses[chunk.digest]} times"
-                   f"{_chunk_used_by(ins, chunk.digest)}")
-
-
-def chunks_are_in_packs(ins: Inspection) -> Iterator[str]:
-    """Every chunk's pack has a row (a pack goes only once nothing live is in it)."""
-    for chunk in ins.chunks():
-        if ins.tx.pack(chunk.pack) is None:
-            yield (f"chunk {chunk.digest.hex()} is in {_pack_name(chunk.pack)}, which has no row"
-                   f"{_chunk_used_by(ins, chunk.digest)}")
-
-
-def pack_live_matches_chunks(ins: Inspection) -> Iterator[str]:
-    """Each pack's live bytes are the sum of the stored bytes of the chunks located in it."""
-    live: Counter[int] = Counter()
-    for chunk in ins.chunks():
-        live[chunk.pack] += chunk.stored
-    for pack in ins.pack_rows():
-        if pack.live != live[pack.pack]:
-            yield f"{_pack_name(pack.pack)} has live {pack.live}, its chunks {live[pack.pack]} stored bytes"
-
-
-def pack_index_matches_chunks(ins: Inspection) -> Iterator[str]:
-    """The index of chunks by place and the chunk rows match one to one."""
-    indexed = set()
-    for row in ins.pack_index():
-        chunk = ins.chunk(row.digest)
-        place = f"{_pack_name(row.pack)} offset {row.offset}"
-        if chunk is None:
-            yield f"the index names chunk {row.digest.hex()} at {place}, which has no row"
-        elif (chunk.pack, chunk.offset) != (row.pack, row.offset):
-            yield (f"the index names chunk {row.digest.hex()} at {place}, its row says "
-                   f"{_pack_name(chunk.pack)} offset {chunk.offset}")
-        else:
-            indexed.add(row.digest)
-    for chunk in ins.chunks():
-        if chunk.digest not in indexed:
-            yield (f"chunk {chunk.digest.hex()} at {_pack_name(chunk.pack)} offset {chunk.offset} is not in the index"
-                   f"{_chunk_used_by(ins, chunk.digest)}")
-
-
-def chunks_lie_within_their_packs(ins: Inspection) -> Iterator[str]:
-    """The chunks of one pack do not overlap, and each lies within its pack's file (a cut-off pack shows here)."""
-    files = {file.pack: file.size for file in ins.pack_files()}
-    by_pack: dict[int, list[Chunk]] = defaultdict(list)
-    for chunk in ins.chunks():
-        by_pack[chunk.pack].append(chunk)
-    for pack, chunks in sorted(by_pack.items()):
-        chunks.sort(key=lambda chunk: chunk.offset)
-        for before, after in zip(chunks, chunks[1:], strict=False):
-            if before.offset + before.stored > after.offset:
-                yield (f"chunks {before.digest.hex()} and {after.digest.hex()} overlap in {_pack_name(pack)} "
-                       f"(at {before.offset} and {after.offset}){_chunk_used_by(ins, after.digest)}")
-        size = files.get(pack)
-        for chunk in chunks:
-            if size is not None and chunk.offset + chunk.stored > size:
-                yield (f"chunk {chunk.digest.hex()} ends at {chunk.offset + chunk.stored} in {_pack_name(pack)}, "
-                       f"whose file has {size} bytes{_chunk_used_by(ins, chunk.digest)}")
-
-
-def sealed_pack_sizes_match_files(ins: Inspection) -> Iterator[str]:
-    """A sealed pack's size is its file's length (sealed packs never change)."""
-    files = {file.pack: file.size for file in ins.pack_files()}
-    for pack in ins.pack_rows():
-        size = files.get(pack.pack)
-        if pack.sealed and size is not None and size != pack.size:
-            yield f"sealed {_pack_name(pack.pack)} has size {pack.size}, its file {size} bytes"
-
-
-def packs_have_files(ins: Inspection) -> Iterator[str]:
-    """Every pack row has its file; an empty unsealed pack without one is what a crash between the two leaves.
-
-    That one is no damage: the next open seals and frees it (``recovery_plan`` says so).
-    """
-    files = {file.pack for file in ins.pack_files()}
-    for pack in ins.pack_rows():
-        if pack.pack in files or _unborn(pack.sealed, pack.live):
-            continue
-        chunks = [chunk for digest in ins.tx.chunks_in_pack(pack.pack) if (chunk := ins.chunk(digest)) is not None]
-        paths = sorted({path for chunk in chunks for path in ins.paths_using_chunk(chunk.digest)})
-        yield f"{_pack_name(pack.pack)} ({pack.live} live bytes, {len(chunks)} chunks) has no file{_listed(paths)}"
-
-
-def _unborn(sealed: bool, live: int) -> bool:
-    """A pack row whose file may not exist yet: the row is written first, and nothing is in it."""
-    return not sealed and live == 0
-
-
-def pack_files_have_rows(ins: Inspection) -> Iterator[str]:
-    """Every pack file has a pack row (a pack's row goes only once it is freed, and its file after)."""
-    rows = {pack.pack for pack in ins.pack_rows()}
-    going = {U64.unpack(key)[0] for key in ins.freed() if len(key) == U64.size} if ins.live else set()
-    for file in ins.pack_files():
-        if file.pack not in rows | going:
-            yield f"{_pack_name(file.pack)} ({file.size} bytes) has a file but no row"
-
-
-def packs_directory_holds_only_packs(ins: Inspection) -> Iterator[str]:
-    """``packs/`` holds nothing but pack files, named by 16 lowercase hex digits."""
-    for path in ins.pack_debris():
-        yield f"{path} is in packs/ but is not a pack"
 
 
 # -- the pool -----------------------------------------------------------------------------------------------
@@ -579,7 +406,7 @@ def complete_resources_have_blobs(ins: Inspection) -> Iterator[str]:
     """Every complete whole-blob resource (of a format-2 store) but the empty content has its blob in the pool."""
     present = {blob.digest for blob in ins.blobs()}
     for digest in sorted(_wanted_blobs(ins) - present):
-        yield f"blob {digest.hex()} is missing from the pool{_used_by(ins, digest)}"
+        yield f"blob {digest.hex()} is missing from the pool{used_by(ins, digest)}"
 
 
 def no_stray_blobs(ins: Inspection) -> Iterator[str]:
@@ -599,7 +426,7 @@ def blob_sizes_match_lengths(ins: Inspection) -> Iterator[str]:
     for blob in ins.blobs():
         res = ins.resource(blob.digest)
         if res is not None and res.complete and res.layout == LAYOUT_WHOLE_BLOB and blob.size != res.length:
-            used = _used_by(ins, blob.digest)
+            used = used_by(ins, blob.digest)
             yield f"blob {blob.digest.hex()} has {blob.size} bytes, its resource {res.length}{used}"
 
 
@@ -704,7 +531,7 @@ def misnamed_blobs(ins: Inspection, progress: Progress | None = None) -> Iterato
 
 
 def misnamed_message(ins: Inspection, blob: BlobFile, digest: bytes) -> str:
-    return f"blob {blob.digest.hex()} holds bytes that hash to {digest.hex()}{_used_by(ins, blob.digest)}"
+    return f"blob {blob.digest.hex()} holds bytes that hash to {digest.hex()}{used_by(ins, blob.digest)}"
 
 
 def hash_file(path: str, progress: Progress | None = None) -> bytes:
@@ -717,42 +544,6 @@ def hash_file(path: str, progress: Progress | None = None) -> bytes:
     if progress is not None:
         progress(0, 1)
     return digest
-
-
-def chunks_hash_to_their_names(ins: Inspection, progress: Progress | None = None) -> Iterator[str]:
-    """Every chunk's stored bytes decode to bytes that hash to its name (reads every pack: not in ``CHECKS``)."""
-    for chunk, why in damaged_chunks(ins, progress):
-        yield damaged_message(ins, chunk, why)
-
-
-def damaged_chunks(ins: Inspection, progress: Progress | None = None) -> Iterator[tuple[Chunk, str]]:
-    """Each chunk whose bytes are not there or not its own, and why (``progress``: stored bytes, chunks done)."""
-    for chunk in sorted(ins.chunks(), key=lambda chunk: (chunk.pack, chunk.offset)):
-        why = chunk_damage(ins, chunk)
-        if progress is not None:
-            progress(chunk.stored, 1)
-        if why is not None:
-            yield chunk, why
-
-
-def chunk_damage(ins: Inspection, chunk: Chunk) -> str | None:
-    try:
-        stored = ins.stored_bytes_of(chunk)
-    except FileNotFoundError:
-        return f"is in {_pack_name(chunk.pack)}, whose file is missing"
-    if len(stored) != chunk.stored:
-        return f"is cut off: its pack holds {len(stored)} of its {chunk.stored} stored bytes"
-    try:
-        data = decode(chunk.codec, stored, chunk.length)
-    except DamagedChunk as exc:
-        return f"does not decode: {exc}"
-    digest = blake3.blake3(data).digest()
-    return None if digest == chunk.digest else f"holds bytes that hash to {digest.hex()}"
-
-
-def damaged_message(ins: Inspection, chunk: Chunk, why: str) -> str:
-    return (f"chunk {chunk.digest.hex()} ({_pack_name(chunk.pack)} offset {chunk.offset}) {why}"
-            f"{_chunk_used_by(ins, chunk.digest)}")
 
 
 DEEP_CHECKS: list[Check] = [chunks_hash_to_their_names, blobs_hash_to_their_names]

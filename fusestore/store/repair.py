@@ -33,7 +33,7 @@ from ..digests import EMPTY_DIGEST
 from ..pool.codec import DamagedChunk
 from ..pool.local import blob_path
 from ..pool.staging import ShortRead
-from . import fsck
+from . import fsck, fsck_packs
 from .inspect import Inspection, decode_name
 from .locking import StoreLock
 
@@ -121,7 +121,8 @@ def _unsynced_plan(ins: Inspection, key: bytes) -> str:
     if len(key) == U64.size:
         pack = U64.unpack(key)[0]
         damaged = sorted({content for digest in ins.tx.chunks_in_pack(pack)
-                          if (chunk := ins.chunk(digest)) is not None and fsck.chunk_damage(ins, chunk) is not None
+                          if (chunk := ins.chunk(digest)) is not None
+                          and fsck_packs.chunk_damage(ins, chunk) is not None
                           for content in ins.contents_using_chunk(digest)})
         if not damaged:
             return f"recovery would check pack {pack:016x} (not yet known durable) and find its chunks intact"
@@ -344,7 +345,7 @@ def lose_damaged_chunks(store: Store, damaged: set[bytes]) -> list[str]:
             named = sorted({extent.chunk for extent in extents if extent.chunk in bad})
             why = (f"its chunk {named[0].hex()} {bad[named[0]]}" + (f" (and {len(named) - 1} more)" if len(named) > 1
                                                                      else "")) if named else None
-            gap = fsck.first_gap(extents, res)
+            gap = fsck_packs.first_gap(extents, res)
             if why is not None or gap is not None:
                 lost.append((digest, why or f"it {gap}", _users(ins, digest)))
     done = []
