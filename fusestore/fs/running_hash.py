@@ -30,7 +30,7 @@ from collections.abc import Callable
 import blake3
 import trio
 
-from ..store.chunks import ChunkStream
+from ..store.chunk_stream import ChunkStream
 
 BACKGROUND_AFTER = 8 << 20  # bytes hashed inline before a worker thread takes over
 BATCH = 4 << 20  # bytes handed to the worker thread at once

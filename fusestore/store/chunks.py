@@ -39,32 +39,32 @@ written byte as they are (``store``'s ``base``).
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
-import struct
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import blake3
 
-from .. import errors
 from ..catalog import LAYOUT_CHUNKS, PENDING, Catalog, Chunk, Chunking, Extent, Pack, Resource, Txn, u64
-from ..pool import StagingFile
 from ..pool.blobstore import Progress
-from ..pool.chunker import DEFAULT_PARAMS, ChunkParams, StreamChunker, chunks
-from ..pool.codec import DEFAULT_COMPRESSION, RAW, Compression, DamagedChunk, decode, encode
+from ..pool.chunker import DEFAULT_PARAMS, ChunkParams, chunks
+from ..pool.codec import DEFAULT_COMPRESSION, Compression, DamagedChunk, decode, encode
 from ..pool.packs import PackMissing, PackStore
 from ..pool.staging import ShortRead
+from .chunk_reader import ChunkReader
+
+if TYPE_CHECKING:
+    from .chunk_stream import ChunkStream
 
 PACK_TARGET = 32 << 20  # a pack is sealed once it holds this many bytes
 LOOKUP_BYTES = 1 << 20  # content cut before its chunks are looked up in the catalog (one read transaction)
 BATCH_BYTES = 64 << 20  # content recorded per write transaction: each dirties pages all over the chunk table
 ANCHOR_AFTER_RUNS = 1024  # a batch recording this many runs asks for an anchor, so its replaced pages are reused
-WINDOW = 64  # extents a reader looks up at once
-SPAN_BYTES = 1 << 20  # at most this much of raw chunks back to back in one pack is read at once
+REUSE_WINDOW = 1024  # extents of an edit's base content read per transaction
 VERIFIED_MAX = 1 << 20  # chunk digests remembered as verified before the memory is given back
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class _Vanished(Exception):
 
 
 @dataclass
-class _Batch:
+class Batch:
     """One batch of a content being stored: its runs, and the chunks appended for it."""
 
     runs: list[Extent]
@@ -213,7 +213,7 @@ class Chunks:
         self._release_prefix(digest)
         hold: set[int] = set()
         try:
-            gatherer = _Gatherer(self, hold, lambda batch: self._record_batch(digest, size, batch, read, hold),
+            gatherer = Gatherer(self, hold, lambda batch: self._record_batch(digest, size, batch, read, hold),
                                  on_stored)
             start = self._reuse(gatherer, *base) if base is not None else 0
             for offset, piece in chunks(read, start, size, self.params):
@@ -222,7 +222,7 @@ class Chunks:
         finally:
             self.let_go(hold)
 
-    def _reuse(self, gatherer: "_Gatherer", base: bytes, unchanged: int) -> int:
+    def _reuse(self, gatherer: "Gatherer", base: bytes, unchanged: int) -> int:
         """Feed the base content's chunks that end before the one holding byte ``unchanged - 1``; where it starts."""
         with self.catalog.read() as tx:
             resource = tx.resource(base)
@@ -232,7 +232,7 @@ class Chunks:
         offset = 0
         while offset <= last:
             with self.catalog.read() as tx:
-                window = list(itertools.islice(tx.extents(base, offset), WINDOW * 16))
+                window = list(itertools.islice(tx.extents(base, offset), REUSE_WINDOW))
             if not window:
                 return offset
             for run in window:
@@ -246,10 +246,6 @@ class Chunks:
                 return run.start + whole * run.length
         return offset
 
-    def stream(self, spill: Callable[[], StagingFile]) -> "ChunkStream":
-        """A store of a content as it is written, in order, before its digest is known (``ChunkStream``)."""
-        return ChunkStream(self, spill)
-
     def record_streamed(self, digest: bytes, size: int, streamed: "ChunkStream",
                         read: Callable[[int, int], bytes], on_stored: Progress | None = None) -> None:
         """``store``, for a content a finished stream cut and stored already: its batches are recorded."""
@@ -259,7 +255,7 @@ class Chunks:
             if on_stored is not None:
                 on_stored(batch.runs[-1].end - batch.runs[0].start if batch.runs else 0)
         if size == 0:
-            self._record_batch(digest, size, _Batch([], {}), read, streamed.hold)
+            self._record_batch(digest, size, Batch([], {}), read, streamed.hold)
 
     def _release_prefix(self, digest: bytes) -> None:
         """The extents a store cut short left to a still pending content go, before this store takes them again.
@@ -288,7 +284,7 @@ class Chunks:
             self._zero_digests[len(piece)] = digest
         return digest
 
-    def _record_batch(self, digest: bytes, size: int, batch: _Batch, read: Callable[[int, int], bytes],
+    def _record_batch(self, digest: bytes, size: int, batch: Batch, read: Callable[[int, int], bytes],
                       hold: set[int]) -> None:
         """One transaction for the batch; chunks that vanished meanwhile are read again and appended."""
         while True:
@@ -366,7 +362,7 @@ class Chunks:
         self.packs.create(pack_id)
         self._open = pack_id
 
-    def _record(self, tx: Txn, digest: bytes, size: int, batch: _Batch) -> None:
+    def _record(self, tx: Txn, digest: bytes, size: int, batch: Batch) -> None:
         resource = tx.resource(digest)
         if resource is None:
             resource = Resource(digest, size, 0, PENDING, LAYOUT_CHUNKS)
@@ -452,7 +448,7 @@ class Chunks:
     # -- reading -----------------------------------------------------------------------------
 
     def open(self, digest: bytes, size: int, *, verify: bool,
-             on_damage: Callable[[str], None]) -> "ChunkReader":
+             on_damage: Callable[[str], None]) -> ChunkReader:
         """A reader of a complete chunked content; ``verify``: hash each chunk the first time this process reads it.
 
         ``on_damage(what)`` is called (and must raise) for a chunk that is
@@ -511,142 +507,7 @@ class Chunks:
         return replaced
 
 
-class ChunkReader:
-    """Random access to a chunked content: the extents near the last read, and the last chunk, are kept."""
-
-    def __init__(self, chunks: Chunks, digest: bytes, size: int, verify: bool,
-                 on_damage: Callable[[str], None]) -> None:
-        self._chunks = chunks
-        self.digest = digest
-        self.size = size
-        self._verify = verify
-        self._on_damage = on_damage
-        self._window: list[tuple[Extent, Chunk]] = []
-        self._ends: list[int] = []
-        self._cached: tuple[int, bytes] | None = None  # (start in the content, decoded bytes) of the last chunk
-
-    def pread(self, length: int, offset: int) -> bytes:
-        parts: list[bytes] = []
-        end = min(self.size, offset + length)
-        while offset < end:
-            start, data = self._chunk_at(offset)
-            part = data[offset - start:end - start]
-            parts.append(part)
-            offset += len(part)
-        return b"".join(parts)
-
-    def _chunk_at(self, offset: int) -> tuple[int, bytes]:
-        if self._cached is not None and self._cached[0] <= offset < self._cached[0] + len(self._cached[1]):
-            return self._cached
-        for attempt in range(2):
-            index = self._locate(offset, refresh=attempt > 0)
-            extent, chunk = self._window[index]
-            start = extent.start + (offset - extent.start) // extent.length * extent.length
-            span = self._raw_span(index) if extent.count == 1 else [chunk]
-            try:
-                if len(span) > 1:
-                    stored = self._chunks.packs.read(chunk.pack, chunk.offset, sum(c.stored for c in span))
-                    if self._verify:
-                        at = 0
-                        for piece in span:
-                            if not self._chunks.check(piece, stored[at:at + piece.length]):
-                                self._on_damage(f"has a chunk that does not hash to its name {piece.digest.hex()}")
-                            at += piece.length
-                    self._cached = (start, stored)
-                    return self._cached
-                data = self._chunks.load(chunk)
-            except PackMissing:
-                if attempt == 0:  # moved by a compaction since it was looked up
-                    continue
-                self._on_damage(f"has its chunk {chunk.digest.hex()} in pack {chunk.pack:016x}, which is missing")
-                raise
-            except (ShortRead, DamagedChunk) as exc:
-                self._on_damage(f"has a damaged chunk {chunk.digest.hex()} ({exc})")
-                raise
-            if self._verify and not self._chunks.check(chunk, data):
-                self._on_damage(f"has a chunk that does not hash to its name {chunk.digest.hex()}")
-            self._cached = (start, data)
-            return self._cached
-        raise AssertionError("unreachable")
-
-    def _locate(self, offset: int, *, refresh: bool) -> int:
-        """The index in the window of the extent holding byte ``offset`` (the window moves there if needed)."""
-        index = bisect.bisect_right(self._ends, offset)
-        if refresh or index >= len(self._window) or self._window[index][0].start > offset:
-            self._load_window(offset)
-            index = 0
-        return index
-
-    def _raw_span(self, index: int) -> list[Chunk]:
-        """The chunks from ``index`` on that one read can fetch: single, raw, back to back in one pack.
-
-        Fresh content is appended in order, so a sequential reader of it
-        gets up to ``SPAN_BYTES`` per read instead of a read per chunk.
-        """
-        first = self._window[index][1]
-        span = [first]
-        if first.codec != RAW:
-            return span
-        total = first.stored
-        for extent, chunk in self._window[index + 1:]:
-            last = span[-1]
-            if (extent.count != 1 or chunk.codec != RAW or chunk.pack != last.pack
-                    or chunk.offset != last.offset + last.stored or total + chunk.stored > SPAN_BYTES):
-                break
-            span.append(chunk)
-            total += chunk.stored
-        return span
-
-    def _load_window(self, offset: int) -> None:
-        window: list[tuple[Extent, Chunk]] = []
-        with self._chunks.catalog.read() as tx:
-            for extent in tx.extents(self.digest, offset):
-                chunk = tx.chunk(extent.chunk)
-                if chunk is None:
-                    self._on_damage(f"names the chunk {extent.chunk.hex()}, which the catalog lacks")
-                    raise errors.BadContent(f"chunk {extent.chunk.hex()} is missing")
-                window.append((extent, chunk))
-                if len(window) >= WINDOW:
-                    break
-        if not window or window[0][0].start > offset:
-            self._on_damage(f"has no extent at offset {offset}")
-            raise errors.BadContent(f"no extent at offset {offset}")
-        self._window = window
-        self._ends = [extent.end for extent, _ in window]
-
-    def hash(self, on_read: Progress | None = None) -> tuple[bytes, int]:
-        hasher = blake3.blake3()
-        for _, data in self._pieces(self.size):
-            hasher.update(data)
-            if on_read is not None:
-                on_read(len(data))
-        return hasher.digest(), self.size
-
-    def copy_to(self, target: StagingFile, length: int, on_copied: Progress | None = None) -> None:
-        """Write the first ``length`` bytes into an empty staging file, leaving chunks of zeros as holes."""
-        if length > self.size:
-            raise ShortRead(f"content {self.digest.hex()} holds {self.size} bytes, not the {length} to copy")
-        for start, data in self._pieces(length):
-            if data.count(0) != len(data):
-                target.write(data, start)
-            if on_copied is not None:
-                on_copied(len(data))
-        target.truncate(length)
-
-    def _pieces(self, length: int) -> Iterator[tuple[int, bytes]]:
-        """(offset, bytes) of each chunk, in order, up to ``length`` (the last one cut there)."""
-        offset = 0
-        while offset < length:
-            start, data = self._chunk_at(offset)
-            piece = data[offset - start:length - start]
-            yield offset, piece
-            offset += len(piece)
-
-    def close(self) -> None:
-        self._window, self._ends, self._cached = [], [], None
-
-
-class _Gatherer:
+class Gatherer:
     """Chunks in content order become batches: runs merged, new chunks looked up and appended as they come.
 
     Every ``LOOKUP_BYTES`` the chunks not seen yet in the batch are looked
@@ -656,13 +517,13 @@ class _Gatherer:
     row) and opens the next batch.
     """
 
-    def __init__(self, chunks: Chunks, hold: set[int], on_batch: Callable[[_Batch], None],
+    def __init__(self, chunks: Chunks, hold: set[int], on_batch: Callable[[Batch], None],
                  on_stored: Progress | None) -> None:
         self._chunks = chunks
         self._hold = hold
         self._on_batch = on_batch
         self._on_stored = on_stored
-        self._batch = _Batch([], {})
+        self._batch = Batch([], {})
         self._seen: set[bytes] = set()  # chunks of this batch looked up (found or appended) or waiting to be
         self._group: list[tuple[bytes, bytes]] = []  # (digest, bytes) not yet looked up
         self._grouped = self._batched = 0
@@ -702,7 +563,7 @@ class _Gatherer:
                 carried = runs.pop()
                 self._on_batch(self._batch)
                 kept = self._batch.appended.get(carried.chunk)
-                self._batch = _Batch([carried], {carried.chunk: kept} if kept is not None else {})
+                self._batch = Batch([carried], {carried.chunk: kept} if kept is not None else {})
                 self._seen, self._batched = {carried.chunk}, 0
 
     def _look_up(self) -> None:
@@ -721,77 +582,4 @@ class _Gatherer:
         self._look_up()
         if self._batch.runs or empty:
             self._on_batch(self._batch)
-        self._batch = _Batch([], {})
-
-
-_RUN = struct.Struct(">Q32sIQ?QQIB")  # a spilled run: end, chunk, length, count; appended?, pack, offset, stored, codec
-_BATCH_HEAD = struct.Struct(">I")  # runs in the batch that follows
-
-
-class ChunkStream:
-    """A content stored as it is written, in order from offset 0, before its digest is known.
-
-    The writer's hashing thread feeds it (``feed``): the chunks are cut,
-    hashed, looked up and the new ones appended as they come, so that a
-    large sequential write has little left to do at its commit. Its batches
-    cannot be recorded yet (extents are keyed by the content's digest), so
-    they are spilled, a fixed-size record per run, to a staging file that no
-    record names (recovery deletes it after a crash; the chunks appended are
-    dead bytes then): memory stays flat whatever the size. At the commit
-    ``Chunks.record_streamed`` records them. A stream abandoned (writes out
-    of order, a truncation) leaves its appended chunks as dead bytes.
-    """
-
-    def __init__(self, chunks: Chunks, spill: Callable[[], StagingFile]) -> None:
-        self._chunks = chunks
-        self._new_spill = spill
-        self._spill: StagingFile | None = None
-        self._spilled = 0
-        self._cutter = StreamChunker(chunks.params)
-        self.hold: set[int] = set()  # the packs its appends went to, held until it is closed
-        self._gatherer = _Gatherer(chunks, self.hold, self._spill_batch, None)
-        self.fed = 0
-
-    def feed(self, data: bytes) -> None:
-        for offset, piece in self._cutter.feed(data):
-            self._gatherer.add(offset, piece)
-        self.fed += len(data)
-
-    def finish(self) -> None:
-        for offset, piece in self._cutter.finish():
-            self._gatherer.add(offset, piece)
-        self._gatherer.finish()
-
-    def _spill_batch(self, batch: _Batch) -> None:
-        if self._spill is None:
-            self._spill = self._new_spill()
-        records = [_BATCH_HEAD.pack(len(batch.runs))]
-        for run in batch.runs:
-            chunk = batch.appended.pop(run.chunk, None)  # the first run of a chunk carries where it was appended
-            records.append(_RUN.pack(run.end, run.chunk, run.length, run.count, chunk is not None,
-                                     *((chunk.pack, chunk.offset, chunk.stored, chunk.codec) if chunk else (0,) * 4)))
-        data = b"".join(records)
-        self._spill.write(data, self._spilled)
-        self._spilled += len(data)
-
-    def batches(self) -> Iterator[_Batch]:
-        """The finished stream's batches, in order, read back from the spill."""
-        offset = 0
-        while self._spill is not None and offset < self._spilled:
-            (count,) = _BATCH_HEAD.unpack(self._spill.read(_BATCH_HEAD.size, offset))
-            offset += _BATCH_HEAD.size
-            raw = self._spill.read(count * _RUN.size, offset)
-            offset += len(raw)
-            batch = _Batch([], {})
-            for end, chunk_digest, length, repeat, appended, pack, at, stored, codec in _RUN.iter_unpack(raw):
-                batch.runs.append(Extent(end, chunk_digest, length, repeat))
-                if appended:
-                    batch.appended[chunk_digest] = Chunk(chunk_digest, pack, at, stored, length, codec)
-            yield batch
-
-    def close(self) -> None:
-        """The spill goes, and the hold on the packs (the stream was recorded, or abandoned)."""
-        self._chunks.let_go(self.hold)
-        if self._spill is not None:
-            self._spill.area.discard(self._spill)
-            self._spill = None
+        self._batch = Batch([], {})

@@ -42,7 +42,8 @@ from ..catalog import COMPLETE, LAYOUT_CHUNKS, LOST, U64, Catalog, Inode, Resour
 from ..digests import EMPTY_DIGEST, hash_ranges
 from ..pool import BlobMissing, BlobReader, BlobStore, StagingFile
 from ..pool.blobstore import Progress
-from .chunks import Chunks, ChunkStream
+from .chunk_stream import ChunkStream
+from .chunks import Chunks
 from .openinodes import OpenInodes
 from .stopping import Stopping
 

@@ -37,7 +37,8 @@ from ..catalog import COMPLETE, Catalog, Inode, StagingRecord, Synced, Txn
 from ..digests import EMPTY_DIGEST
 from ..pool import StagingArea, StagingFile
 from .attributes import Attributes
-from .chunks import ChunkReader, ChunkStream
+from .chunk_reader import ChunkReader
+from .chunk_stream import ChunkStream
 from .content import Content
 from .reserved import EXPECT_XATTR
 
@@ -218,7 +219,7 @@ class Writes:
 
     def stream(self) -> ChunkStream:
         """A store of an open file's bytes as they are written in order (``ChunkStream``; the caller closes it)."""
-        return self.content.chunks.stream(self.staging.create)
+        return ChunkStream(self.content.chunks, self.staging.create)
 
     def commit(self, staged: StagingFile, digest: bytes, size: int, *, mtime_ns: int | None = None,
                remove_created: bool = True, streamed: ChunkStream | None = None,
