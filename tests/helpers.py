@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import blake3
@@ -37,6 +40,16 @@ def read(store: Store, path: str, env: str = ENV) -> bytes:
         data = reader.read()
     assert len(data) == length
     return data
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """Run a block under another umask (what fusestore makes must not depend on it)."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
 
 
 def stored_contents(store: Store) -> list[bytes]:

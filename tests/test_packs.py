@@ -8,13 +8,13 @@ import stat
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from fusestore.pool import LocalPackStore, PackMissing, PackSealed, PackStore, ShortRead
+
+from .helpers import umask
 
 
 @pytest.fixture
@@ -29,15 +29,6 @@ def packs(root: Path) -> LocalPackStore:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-@contextmanager
-def umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def test_appends_are_given_consecutive_offsets_and_read_back(packs: LocalPackStore, root: Path) -> None:

@@ -12,8 +12,6 @@ import io
 import os
 import stat
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import blake3
@@ -21,17 +19,8 @@ import pytest
 
 from fusestore import Store, errors, private
 
-from .helpers import ENV, put
+from .helpers import ENV, put, umask
 from .mount_helpers import FUSESTORE
-
-
-@contextmanager
-def umask(mask: int) -> Iterator[None]:
-    old = os.umask(mask)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 def modes(root: Path) -> dict[str, int]:
