@@ -331,13 +331,13 @@ class Content:
             raise
 
     def open_content(self, digest: bytes) -> BlobReader:
-        """A reader of a stored content by digest, unchecked (proof of access and recovery check what they read)."""
+        """A reader of a stored content by digest (proof of access, recovery): chunks are hashed as they are read."""
+        if digest == EMPTY_DIGEST:
+            return EmptyReader()
         with self.catalog.read() as tx:
             resource = tx.resource(digest)
-        if digest == EMPTY_DIGEST or resource is None:
-            if resource is None and digest != EMPTY_DIGEST:
-                raise BlobMissing(f"no content {digest.hex()}")
-            return EmptyReader()
+        if resource is None:
+            raise BlobMissing(f"no content {digest.hex()}")
         if resource.layout == LAYOUT_CHUNKS:
             return self.chunks.open(digest, resource.length, verify=True, on_damage=_damaged)
         return self.blobs.open(digest)

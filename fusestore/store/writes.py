@@ -60,7 +60,7 @@ class Refused(errors.HashMismatch):
         self.dropped = dropped
 
 
-class _NeedsBlob(Exception):
+class _NeedsChunks(Exception):
     """The transaction found the content incomplete: its chunks must be stored first."""
 
 
@@ -251,7 +251,7 @@ class Writes:
             if digest == EMPTY_DIGEST or (resource is not None and resource.complete):
                 try:
                     committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=False)
-                except _NeedsBlob:  # its last reference went meanwhile
+                except _NeedsChunks:  # its last reference went meanwhile
                     pass
             if committed is None:
                 with self._lock:
@@ -277,7 +277,7 @@ class Writes:
             if resource is not None and resource.complete:  # another writer stored it while this one waited
                 try:
                     return self._commit_once(record, staged, digest, size, mtime_ns, stored=False)
-                except _NeedsBlob:
+                except _NeedsChunks:
                     pass
             self.content.store(digest, size, staged.read, streamed, base)
             try:
@@ -318,7 +318,7 @@ class Writes:
             tx.save_resource(resource)
             return
         if not stored:
-            raise _NeedsBlob()
+            raise _NeedsChunks()
         self.content.complete(tx, digest)
 
     # -- undo ---------------------------------------------------------------------------
