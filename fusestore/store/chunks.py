@@ -157,7 +157,7 @@ class Chunks:
             if pack is not None:
                 pack.sealed, pack.size = True, end
                 tx.save_pack(pack)
-                if free_if_empty and pack.live == 0 and not self.held(pack_id):
+                if free_if_empty and pack.live == 0:
                     self.free_pack(tx, pack_id)
 
     def held(self, pack_id: int) -> bool:
@@ -178,11 +178,17 @@ class Chunks:
                     del self._held[pack_id]
             hold.clear()
 
-    def free_pack(self, tx: Txn, pack_id: int) -> None:
-        """The pack holds nothing live: its row goes now, its file once that is durable (``Content`` does it)."""
+    def free_pack(self, tx: Txn, pack_id: int) -> bool:
+        """The pack holds nothing live: its row goes now, its file once that is durable (``Content`` does it).
+
+        False, and nothing done, while a store in flight holds it (``held``).
+        """
+        if self.held(pack_id):
+            return False
         tx.delete_pack(pack_id)
         tx.add_freed(u64(pack_id))
         self.on_freed(tx, u64(pack_id))
+        return True
 
     def delete_pack_unless_known(self, pack_id: int) -> bool:
         """Delete a freed pack's file unless the catalog holds the pack again (it never does: ids are not reused)."""
@@ -431,9 +437,7 @@ class Chunks:
             if pack is not None:
                 pack.live -= chunk.stored
         for pack in changed.values():
-            if pack.sealed and pack.live <= 0 and not self.held(pack.pack):
-                self.free_pack(tx, pack.pack)
-            else:
+            if not (pack.sealed and pack.live <= 0 and self.free_pack(tx, pack.pack)):
                 tx.save_pack(pack)
 
     def drop_partial(self, digest: bytes) -> None:
@@ -495,9 +499,7 @@ class Chunks:
                 old = tx.pack(chunk.pack)
                 if old is not None:
                     old.live -= chunk.stored
-                    if old.sealed and old.live <= 0:
-                        self.free_pack(tx, old.pack)
-                    else:
+                    if not (old.sealed and old.live <= 0 and self.free_pack(tx, old.pack)):
                         tx.save_pack(old)
                 tx.move_chunk(chunk, fresh.pack, fresh.offset, fresh.stored, fresh.codec)
                 pack.live += fresh.stored

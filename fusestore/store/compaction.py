@@ -219,8 +219,7 @@ class Compaction:
             for pack_id in sorted(current.packs):
                 emptied = tx.pack(pack_id)
                 if (emptied is not None and emptied.sealed and next(tx.chunks_in_pack(pack_id), None) is None
-                        and not self.chunks.held(pack_id)):
-                    self.chunks.free_pack(tx, pack_id)
+                        and self.chunks.free_pack(tx, pack_id)):
                     freed, freed_bytes = freed + 1, freed_bytes + emptied.size
         done.packs_freed += freed
         done.freed_bytes += freed_bytes
