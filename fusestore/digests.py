@@ -22,16 +22,17 @@ Range = tuple[int, int]  # (offset, length)
 Pread = Callable[[int, int], bytes]  # (length, offset) -> bytes, as os.pread without the descriptor
 
 
-def hash_fd(fd: int, on_read: Callable[[int], object] | None = None) -> tuple[bytes, int]:
-    """BLAKE3 and size of a whole file, from offset 0 (``on_read(n)`` after each piece; it may raise to stop).
+def hash_fd(fd: int, on_read: Callable[[int], object] | None = None, size: int | None = None) -> tuple[bytes, int]:
+    """BLAKE3 and size of a file's first ``size`` bytes, or of all it has at the start (``on_read(n)`` after each
+    piece; it may raise to stop).
 
-    The size is the file's at the start. Holes are not read: BLAKE3 still
+    Holes are not read: BLAKE3 still
     has to hash their zeros (a chunk's position enters its hash, so no run of
     zeros can be hashed once for all), but from one shared buffer, which
     stays in the processor's cache, instead of zeros the kernel copies out.
     """
     hasher = blake3.blake3()
-    size = os.fstat(fd).st_size
+    size = os.fstat(fd).st_size if size is None else min(size, os.fstat(fd).st_size)
     for start, length, is_data in linux.extents(fd, 0, size):
         offset, end = start, start + length
         while offset < end:

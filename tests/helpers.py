@@ -10,8 +10,10 @@ from pathlib import Path
 
 import blake3
 
-from fusestore import Store
+from fusestore import Store, errors
+from fusestore.catalog import ROOT_INO
 from fusestore.catalog.anchor import AnchorFile
+from fusestore.store.owners import Owner
 
 ENV = "0f8fad5b-d9cb-469f-a165-70867728950e"
 ENV2 = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -28,6 +30,14 @@ class ManualClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+def env_of(store: Store) -> int:
+    """The inode of ENV, made when missing."""
+    try:
+        return store.namespace.lookup(ROOT_INO, ENV.encode()).ino
+    except errors.NotFound:
+        return store.namespace.mkdir(ROOT_INO, ENV.encode(), 0o755, Owner(1000, 1000)).ino
 
 
 def put(store: Store, path: str, data: bytes, env: str = ENV) -> str:

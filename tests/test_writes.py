@@ -18,7 +18,6 @@ import blake3
 import pytest
 
 from fusestore import Store, errors
-from fusestore.catalog import ROOT_INO
 from fusestore.pool import FailingPackStore, LocalPackStore, StagingFile
 from fusestore.store.attributes import Attributes
 from fusestore.store.chunks import BATCH_BYTES
@@ -27,7 +26,7 @@ from fusestore.store.owners import Owner
 from fusestore.store.writes import Dropped, Refused
 
 from .chunk_accounting import accounting_problems
-from .helpers import ENV, leftover_staging, live_chunk_bytes, put, read, stored_contents
+from .helpers import ENV, env_of, leftover_staging, live_chunk_bytes, put, read, stored_contents
 
 OWNER = Owner(1000, 1000)
 DATA = b"committed content " * 1000
@@ -37,14 +36,6 @@ EXPECT = b"user.fusestore.expect"
 
 def digest_of(data: bytes) -> bytes:
     return blake3.blake3(data).digest()
-
-
-def env_of(store: Store) -> int:
-    """The inode of ENV, made when missing."""
-    try:
-        return store.namespace.lookup(ROOT_INO, ENV.encode()).ino
-    except errors.NotFound:
-        return store.namespace.mkdir(ROOT_INO, ENV.encode(), 0o755, OWNER).ino
 
 
 def ino_of(store: Store, name: bytes) -> int:
@@ -441,8 +432,7 @@ def crash_before_commit(store_path: Path, steps: str) -> None:
     script = textwrap.dedent(f"""
         import os, sys
         from fusestore import Store
-        from fusestore.catalog import ROOT_INO
-        from fusestore.store.owners import Owner
+                from fusestore.store.owners import Owner
         store = Store.open(sys.argv[1])
         env = store.namespace.mkdir(ROOT_INO, {ENV.encode()!r}, 0o755, Owner(0, 0)).ino
         attrs, staged = store.namespace.create(env, b"f", 0o644, Owner(0, 0))

@@ -42,7 +42,7 @@ NORMALIZED_CHUNKING: Final[Literal[1]] = 1
 SEED = 0
 WINDOW = IO_BUFFER  # bytes per read of ``chunks``
 
-Chunk = tuple[int, bytes]  # (offset in the content, bytes)
+Chunk = tuple[int, memoryview]  # (offset in the content, a view of its bytes; it keeps its cut's buffer alive)
 
 
 @dataclass(frozen=True)
@@ -77,6 +77,8 @@ class StreamChunker:
 
     ``feed`` returns the chunks it has found final, ``finish`` the rest.
     ``pending`` (fed, not yet returned) stays at most ``max_size`` plus one feed.
+    The chunks are views of one buffer per cut (its bytes are copied once,
+    the pending tail twice): a copy per chunk cost as much as cutting.
     One stream: one thread at a time.
     """
 
@@ -85,7 +87,7 @@ class StreamChunker:
         self.params = params
         self._cutter = params.cutter()
         self._offset = start  # of the first pending byte
-        self._pieces: list[bytes] = []
+        self._pieces: list[bytes | memoryview] = []
         self._pending = 0
 
     @property
@@ -94,7 +96,7 @@ class StreamChunker:
 
     def feed(self, data: bytes | memoryview) -> list[Chunk]:
         if data:
-            self._pieces.append(bytes(data))  # a copy of a view: the caller may reuse its buffer
+            self._pieces.append(data if isinstance(data, bytes) else bytes(data))  # a view's buffer may be reused
             self._pending += len(data)
         if self._pending <= self.params.max_size:
             return []
@@ -104,13 +106,13 @@ class StreamChunker:
         return self._cut(final=True) if self._pending else []
 
     def _cut(self, *, final: bool) -> list[Chunk]:
-        buffer = b"".join(self._pieces)
+        buffer = memoryview(self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces))
         found = [(chunk.offset, chunk.length) for chunk in self._cutter.cut_buf(buffer)]
         if not final and found[-1][1] < self.params.max_size:
             found.pop()  # the tail: the bytes after it may move its end
         done = [(self._offset + offset, buffer[offset:offset + length]) for offset, length in found]
         consumed = sum(length for _, length in found)
-        self._pieces = [buffer[consumed:]] if consumed < len(buffer) else []
+        self._pieces = [bytes(buffer[consumed:])] if consumed < len(buffer) else []
         self._pending -= consumed
         self._offset += consumed
         return done

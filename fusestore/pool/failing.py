@@ -18,11 +18,12 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from .packs import PackStore
+from .staging import StagingFile
 
 Action = BaseException | Callable[[], object]
 T = TypeVar("T")
 
-OPERATIONS = ("create", "append", "end", "seal", "read", "delete", "packs", "barrier")
+OPERATIONS = ("create", "append", "end", "seal", "read", "adopt", "delete", "packs", "barrier")
 
 
 class FailingPackStore:
@@ -72,6 +73,9 @@ class FailingPackStore:
 
     def read(self, pack: int, offset: int, length: int) -> bytes:
         return self._call("read", lambda: self.inner.read(pack, offset, length))
+
+    def adopt(self, pack: int, source: StagingFile) -> None:
+        self._call("adopt", lambda: self.inner.adopt(pack, source))
 
     def delete(self, pack: int) -> None:
         self._call("delete", lambda: self.inner.delete(pack))

@@ -47,7 +47,7 @@ from typing import Protocol
 
 from .. import linux, private
 from .blobstore import Promises
-from .staging import ShortRead
+from .staging import ShortRead, StagingFile
 
 READ_CACHE = 64  # packs kept open for reading
 MAX_PACK_ID = (1 << 64) - 1
@@ -81,6 +81,14 @@ class PackStore(Protocol):
 
     def read(self, pack: int, offset: int, length: int) -> bytes:
         """Exactly ``length`` bytes (ShortRead where the pack ends before)."""
+
+    def adopt(self, pack: int, source: StagingFile) -> None:
+        """A new pack, sealed, holding the bytes of a staging file that nothing will write again.
+
+        A large file of fresh chunks stored raw lies in its staging file as
+        a pack would hold it: this spares writing it twice. OSError when it
+        cannot be done (the caller appends the chunks instead).
+        """
 
     def delete(self, pack: int) -> None:
         """Remove the whole pack (none: nothing)."""
@@ -160,6 +168,13 @@ class LocalPackStore:
         with self._lock:
             self._written(pack)
         return offset
+
+    def adopt(self, pack: int, source: StagingFile) -> None:
+        """A second name for the staging file (one filesystem): its bytes are written once, and stay when it goes."""
+        os.link(source.path, self.path_of(pack))
+        with self._lock:
+            self._sealed.add(pack)
+            self._written(pack, named=True)
 
     def end(self, pack: int) -> int:
         with self._lock:

@@ -67,9 +67,9 @@ class StagingFile:
         """Start writing a range to disk without waiting, so that a later sync finds little to do."""
         linux.start_writeback(self._fd, offset, length)
 
-    def hash(self, on_read: Callable[[int], object] | None = None) -> tuple[bytes, int]:
-        """BLAKE3 and size of the whole file (for files not written in order); ``on_read`` as ``hash_fd``'s."""
-        return hash_fd(self._fd, on_read)
+    def hash(self, on_read: Callable[[int], object] | None = None, size: int | None = None) -> tuple[bytes, int]:
+        """BLAKE3 and size of the whole file, or its first ``size`` bytes; ``on_read`` as ``hash_fd``'s."""
+        return hash_fd(self._fd, on_read, size)
 
     def fill(self, reader: BinaryIO, length: int) -> tuple[bytes, int]:
         """Copy ``reader`` into this (empty) file, hashing as it goes: (digest, size).

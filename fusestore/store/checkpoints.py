@@ -175,13 +175,14 @@ class Checkpoints:
                 self.writes.undo_recorded(tx, record, remove_created=False)
             return
         if staged.size() > synced.size:
-            staged.truncate(synced.size)
             log.warning("recovery: kept the %d bytes of %s its last fsync made durable; what was written after "
                         "it is gone with the power", synced.size, path)
-        self._commit_recovered(staged, path, synced.mtime_ns)
+        self._commit_recovered(staged, path, synced.mtime_ns, synced.size)
 
-    def _commit_recovered(self, staged: StagingFile, path: str, mtime_ns: int) -> None:
-        digest, size = staged.hash()
+    def _commit_recovered(self, staged: StagingFile, path: str, mtime_ns: int, size: int | None = None) -> None:
+        """Commit the staging file, or its first ``size`` bytes. It is read, never written: the commit that
+        crashed may have made it a pack already (``PackStore.adopt``)."""
+        digest, size = staged.hash(size=size)
         try:
             self.writes.commit(staged, digest, size, mtime_ns=mtime_ns)
         except errors.HashMismatch as exc:

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import queue
 import struct
+import threading
 from collections.abc import Callable, Iterator
 
 from ..catalog import Chunk, Extent
 from ..pool import StagingFile
+from ..pool.chunker import Chunk as Piece
 from ..pool.chunker import StreamChunker
 from .chunks import Batch, Chunks, Gatherer
 
-_RUN = struct.Struct(">Q32sIQ?QQIB")  # a spilled run: end, chunk, length, count; appended?, pack, offset, stored, codec
+# A spilled run: end, chunk, length, count; then its chunk's place: kind, pack, offset, stored, codec.
+_RUN = struct.Struct(">Q32sIQBQQIB")
+_KNOWN, _APPENDED, _STAGED = 0, 1, 2  # the place a run's first record carries: none, in a pack, in the staging file
+QUEUED_CUTS = 16  # cuts (about a write's bytes each) waiting for the gathering thread
 _BATCH_HEAD = struct.Struct(">I")  # runs in the batch that follows
 
 
@@ -19,7 +25,13 @@ class ChunkStream:
 
     The writer's hashing thread feeds it (``feed``): the chunks are cut,
     hashed, looked up and the new ones appended as they come, so that a
-    large sequential write has little left to do at its commit. Its batches
+    large sequential write has little left to do at its commit. The feeding
+    thread cuts; a thread of the stream's own hashes each chunk, looks it up
+    and stores it (the two halves cost about the same, and two cores share
+    them). Its failure reaches the next ``feed`` or ``finish``. New chunks
+    stored raw are not appended: they stay where the staging file has them
+    (``staged_bytes`` of them), and the commit makes the staging file a pack
+    or appends them (``Chunks.record_streamed``). Its batches
     cannot be recorded yet (extents are keyed by the content's digest), so
     they are spilled, a fixed-size record per run, to a staging file that no
     record names (recovery deletes it after a crash; the chunks appended are
@@ -35,26 +47,66 @@ class ChunkStream:
         self._spilled = 0
         self._cutter = StreamChunker(chunks.params)
         self.hold: set[int] = set()  # the packs its appends went to, held until it is closed
-        self._gatherer = Gatherer(chunks, self.hold, self._spill_batch, None)
+        self._gatherer = Gatherer(chunks, self.hold, self._spill_batch, None, stage_raw=True)
         self.fed = 0
+        self._cuts: queue.Queue[list[Piece] | None] = queue.Queue(maxsize=QUEUED_CUTS)
+        self._failure: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def staged_bytes(self) -> int:
+        return self._gatherer.staged_bytes
 
     def feed(self, data: bytes) -> None:
-        for offset, piece in self._cutter.feed(data):
-            self._gatherer.add(offset, piece)
+        self._raise_failure()
+        cut = self._cutter.feed(data)
         self.fed += len(data)
+        if not cut:
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._gather, name="fusestore-chunks", daemon=True)
+            self._thread.start()
+        self._cuts.put(cut)
 
     def finish(self) -> None:
+        """Every chunk gathered, the last batch spilled (what failed on the way raises here)."""
+        self._stop()
+        self._raise_failure()
         for offset, piece in self._cutter.finish():
             self._gatherer.add(offset, piece)
         self._gatherer.finish()
+
+    def _gather(self) -> None:
+        while (cut := self._cuts.get()) is not None:
+            if self._failure is not None:
+                continue  # drain: the feeder learns of it at its next feed
+            try:
+                for offset, piece in cut:
+                    self._gatherer.add(offset, piece)
+            except BaseException as exc:
+                self._failure = exc
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._cuts.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
 
     def _spill_batch(self, batch: Batch) -> None:
         if self._spill is None:
             self._spill = self._new_spill()
         records = [_BATCH_HEAD.pack(len(batch.runs))]
         for run in batch.runs:
-            chunk = batch.appended.pop(run.chunk, None)  # the first run of a chunk carries where it was appended
-            records.append(_RUN.pack(run.end, run.chunk, run.length, run.count, chunk is not None,
+            chunk = batch.appended.pop(run.chunk, None)  # the first run of a chunk carries its place
+            kind = _APPENDED if chunk is not None else _KNOWN
+            if chunk is None and (chunk := batch.staged.pop(run.chunk, None)) is not None:
+                kind = _STAGED
+            records.append(_RUN.pack(run.end, run.chunk, run.length, run.count, kind,
                                      *((chunk.pack, chunk.offset, chunk.stored, chunk.codec) if chunk else (0,) * 4)))
         data = b"".join(records)
         self._spill.write(data, self._spilled)
@@ -69,14 +121,16 @@ class ChunkStream:
             raw = self._spill.read(count * _RUN.size, offset)
             offset += len(raw)
             batch = Batch([], {})
-            for end, chunk_digest, length, repeat, appended, pack, at, stored, codec in _RUN.iter_unpack(raw):
+            for end, chunk_digest, length, repeat, kind, pack, at, stored, codec in _RUN.iter_unpack(raw):
                 batch.runs.append(Extent(end, chunk_digest, length, repeat))
-                if appended:
-                    batch.appended[chunk_digest] = Chunk(chunk_digest, pack, at, stored, length, codec)
+                if kind != _KNOWN:
+                    places = batch.appended if kind == _APPENDED else batch.staged
+                    places[chunk_digest] = Chunk(chunk_digest, pack, at, stored, length, codec)
             yield batch
 
     def close(self) -> None:
         """The spill goes, and the hold on the packs (the stream was recorded, or abandoned)."""
+        self._stop()
         self._chunks.let_go(self.hold)
         if self._spill is not None:
             self._spill.area.discard(self._spill)

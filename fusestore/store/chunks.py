@@ -44,7 +44,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import blake3
@@ -52,7 +52,7 @@ import blake3
 from ..catalog import LAYOUT_CHUNKS, PENDING, Catalog, Chunk, Chunking, Extent, Pack, Resource, Txn, u64
 from ..pool.blobstore import Progress
 from ..pool.chunker import DEFAULT_PARAMS, ChunkParams, chunks
-from ..pool.codec import DEFAULT_COMPRESSION, Compression, DamagedChunk, decode, encode
+from ..pool.codec import DEFAULT_COMPRESSION, RAW, Compression, DamagedChunk, decode, encode
 from ..pool.packs import PackMissing, PackStore
 from ..pool.staging import ShortRead
 from .chunk_reader import ChunkReader
@@ -61,6 +61,8 @@ if TYPE_CHECKING:
     from .chunk_stream import ChunkStream
 
 PACK_TARGET = 32 << 20  # a pack is sealed once it holds this many bytes
+ADOPT_MIN = PACK_TARGET // 2  # a staging file becomes a pack from this size (smaller packs are compaction's)
+ADOPT_SHARE = 7 / 8  # ... when at least this share of it is new raw chunks (the rest is dead bytes there)
 LOOKUP_BYTES = 1 << 20  # content cut before its chunks are looked up in the catalog (one read transaction)
 BATCH_BYTES = 64 << 20  # content recorded per write transaction: each dirties pages all over the chunk table
 ANCHOR_AFTER_RUNS = 1024  # a batch recording this many runs asks for an anchor, so its replaced pages are reused
@@ -87,10 +89,11 @@ class _Vanished(Exception):
 
 @dataclass
 class Batch:
-    """One batch of a content being stored: its runs, and the chunks appended for it."""
+    """One batch of a content being stored: its runs, and the chunks stored for it, or to be."""
 
     runs: list[Extent]
     appended: dict[bytes, Chunk]  # chunks this batch stored (refcount 0 until recorded)
+    staged: dict[bytes, Chunk] = field(default_factory=dict)  # raw chunks left where the staging file has them
 
 
 class Chunks:
@@ -168,6 +171,13 @@ class Chunks:
         """
         with self._held_lock:
             return self._held[pack_id] > 0
+
+    def _hold(self, hold: set[int], pack_id: int) -> None:
+        """A store in flight (whose packs are ``hold``) appended to the pack: see ``held``."""
+        if pack_id not in hold:
+            hold.add(pack_id)
+            with self._held_lock:
+                self._held[pack_id] += 1
 
     def let_go(self, hold: set[int]) -> None:
         """A store in flight recorded (or gave up) its appends to these packs."""
@@ -253,15 +263,64 @@ class Chunks:
         return offset
 
     def record_streamed(self, digest: bytes, size: int, streamed: "ChunkStream",
-                        read: Callable[[int, int], bytes], on_stored: Progress | None = None) -> None:
-        """``store``, for a content a finished stream cut and stored already: its batches are recorded."""
+                        read: Callable[[int, int], bytes], on_stored: Progress | None = None,
+                        adopt: Callable[[int], None] | None = None) -> None:
+        """``store``, for a content a finished stream cut and stored already: its batches are recorded.
+
+        The stream left its new raw chunks in the staging file (``staged``):
+        ``adopt(pack)``, if given, makes the staging file that pack, and the
+        chunks stay where they are, when the file is large and mostly such
+        chunks. Otherwise they are read back and appended to the open pack.
+        """
         self._release_prefix(digest)
+        pack = self._adopt(size, streamed, adopt) if adopt is not None else None
         for batch in streamed.batches():
+            self._place_staged(batch, pack, read, streamed.hold)
             self._record_batch(digest, size, batch, read, streamed.hold)
             if on_stored is not None:
                 on_stored(batch.runs[-1].end - batch.runs[0].start if batch.runs else 0)
         if size == 0:
             self._record_batch(digest, size, Batch([], {}), read, streamed.hold)
+
+    def _adopt(self, size: int, streamed: "ChunkStream", adopt: Callable[[int], None]) -> int | None:
+        """The pack the staging file became, or None (too small, too little of it new, or it could not be).
+
+        Its row comes first, sealed and held: should the process end before
+        a batch records a chunk there, the next open frees it (``settle``).
+        """
+        if size < ADOPT_MIN or streamed.staged_bytes < size * ADOPT_SHARE:
+            return None
+        with self.catalog.write() as tx:
+            pack_id = tx.new_pack_id()
+            tx.save_pack(Pack(pack_id, size=size, sealed=True))
+        self._hold(streamed.hold, pack_id)
+        try:
+            adopt(pack_id)
+        except OSError as exc:
+            log.warning("the staging file of a %d-byte content could not become pack %016x (%s); its chunks "
+                        "are appended instead", size, pack_id, exc)
+            with self.catalog.write() as tx:
+                tx.delete_pack(pack_id)
+            return None
+        return pack_id
+
+    def _place_staged(self, batch: Batch, pack: int | None, read: Callable[[int, int], bytes],
+                      hold: set[int]) -> None:
+        """The batch's staged chunks get their places: in the adopted ``pack``, or appended from ``read``."""
+        if pack is not None:
+            for chunk_digest, at in batch.staged.items():
+                batch.appended[chunk_digest] = Chunk(chunk_digest, pack, at.offset, at.stored, at.length, at.codec)
+        else:
+            group: list[tuple[Chunk, bytes | memoryview]] = []
+            grouped = 0
+            for at in sorted(batch.staged.values(), key=lambda chunk: chunk.offset):
+                group.append((at, read(at.length, at.offset)))
+                grouped += at.length
+                if grouped >= LOOKUP_BYTES:
+                    batch.appended.update((chunk.digest, chunk) for chunk in self.append_encoded(group, hold))
+                    group, grouped = [], 0
+            batch.appended.update((chunk.digest, chunk) for chunk in self.append_encoded(group, hold) if group)
+        batch.staged = {}
 
     def _release_prefix(self, digest: bytes) -> None:
         """The extents a store cut short left to a still pending content go, before this store takes them again.
@@ -279,9 +338,9 @@ class Chunks:
                 if resource is not None and not resource.complete:
                     self.release(tx, digest)
 
-    def digest(self, piece: bytes) -> bytes:
+    def digest(self, piece: bytes | memoryview) -> bytes:
         """The BLAKE3 of a chunk (a chunk of zeros of a length seen before costs a scan, not a hash)."""
-        zeros = piece[:1] == b"\0" and piece[-1:] == b"\0" and piece.count(0) == len(piece)  # ends first: cheap
+        zeros = piece[:1] == b"\0" and piece[-1:] == b"\0" and bytes(piece).count(0) == len(piece)  # ends first
         zero = self._zero_digests.get(len(piece)) if zeros else None
         if zero is not None:
             return zero
@@ -305,16 +364,21 @@ class Chunks:
                     run = next(run for run in batch.runs if run.chunk == chunk_digest)
                     batch.appended[chunk_digest] = self.append(chunk_digest, read(run.length, run.start), hold)
 
-    def append(self, chunk_digest: bytes, piece: bytes, hold: set[int] | None) -> Chunk:
+    def append(self, chunk_digest: bytes, piece: bytes | memoryview, hold: set[int] | None) -> Chunk:
         """Encode and append a chunk; ``hold`` (of a store in flight) keeps its pack from being freed (``held``)."""
         return self.append_all([(chunk_digest, piece)], hold)[0]
 
-    def append_all(self, pieces: list[tuple[bytes, bytes]], hold: set[int] | None) -> list[Chunk]:
+    def append_all(self, pieces: list[tuple[bytes, bytes | memoryview]], hold: set[int] | None) -> list[Chunk]:
         """Encode (digest, bytes) chunks and append them to one pack with one write: their places, in order."""
-        encoded = []
-        for chunk_digest, piece in pieces:
-            codec, stored = encode(piece, self.compression)
-            encoded.append((Chunk(chunk_digest, 0, 0, len(stored), len(piece), codec), stored))
+        return self.append_encoded([self.encode(chunk_digest, piece) for chunk_digest, piece in pieces], hold)
+
+    def encode(self, chunk_digest: bytes, piece: bytes | memoryview) -> tuple[Chunk, bytes | memoryview]:
+        """A chunk as it would be stored (placed nowhere yet), and its stored bytes."""
+        codec, stored = encode(piece, self.compression)
+        return Chunk(chunk_digest, 0, 0, len(stored), len(piece), codec), stored
+
+    def append_encoded(self, encoded: list[tuple[Chunk, bytes | memoryview]], hold: set[int] | None) -> list[Chunk]:
+        """Append encoded chunks (``encode``) to one pack with one write: their places, in order."""
         return self._append_encoded(encoded, roll=True, hold=hold) or []
 
     def append_stored(self, chunk: Chunk, stored: bytes, *, roll: bool = True,
@@ -331,7 +395,7 @@ class Chunks:
         appended = self._append_encoded([(chunk, stored)], roll=roll, hold=hold)
         return appended[0] if appended else None
 
-    def _append_encoded(self, encoded: list[tuple[Chunk, bytes]], *, roll: bool,
+    def _append_encoded(self, encoded: list[tuple[Chunk, bytes | memoryview]], *, roll: bool,
                         hold: set[int] | None) -> list[Chunk] | None:
         """One write of stored chunks to the open pack (one syscall for many: they are small)."""
         with self._pack_lock:
@@ -341,10 +405,8 @@ class Chunks:
                 self._roll()
             assert self._open is not None
             offset = self.packs.append(self._open, b"".join(stored for _, stored in encoded))
-            if hold is not None and self._open not in hold:
-                hold.add(self._open)
-                with self._held_lock:
-                    self._held[self._open] += 1
+            if hold is not None:
+                self._hold(hold, self._open)
             placed = []
             for chunk, stored in encoded:
                 placed.append(Chunk(chunk.digest, self._open, offset, len(stored), chunk.length, chunk.codec))
@@ -516,26 +578,31 @@ class Gatherer:
     up in one read transaction and those the catalog lacks appended (then
     their bytes are let go); every ``BATCH_BYTES`` the batch goes to
     ``on_batch``, but for its last run, which may go on (so a hole stays one
-    row) and opens the next batch.
+    row) and opens the next batch. With ``stage_raw`` (a stream over a
+    staging file), a new chunk that would be stored raw is not appended: it
+    is left where it lies, in the batch's ``staged`` (``record_streamed``
+    places it).
     """
 
     def __init__(self, chunks: Chunks, hold: set[int], on_batch: Callable[[Batch], None],
-                 on_stored: Progress | None) -> None:
+                 on_stored: Progress | None, *, stage_raw: bool = False) -> None:
         self._chunks = chunks
         self._hold = hold
         self._on_batch = on_batch
         self._on_stored = on_stored
+        self._stage_raw = stage_raw
+        self.staged_bytes = 0
         self._batch = Batch([], {})
         self._seen: set[bytes] = set()  # chunks of this batch looked up (found or appended) or waiting to be
-        self._group: list[tuple[bytes, bytes]] = []  # (digest, bytes) not yet looked up
+        self._group: list[tuple[bytes, int, bytes | memoryview]] = []  # (digest, offset, bytes) not looked up yet
         self._grouped = self._batched = 0
 
-    def add(self, offset: int, piece: bytes) -> None:
+    def add(self, offset: int, piece: bytes | memoryview) -> None:
         chunk_digest = self._chunks.digest(piece)
         self._extend(Extent(offset + len(piece), chunk_digest, len(piece)))
         if chunk_digest not in self._seen:
             self._seen.add(chunk_digest)
-            self._group.append((chunk_digest, piece))
+            self._group.append((chunk_digest, offset, piece))
         self._advance(len(piece))
 
     def add_known(self, run: Extent) -> None:
@@ -564,15 +631,24 @@ class Gatherer:
             if self._batched >= BATCH_BYTES and len(runs) > 1:
                 carried = runs.pop()
                 self._on_batch(self._batch)
-                kept = self._batch.appended.get(carried.chunk)
-                self._batch = Batch([carried], {carried.chunk: kept} if kept is not None else {})
+                appended, staged = self._batch.appended.get(carried.chunk), self._batch.staged.get(carried.chunk)
+                self._batch = Batch([carried], {carried.chunk: appended} if appended is not None else {},
+                                    {carried.chunk: staged} if staged is not None else {})
                 self._seen, self._batched = {carried.chunk}, 0
 
     def _look_up(self) -> None:
         if self._group:
             with self._chunks.catalog.read() as tx:
-                lacking = [(d, piece) for d, piece in self._group if tx.chunk(d) is None]
-            for chunk in self._chunks.append_all(lacking, self._hold) if lacking else []:
+                lacking = [(d, offset, piece) for d, offset, piece in self._group if tx.chunk(d) is None]
+            encoded = [self._chunks.encode(d, piece) for d, _, piece in lacking]
+            if self._stage_raw:
+                for (chunk, _), (_, offset, _) in zip(encoded, lacking, strict=True):
+                    if chunk.codec == RAW:
+                        chunk.offset = offset  # in the content, which is where the staging file has it
+                        self._batch.staged[chunk.digest] = chunk
+                        self.staged_bytes += chunk.length
+                encoded = [(chunk, stored) for chunk, stored in encoded if chunk.digest not in self._batch.staged]
+            for chunk in self._chunks.append_encoded(encoded, self._hold) if encoded else []:
                 self._batch.appended[chunk.digest] = chunk
         if self._on_stored is not None and self._grouped:
             self._on_stored(self._grouped)

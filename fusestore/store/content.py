@@ -118,16 +118,19 @@ class Content:
         self.chunks.packs.barrier()
         self.blobs.barrier()
 
-    def store(self, digest: bytes, size: int, read: Callable[[int, int], bytes],
+    def store(self, digest: bytes, size: int, staged: StagingFile,
               streamed: ChunkStream | None = None, base: tuple[bytes, int] | None = None) -> None:
-        """Store the chunks of a content the catalog lacks (the caller holds its stripe, then completes it).
+        """Store the chunks of a staged content the catalog lacks (the caller holds its stripe, then completes it).
 
         ``streamed``: a finished stream that cut and stored them as they were
-        written; only its records are left. ``base``: see ``Chunks.store``.
+        written; only its records are left, and the staging file may become
+        a pack (nothing may write it after). ``base``: see ``Chunks.store``.
         """
+        read = staged.read
         try:
             if streamed is not None:
-                self.chunks.record_streamed(digest, size, streamed, read, self.stopping.check)
+                self.chunks.record_streamed(digest, size, streamed, read, self.stopping.check,
+                                            lambda pack: self.chunks.packs.adopt(pack, staged))
             else:
                 self.chunks.store(digest, size, read, self.stopping.check, base)
         except BaseException:

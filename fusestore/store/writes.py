@@ -279,7 +279,7 @@ class Writes:
                     return self._commit_once(record, staged, digest, size, mtime_ns, stored=False)
                 except _NeedsChunks:
                     pass
-            self.content.store(digest, size, staged.read, streamed, base)
+            self.content.store(digest, size, staged, streamed, base)
             try:
                 committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
             except BaseException:
