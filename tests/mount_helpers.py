@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from fusestore.cli.mounts import mounted_paths
+from fusestore.store.fsck import run_checks
+from fusestore.store.inspect import Inspection
 
 FUSESTORE = [sys.executable, "-m", "fusestore"]
 NOBODY = 65534
@@ -171,3 +173,9 @@ class Child:
         code = os.waitstatus_to_exitcode(self._status)
         assert code != 255, data.decode(errors="replace")
         return code, data
+
+
+def offline_problems(store: Path) -> list[str]:
+    """What fsck finds in an unmounted store."""
+    with Inspection.open(store) as inspection:
+        return [str(problem) for problem in run_checks(inspection)]

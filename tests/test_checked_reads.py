@@ -69,14 +69,17 @@ def test_a_verified_chunk_is_not_hashed_again(store_path: Path) -> None:
         assert read(store, "f") != DATA, "remembered as verified for the life of the process"
 
 
-def test_an_in_place_edit_checks_what_it_copies_whatever_the_limit(store_path: Path) -> None:
+def test_an_in_place_edit_checks_what_it_reads_of_its_base_whatever_the_limit(store_path: Path) -> None:
     with Store.open(store_path) as store:
         put(store, "f", DATA)
     flip_a_stored_byte(store_path, DATA)
     with Store.open(store_path, verify_limit=0) as store:
         _, _, ino = store.locate_for_environment(ENV, "f")
+        staged = store.writes.stage(ino, len(DATA))
+        store.writes.write(staged, b"edit", 0)
         with pytest.raises(errors.BadContent):
-            store.writes.stage(ino, len(DATA))
+            store.writes.hash(staged)
+        store.writes.abandon(staged, remove_created=False)
         assert store.staging.names() == []
 
 

@@ -187,25 +187,28 @@ def test_a_store_that_fails_keeps_no_partial_content(store: Store) -> None:
         assert [p.live for p in tx.packs()] in ([], [0])
 
 
-def test_an_edit_cuts_again_from_the_chunk_before_its_first_byte_and_gets_what_a_whole_cut_gets(
+def test_an_edit_is_cut_again_only_around_its_bytes_and_gets_what_a_whole_cut_gets(
     store: Store, tmp_path: Path
 ) -> None:
     original = fresh(6 * MiB, 11)
     put(store, "f", original)
     _, _, ino = store.locate_for_environment(ENV, "f")
-    staged = store.writes.stage(ino, len(original))  # an in-place edit: the content copied first
-    staged.write(b"EDIT" * 1000, 4 * MiB)
+    staged = store.writes.stage(ino, len(original))  # an in-place edit over the content
+    store.writes.write(staged, b"EDIT" * 1000, 4 * MiB)
     edited = original[:4 * MiB] + b"EDIT" * 1000 + original[4 * MiB + 4000:]
     read_at: list[int] = []
 
     def counting(length: int, offset: int) -> bytes:
         read_at.append(offset)
-        return staged.read(length, offset)
+        return store.writes.read(staged, length, offset)
 
     digest = blake3.blake3(edited).digest()
+    reuse = chunks.Reuse(blake3.blake3(original).digest(), 4 * MiB, 4 * MiB + 4000, len(original))
     with store.content.stripe(digest):
-        store.chunks.store(digest, len(edited), counting, base=(blake3.blake3(original).digest(), 4 * MiB))
-    assert min(read_at) > 4 * MiB - 2 * chunks.DEFAULT_PARAMS.max_size, "the bytes before the edit are not read"
+        store.chunks.store(digest, len(edited), counting, reuse=reuse)
+    max_chunk = chunks.DEFAULT_PARAMS.max_size
+    assert min(read_at) > 4 * MiB - 2 * max_chunk, "the bytes before the edit are not read"
+    assert max(read_at) < 4 * MiB + 4000 + 64 * max_chunk, "nor those well after it"
     with store.catalog.read() as tx:
         reused = [(e.end, e.chunk, e.count) for e in tx.extents(digest)]
     with Store.open(tmp_path / "other") as other:
@@ -224,9 +227,9 @@ def test_an_edit_committed_with_its_unchanged_prefix_reads_back_and_stores_only_
         _, _, ino = store.locate_for_environment(ENV, "f")
         before = live_chunk_bytes(store)
         staged = store.writes.stage(ino, len(original))
-        staged.write(b"x" * 100, 5 * MiB)
-        digest, size = staged.hash()
-        store.writes.commit(staged, digest, size, unchanged=5 * MiB)
+        store.writes.write(staged, b"x" * 100, 5 * MiB)
+        digest, size = store.writes.hash(staged)
+        store.writes.commit(staged, digest, size)
         edited = original[:5 * MiB] + b"x" * 100 + original[5 * MiB + 100:]
         assert read(store, "f") == edited
         assert live_chunk_bytes(store) - before < 4 * chunks.DEFAULT_PARAMS.max_size

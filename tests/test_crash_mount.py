@@ -35,13 +35,13 @@ import pytest
 
 from fusestore import Store
 from fusestore.cli.mounts import process_alive
-from fusestore.store.fsck import find_problems, run_checks
+from fusestore.store.fsck import find_problems
 from fusestore.store.inspect import Inspection
 from fusestore.store.owners import Owner
 
 from .chunk_accounting import accounting_problems
 from .helpers import ENV, live_chunk_bytes, read, stored_contents
-from .mount_helpers import Mount, eventually
+from .mount_helpers import Mount, eventually, offline_problems
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,11 +315,6 @@ def verify(model: Model, last: Op | None, env: Path, contents: Contents) -> tupl
 
 
 # -- the test ------------------------------------------------------------------------------------------
-
-
-def offline_problems(store: Path) -> list[str]:
-    with Inspection.open(store) as inspection:
-        return [str(problem) for problem in run_checks(inspection)]
 
 
 def kill_and_clean_up(mount: Mount, writer: subprocess.Popen[str]) -> list[str]:

@@ -341,8 +341,12 @@ def test_documented_layouts_decode_what_the_encoders_write(doc: str) -> None:
     bare = records.StagingRecord("ab" * 16, 6)
     assert decode(layout(doc, "staging", "value"), bare.encode()) == {
         "ino": 6, "flags": 0, "parent": 0, "expected_len": 0, "expected": b"", "entry": b""}
-    assert (records.STAGING_RESERVED, records.STAGING_KEEP) == (1, 2)
-    assert "value 1: reserved; value 2: keep" in doc
+    edit = records.StagingRecord("ab" * 16, 6, keep=True, base=digest, base_length=1 << 33)
+    assert decode(layout(doc, "staging", "value with the base flag"), edit.encode()) == {
+        "ino": 6, "flags": 6, "parent": 0, "expected_len": 0, "expected": b"", "base": digest,
+        "base_length": 1 << 33, "entry": b""}
+    assert (records.STAGING_RESERVED, records.STAGING_KEEP, records.STAGING_BASE) == (1, 2, 4)
+    assert "value 1: reserved; value 2: keep; value 4: base" in doc
 
     assert decode(layout(doc, "synced", "value"), records.Synced(4096, -7).encode()) == {"size": 4096, "mtime_ns": -7}
     assert decode(layout(doc, "dirents", "key"), key_u64(5) + b"name") == {"parent": 5, "name": b"name"}

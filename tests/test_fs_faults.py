@@ -20,12 +20,10 @@ from pathlib import Path
 import pytest
 
 from fusestore import Store
-from fusestore.store.fsck import run_checks
-from fusestore.store.inspect import Inspection
 
 from .chunk_accounting import accounting_problems
 from .helpers import ENV, stored_contents
-from .mount_helpers import require_fuse
+from .mount_helpers import offline_problems, require_fuse
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,11 +77,6 @@ def failing(tmp_path: Path) -> Iterator[FailingMount]:
         yield mounted
     finally:
         mounted.unmount()
-
-
-def fsck_problems(store: Path) -> list[str]:
-    with Inspection.open(store) as inspection:
-        return [str(problem) for problem in run_checks(inspection)]
 
 
 def tracebacks(mount: FailingMount, op: str) -> int:
@@ -152,7 +145,7 @@ def test_unexpected_faults_give_eio_a_logged_traceback_and_a_consistent_catalog(
     assert failing.daemon.returncode == 0, failing.log_text()
     with Store.open(failing.store) as store:
         assert accounting_problems(store) == [], failing.log_text()
-    assert fsck_problems(failing.store) == [], failing.log_text()
+    assert offline_problems(failing.store) == [], failing.log_text()
 
 
 def test_a_full_disk_at_an_append_fails_the_close_with_enospc_and_loses_nothing_else(failing: FailingMount) -> None:
@@ -178,4 +171,4 @@ def test_a_full_disk_at_an_append_fails_the_close_with_enospc_and_loses_nothing_
     with Store.open(failing.store) as store:
         assert accounting_problems(store) == [], failing.log_text()
         assert len(stored_contents(store)) == 3, "kept, big, new: nothing of the failed writes"
-    assert fsck_problems(failing.store) == [], failing.log_text()
+    assert offline_problems(failing.store) == [], failing.log_text()

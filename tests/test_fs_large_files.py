@@ -16,19 +16,13 @@ import pytest
 
 from fusestore.cli.mounts import process_alive
 from fusestore.fs.daemon import STOP_GRACE
-from fusestore.store.fsck import run_checks
 from fusestore.store.inspect import Inspection
 
 from .helpers import ENV
-from .mount_helpers import Child, Mount, eventually
+from .mount_helpers import Child, Mount, eventually, offline_problems
 
 MiB = 1 << 20
 HUGE = 1 << 40  # hashing its zeros takes minutes here: the commit is still running when the test stops it
-
-
-def fsck_problems(store: Path) -> list[str]:
-    with Inspection.open(store) as inspection:
-        return [str(problem) for problem in run_checks(inspection)]
 
 
 def test_max_file_size_gives_efbig_past_it_and_short_writes_across_it(mount_with: Callable[..., Mount]) -> None:
@@ -64,7 +58,7 @@ def test_max_file_size_gives_efbig_past_it_and_short_writes_across_it(mount_with
     assert os.stat(env / "f").st_size == MiB
     assert (env / "f").read_bytes()[-10:] == b"a" * 10
     mount.umount()
-    assert fsck_problems(mount.store) == []
+    assert offline_problems(mount.store) == []
 
 
 def test_a_sparse_file_commits_without_filling_its_holes(mount: Mount, env_dir: Path) -> None:
@@ -171,4 +165,4 @@ def _left_to_recovery(store: Path) -> None:
         assert [record.keep for record in records] == [True]
         assert os.stat(store / "staging" / records[0].name).st_size == HUGE
         assert os.stat(store / "staging" / records[0].name).st_blocks == 0
-    assert fsck_problems(store) == []
+    assert offline_problems(store) == []

@@ -26,6 +26,7 @@ from fusestore.digests import EMPTY_DIGEST
 from fusestore.pool import LocalPackStore, NoBlobs
 from fusestore.pool.local import blob_path
 from fusestore.store import chunks
+from fusestore.store.fsck import run_checks
 from fusestore.store.inspect import Inspection
 
 from .format2 import CHUNK_TABLES, make_format1, make_format2, write_blob
@@ -320,12 +321,23 @@ def set_format(store_path: Path, value: bytes) -> None:
         env.close()
 
 
+def test_a_version_3_store_opens_as_version_4_with_nothing_else_changed(store_path: Path) -> None:
+    with Store.open(store_path) as store:
+        put(store, "a", SMALL)
+    set_format(store_path, b"3")
+    with Store.open(store_path) as store:
+        assert read(store, "a") == SMALL
+    with Inspection.open(store_path) as ins:
+        assert ins.meta()[b"format"] == str(FORMAT_VERSION).encode() == b"4"
+        assert [str(problem) for problem in run_checks(ins)] == []
+
+
 def test_a_store_of_a_newer_format_is_refused_untouched_with_a_clear_message(store_path: Path) -> None:
     with Store.open(store_path) as store:
         put(store, "a", SMALL)
     set_format(store_path, str(FORMAT_VERSION + 1).encode())
     before = (store_path / "catalog" / "data.mdb").read_bytes()
-    expected = (f"store at {store_path} has format '{FORMAT_VERSION + 1}'; this fusestore reads formats 3, 2 and 1 "
+    expected = (f"store at {store_path} has format '{FORMAT_VERSION + 1}'; this fusestore reads formats 4, 3, 2 and 1 "
                 "only: a newer fusestore wrote it: open it with that version (this one changed nothing)")
     with pytest.raises(errors.UnknownFormat) as refused:
         Store.open(store_path)
@@ -340,7 +352,7 @@ def test_a_store_of_an_unknown_format_is_told_to_use_a_matching_version(store_pa
     with Store.open(store_path) as store:
         put(store, "a", SMALL)
     set_format(store_path, b"x9")
-    with pytest.raises(errors.UnknownFormat, match="has format 'x9'; this fusestore reads formats 3, 2 and 1 only: "
+    with pytest.raises(errors.UnknownFormat, match="has format 'x9'; this fusestore reads formats 4, 3, 2 and 1 only: "
                                                    "use a matching fusestore version$"):
         Store.open(store_path)
 

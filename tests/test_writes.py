@@ -131,21 +131,48 @@ def test_commit_keeps_the_mtime_it_is_given(store: Store) -> None:
     assert store.namespace.getattr(ino).mtime_ns == 1_234_567_890_123_456_789
 
 
-def test_stage_copies_the_first_bytes_of_the_current_content(store: Store) -> None:
+@pytest.fixture(params=["in place", "copied"])
+def edits(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Edits over the content (``store.edits``), or copies of it, as where staging files lose written zeros."""
+    if request.param == "copied":
+        monkeypatch.setattr("fusestore.store.writes.exact_holes", lambda staging: False)
+    return str(request.param)
+
+
+def test_stage_starts_from_the_first_bytes_of_the_current_content(store: Store, edits: str) -> None:
     put(store, "f", DATA)
     staged = store.writes.stage(ino_of(store, b"f"), 100)
-    assert staged.read(len(DATA), 0) == DATA[:100]
-    staged.write(b"tail", 100)
-    commit(store, staged)
+    assert (os.stat(staged.path).st_blocks == 0) == (edits == "in place")
+    assert store.writes.read(staged, len(DATA), 0) == DATA[:100]
+    store.writes.write(staged, b"tail", 100)
+    digest, size = store.writes.hash(staged)
+    store.writes.commit(staged, digest, size)
     assert read(store, "f") == DATA[:100] + b"tail"
+    assert find_problems(store) == []
 
 
-def test_stage_copies_at_most_the_whole_content(store: Store) -> None:
+def test_stage_starts_from_at_most_the_whole_content(store: Store, edits: str) -> None:
     put(store, "f", DATA)
     staged = store.writes.stage(ino_of(store, b"f"), 1 << 40)
-    assert staged.read(2 * len(DATA), 0) == DATA
+    assert store.writes.read(staged, 2 * len(DATA), 0) == DATA
+    assert find_problems(store) == [], "an open edit holds a reference to its base"
     store.writes.abandon(staged)
     assert read(store, "f") == DATA
+    assert find_problems(store) == []
+
+
+def test_an_edit_keeps_reading_its_base_when_the_file_gets_other_content(store: Store) -> None:
+    put(store, "f", DATA)
+    staged = store.writes.stage(ino_of(store, b"f"), len(DATA))
+    store.writes.write(staged, b"edit", 10)
+    put(store, "f", OTHER)  # a put by path: the base loses the file's reference, not the edit's
+    store.sync()
+    assert store.writes.read(staged, len(DATA), 0) == DATA[:10] + b"edit" + DATA[14:]
+    digest, size = store.writes.hash(staged)
+    store.writes.commit(staged, digest, size)
+    assert read(store, "f") == DATA[:10] + b"edit" + DATA[14:]
+    assert stored(store) == [digest]
+    assert find_problems(store) == []
 
 
 def test_stage_of_a_directory_is_einval(store: Store) -> None:
@@ -432,7 +459,8 @@ def crash_before_commit(store_path: Path, steps: str) -> None:
     script = textwrap.dedent(f"""
         import os, sys
         from fusestore import Store
-                from fusestore.store.owners import Owner
+        from fusestore.catalog import ROOT_INO
+        from fusestore.store.owners import Owner
         store = Store.open(sys.argv[1])
         env = store.namespace.mkdir(ROOT_INO, {ENV.encode()!r}, 0o755, Owner(0, 0)).ino
         attrs, staged = store.namespace.create(env, b"f", 0o644, Owner(0, 0))

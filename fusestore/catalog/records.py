@@ -9,8 +9,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-FORMAT_VERSION = 3  # the one place it is written: a change of any encoding here changes it
-READABLE_FORMATS = (str(FORMAT_VERSION).encode(), b"2", b"1")  # what a store may hold; the first is what is written
+FORMAT_VERSION = 4  # the one place it is written: a change of any encoding here changes it
+READABLE_FORMATS = (str(FORMAT_VERSION).encode(), b"3", b"2", b"1")  # a store may hold these; the first is written
 ROOT_INO = 1
 
 PENDING = 0
@@ -31,6 +31,8 @@ _CHUNKING = struct.Struct(">III")
 
 STAGING_RESERVED = 1  # the upload holds one reference to its expected digest
 STAGING_KEEP = 2  # bytes of an open file: recovery commits them (an unfinished put is undone)
+STAGING_BASE = 4  # an in-place edit: the file's holes read as its base content (which it holds one reference to)
+_BASE = struct.Struct(">32sQ")  # base digest, base length
 
 
 def u64(value: int) -> bytes:
@@ -118,7 +120,9 @@ class StagingRecord:
 
     ``parent``/``entry`` name the directory entry the upload created (parent
     0 when it wrote over an existing file); ``reserved`` says that it holds a
-    reference to ``expected``.
+    reference to ``expected``. ``base`` (an in-place edit, ``store.edits``):
+    the staging file's holes below ``base_length`` read as that content's
+    bytes, and the record holds one reference to it.
     """
 
     name: str
@@ -128,20 +132,27 @@ class StagingRecord:
     parent: int = 0
     entry: bytes = b""
     keep: bool = False
+    base: bytes | None = None
+    base_length: int = 0
 
     def encode(self) -> bytes:
-        flags = (STAGING_RESERVED if self.reserved else 0) | (STAGING_KEEP if self.keep else 0)
+        flags = ((STAGING_RESERVED if self.reserved else 0) | (STAGING_KEEP if self.keep else 0)
+                 | (STAGING_BASE if self.base is not None else 0))
         expected = self.expected or b""
-        return _STAGING.pack(self.ino, flags, self.parent, len(expected)) + expected + self.entry
+        base = _BASE.pack(self.base, self.base_length) if self.base is not None else b""
+        return _STAGING.pack(self.ino, flags, self.parent, len(expected)) + expected + base + self.entry
 
     @classmethod
     def decode(cls, name: bytes, raw: bytes) -> "StagingRecord":
         ino, flags, parent, size = _STAGING.unpack_from(raw)
         rest = bytes(raw[_STAGING.size:])
-        return cls(
-            name.decode("ascii"), ino, bool(flags & STAGING_RESERVED), rest[:size] or None,
-            parent, rest[size:], bool(flags & STAGING_KEEP),
-        )
+        expected, rest = rest[:size] or None, rest[size:]
+        base, base_length = None, 0
+        if flags & STAGING_BASE:
+            base, base_length = _BASE.unpack_from(rest)
+            rest = rest[_BASE.size:]
+        return cls(name.decode("ascii"), ino, bool(flags & STAGING_RESERVED), expected, parent, rest,
+                   bool(flags & STAGING_KEEP), base, base_length)
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ The write path, as the filesystem sees it:
   staging file with its inode (``Namespace.create``); otherwise the first
   write (or truncate) gives the inode one: empty when the file is truncated
   to 0 first (the shell's ``cmd > f``: libfuse negotiates atomic O_TRUNC, so
-  the truncation arrives with open's flags), otherwise a copy of the current
-  content made in a worker thread. Staging is per inode, shared by all its handles.
+  the truncation arrives with open's flags), otherwise an edit over the
+  current content (``store.edits``: nothing is copied). Staging is per
+  inode, shared by all its handles; its bytes are read and written through
+  ``Writes``, which knows an edit's.
 - Each write goes to the staging file. While writes arrive
   in order from offset 0, they also feed a running BLAKE3 hasher, so the
   common case (a file written front to back) needs no second pass; any other
@@ -64,7 +66,7 @@ class OpenInode:
     size: int = 0  # of the staged content
     hasher: RunningHash | None = None  # valid while writes came in order from offset 0
     hashed: int = 0
-    unchanged: int = 0  # nothing was written below this offset since the content was copied for an edit
+    unchanged: int = 0  # nothing was written below this offset since an edit's staging began
     mtime_ns: int | None = None
     blob: BlobReader | None = None
     lock: trio.Lock = field(default_factory=trio.Lock)
@@ -133,7 +135,7 @@ class OpenFiles:
         """The inode's staging file, created with the first ``keep`` bytes of its content."""
         if state.staged is None:
             keep = min(keep, self.store.namespace.getattr(state.ino).size)
-            if keep:  # copying the current content can take long
+            if keep:  # opening the current content (or copying it, see ``Writes.stage``) can take long
                 state.staged = await trio.to_thread.run_sync(self.store.writes.stage, state.ino, keep)
             else:
                 state.staged = self.store.writes.stage(state.ino, 0)
@@ -164,7 +166,7 @@ class OpenFiles:
             data = data[:allowed]
         async with state.lock:
             staged = await self._ensure_staged(state, keep=1 << 63)
-            written = staged.write(data, offset)
+            written = self.store.writes.write(staged, data, offset)
             state.unchanged = min(state.unchanged, offset)
             if state.hasher is not None:
                 if offset == state.hashed and written == len(data):
@@ -180,7 +182,7 @@ class OpenFiles:
         self.store.writes.check_size(size)
         async with state.lock:
             staged = await self._ensure_staged(state, keep=size)
-            staged.truncate(size)
+            self.store.writes.truncate(staged, size)
             state.unchanged = min(state.unchanged, size)
             if size == 0:
                 self._drop_hash(state)
@@ -194,7 +196,7 @@ class OpenFiles:
         if state.staged is not None:
             async with state.lock:
                 if state.staged is not None:
-                    return state.staged.read(size, offset)
+                    return self.store.writes.read(state.staged, size, offset)
         if state.blob is None:
             # Content changes all pass through here (commit) or through
             # ``forget_content``, so the reader stays valid until one of them.
@@ -285,7 +287,7 @@ class OpenFiles:
                 streamed = state.hasher.streamed()
             else:
                 self._drop_hash(state)
-                digest, size = staged.hash(self.store.stopping.check)  # a huge file's hashing gives up at a stop
+                digest, size = writes.hash(staged, self.store.stopping.check)  # a huge file's gives up at a stop
         except errors.Interrupted:
             raise  # the staging file stays recorded: recovery finishes the commit
         except BaseException:

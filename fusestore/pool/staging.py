@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import BinaryIO
 
 import blake3
@@ -54,6 +54,14 @@ class StagingFile:
 
     def size(self) -> int:
         return os.fstat(self._fd).st_size
+
+    def block_size(self) -> int:
+        """The filesystem's allocation block: a write fills whole ones (see ``extents``)."""
+        return os.fstat(self._fd).st_blksize
+
+    def extents(self, start: int, end: int) -> Iterator[tuple[int, int, bool]]:
+        """(offset, length, is_data) of what was written and the holes between ``start`` and ``end``."""
+        return linux.extents(self._fd, start, end)
 
     def modified_ns(self) -> int:
         """When the file was last written (recovery keeps it as the mtime of what it commits)."""

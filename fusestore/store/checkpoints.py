@@ -103,6 +103,7 @@ class Checkpoints:
             path = where.get(record.ino, f"inode {record.ino}")
             staged = self.staging.reopen(record.name)
             if record.keep and staged is not None:
+                self.writes.resume(record, staged)
                 if power_lost:
                     self._commit_fsynced_part(record, staged, path)
                 else:
@@ -182,7 +183,7 @@ class Checkpoints:
     def _commit_recovered(self, staged: StagingFile, path: str, mtime_ns: int, size: int | None = None) -> None:
         """Commit the staging file, or its first ``size`` bytes. It is read, never written: the commit that
         crashed may have made it a pack already (``PackStore.adopt``)."""
-        digest, size = staged.hash(size=size)
+        digest, size = self.writes.hash(staged, size=size)
         try:
             self.writes.commit(staged, digest, size, mtime_ns=mtime_ns)
         except errors.HashMismatch as exc:

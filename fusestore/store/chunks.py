@@ -43,7 +43,7 @@ import itertools
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -77,6 +77,16 @@ def chunking_params(chunking: Chunking) -> ChunkParams:
 
 
 DEFAULT_CHUNKING = Chunking(DEFAULT_PARAMS.min_size, DEFAULT_PARAMS.avg_size, DEFAULT_PARAMS.max_size)
+
+
+@dataclass(frozen=True)
+class Reuse:
+    """What storing an edited content may take from its base as it is: all outside ``[start, end)`` below ``limit``."""
+
+    base: bytes
+    start: int  # the first byte written (or truncated away)
+    end: int  # just after the last byte written
+    limit: int  # the base's bytes stop here (a truncation may have lowered it)
 
 
 class _Vanished(Exception):
@@ -211,7 +221,7 @@ class Chunks:
     # -- storing ---------------------------------------------------------------------------
 
     def store(self, digest: bytes, size: int, read: Callable[[int, int], bytes],
-              on_stored: Progress | None = None, base: tuple[bytes, int] | None = None) -> None:
+              on_stored: Progress | None = None, reuse: Reuse | None = None) -> None:
         """Record the extents of the content ``digest`` of ``size`` bytes, which ``read(length, offset)`` reads.
 
         The caller holds the digest's stripe lock and completes the resource
@@ -219,32 +229,96 @@ class Chunks:
         every ``LOOKUP_BYTES`` (it may raise to stop). A complete resource of a
         whole-file blob keeps its layout (``upgrade`` switches it).
 
-        ``base`` = (digest, n): the first n bytes are those of that stored
-        content (an in-place edit that copied it wrote nothing below n).
-        Its chunks up to the one holding byte n - 1 are taken as they are,
-        and the cutting starts there: a FastCDC cut depends only on the bytes
-        from the chunk's start, so the chunks come out as a cut from 0 would
-        give them, without reading the bytes before.
+        ``reuse`` (an in-place edit): the bytes are those of the stored
+        content ``reuse.base`` but in ``[start, end)`` and from ``limit`` on.
+        Its chunks up to the one holding byte ``start - 1`` are taken as they
+        are, and the cutting starts there: a FastCDC cut depends only on the
+        bytes from the chunk's start, so the chunks come out as a cut from 0
+        would give them, without reading the bytes before. Past ``end``, once
+        a cut ends where a base chunk ends, the cuts that follow are the
+        base's: its chunks are taken again, up to ``limit``.
         """
         self._release_prefix(digest)
         hold: set[int] = set()
         try:
             gatherer = Gatherer(self, hold, lambda batch: self._record_batch(digest, size, batch, read, hold),
                                  on_stored)
-            start = self._reuse(gatherer, *base) if base is not None else 0
-            for offset, piece in chunks(read, start, size, self.params):
-                gatherer.add(offset, piece)
+            base = self._chunked_length(reuse.base) if reuse is not None else None
+            if reuse is None or base is None:
+                self._cut(gatherer, read, 0, size)
+            else:
+                # The last base chunk that may be taken ends before ``limit``, or at the base's own end:
+                # where a truncation cut the base short, that cut was made knowing the byte after it.
+                limit = reuse.limit if reuse.limit >= base else reuse.limit - 1
+                start = self._take_prefix(gatherer, reuse.base, min(reuse.start, limit))
+                self._cut(gatherer, read, start, size, (reuse.base, reuse.end, limit))
             gatherer.finish(empty=size == 0)
         finally:
             self.let_go(hold)
 
-    def _reuse(self, gatherer: "Gatherer", base: bytes, unchanged: int) -> int:
-        """Feed the base content's chunks that end before the one holding byte ``unchanged - 1``; where it starts."""
+    def _chunked_length(self, digest: bytes) -> int | None:
+        """The length of a complete chunked content, or None."""
         with self.catalog.read() as tx:
-            resource = tx.resource(base)
-            if unchanged <= 0 or resource is None or not resource.complete or resource.layout != LAYOUT_CHUNKS:
-                return 0
-        last = min(unchanged, resource.length) - 1  # the first byte whose chunk is cut again
+            resource = tx.resource(digest)
+        if resource is None or not resource.complete or resource.layout != LAYOUT_CHUNKS:
+            return None
+        return resource.length
+
+    def _cut(self, gatherer: "Gatherer", read: Callable[[int, int], bytes], start: int, size: int,
+             resync: tuple[bytes, int, int] | None = None) -> None:
+        """Cut and gather ``[start, size)``; with ``resync`` = (base, after, limit), take the base's chunks
+        from the first cut past ``after`` that ends where a base chunk ends."""
+        ends = self._chunk_ends(*resync) if resync is not None else iter(())
+        base_end = next(ends, None)
+        for offset, piece in chunks(read, start, size, self.params):
+            gatherer.add(offset, piece)
+            end = offset + len(piece)
+            while base_end is not None and base_end < end:
+                base_end = next(ends, None)
+            if base_end is not None and base_end == end and resync is not None:
+                resumed = self._take_runs(gatherer, resync[0], end, resync[2])
+                if resumed < size:
+                    self._cut(gatherer, read, resumed, size)
+                return
+
+    def _chunk_ends(self, base: bytes, after: int, limit: int) -> Iterator[int]:
+        """Where the base content's chunks end, from ``after`` up to ``limit``."""
+        offset = after
+        while offset < limit:
+            with self.catalog.read() as tx:
+                window = list(itertools.islice(tx.extents(base, offset), REUSE_WINDOW))
+            if not window:
+                return
+            for run in window:
+                first = max(1, -(-(after - run.start) // run.length))  # the first copy that ends at or past ``after``
+                for copy in range(first, run.count + 1):
+                    end = run.start + copy * run.length
+                    if end > limit:
+                        return
+                    yield end
+                offset = run.end
+
+    def _take_runs(self, gatherer: "Gatherer", base: bytes, offset: int, limit: int) -> int:
+        """Feed the base's chunks from ``offset`` (where one starts) that end by ``limit``; where that stops."""
+        while offset < limit:
+            with self.catalog.read() as tx:
+                window = list(itertools.islice(tx.extents(base, offset), REUSE_WINDOW))
+            if not window:
+                return offset
+            for run in window:
+                copies = (min(run.end, limit) - offset) // run.length
+                if copies > 0:
+                    gatherer.add_known(Extent(offset + copies * run.length, run.chunk, run.length, copies))
+                    offset += copies * run.length
+                if offset < run.end:
+                    return offset
+        return offset
+
+    def _take_prefix(self, gatherer: "Gatherer", base: bytes, unchanged: int) -> int:
+        """Feed the base content's chunks that end before the one holding byte ``unchanged - 1``; where it starts."""
+        if unchanged <= 0:
+            return 0
+        last = unchanged - 1  # the first byte whose chunk is cut again
         offset = 0
         while offset <= last:
             with self.catalog.read() as tx:

@@ -71,7 +71,7 @@ def _entry_path(ins: Inspection, parent: int, name: bytes) -> str:
 
 
 def references(ins: Inspection) -> Counter[bytes]:
-    """References each digest should have: inodes whose content it is, and uploads that reserved it."""
+    """References each digest should have: inodes whose content it is, uploads that reserved it, edits based on it."""
     references: Counter[bytes] = Counter()
     for node in ins.inode_map().values():
         if stat.S_ISREG(node.mode) and node.content is not None:
@@ -79,6 +79,8 @@ def references(ins: Inspection) -> Counter[bytes]:
     for record in ins.staging_records():
         if record.reserved and record.expected is not None:
             references[record.expected] += 1
+        if record.base is not None:
+            references[record.base] += 1
     return references
 
 

@@ -9,6 +9,9 @@ through the mount, recovery of what a crash left) goes the same way:
    expected hash if any, and the directory entry the change created, so
    that a crash leaves nothing unaccounted for and a refusal can be undone.
 2. *Fill*: the bytes go to the staging file, hashed as they come (no lock).
+   An in-place edit's staging file holds only what is written, over the
+   content it edits (``edits``); ``read``, ``write``, ``truncate`` and
+   ``hash`` here see the staged content either way.
 3. *Commit* (``Writes.commit``): a content the catalog holds complete
    already is referenced in one transaction, and nothing is stored.
    Otherwise, under the digest's stripe lock, the staging file's chunks
@@ -39,7 +42,9 @@ from ..pool import StagingArea, StagingFile
 from .attributes import Attributes
 from .chunk_reader import ChunkReader
 from .chunk_stream import ChunkStream
+from .chunks import Reuse
 from .content import Content
+from .edits import Edit, exact_holes
 from .reserved import EXPECT_XATTR
 
 
@@ -79,23 +84,33 @@ class Writes:
         self._synced: set[str] = set()  # staging names whose record a checkpoint made durable
         self._retired: list[str] = []  # their staging files once committed: deleted after the next checkpoint
         self._bases: dict[str, bytes] = {}  # staging name -> the content an in-place edit's copy started from
+        self._edits: dict[str, Edit] = {}  # staging name -> an in-place edit over it (``edits``)
+        self._exact_holes: bool | None = None  # whether edits can be made without a copy here (probed once)
         self._lock = threading.Lock()
 
     # -- stage --------------------------------------------------------------------
 
     def record(self, tx: Txn, staged: StagingFile, node: Inode, *, keep: bool, expected: bytes | None = None,
-               created: tuple[int, bytes] | None = None, reserved: bool = False) -> StagingRecord:
+               created: tuple[int, bytes] | None = None, reserved: bool = False,
+               base: tuple[bytes, int] | None = None) -> StagingRecord:
         """Record a staging file for ``node`` inside the caller's transaction.
 
         ``keep``: an open file's bytes, which recovery commits (an unfinished
         put is undone instead). A pending expected hash set on the inode
-        (``expect``) moves into the record.
+        (``expect``) moves into the record. ``base`` = (digest, length): an
+        in-place edit's (``edits``), which the record holds a reference to.
         """
         pending = tx.xattr(node.ino, EXPECT_XATTR)
         if pending is not None:
             tx.remove_xattr(node.ino, EXPECT_XATTR)
             expected = expected or bytes(pending)
         record = StagingRecord(staged.name, node.ino, reserved=reserved, expected=expected, keep=keep)
+        if base is not None:
+            record.base, record.base_length = base
+            resource = tx.resource(record.base)
+            if resource is None or not resource.complete:
+                raise errors.NotFound(f"the content {record.base.hex()} an edit starts from went meanwhile")
+            tx.put(record.base, resource.length)
         if created is not None:
             record.parent, record.entry = created
         tx.add_staging(record)
@@ -107,35 +122,92 @@ class Writes:
     def stage(self, ino: int, copy_length: int) -> StagingFile:
         """A staging file for an open file, starting with the first ``copy_length`` bytes of its content.
 
-        The copy can be long: call this from a worker thread unless ``copy_length`` is 0.
+        A chunked content is not copied: the staging file is an ``Edit``
+        over it. Elsewhere the copy can be long: call this from a worker
+        thread unless ``copy_length`` is 0.
         """
         with self.catalog.read() as tx:
             node = tx.existing_inode(ino)
         if not stat.S_ISREG(node.mode):
             raise errors.InvalidArgument(f"inode {ino} is not a regular file")
         staged = self.staging.create()
+        edit = None
         try:
             copy_length = min(copy_length, node.size)
             base = None
             if copy_length:  # an in-place edit: what it starts from is checked whole, whatever the limit
                 reader = self.content.checked_open(ino, whole=True)
-                try:
-                    reader.copy_to(staged, copy_length, self.content.stopping.check)
-                finally:
-                    reader.close()
-                base = reader.digest if isinstance(reader, ChunkReader) else None  # what was copied, exactly
+                if isinstance(reader, ChunkReader) and self._edits_in_place():
+                    staged.truncate(copy_length)
+                    edit = Edit(staged, reader.digest, reader, copy_length)
+                else:
+                    try:
+                        reader.copy_to(staged, copy_length, self.content.stopping.check)
+                    finally:
+                        reader.close()
+                    base = reader.digest if isinstance(reader, ChunkReader) else None  # what was copied, exactly
             with self.catalog.write() as tx:
                 current = tx.inode(ino)
                 if current is None:
                     raise errors.NotFound(f"inode {ino} was deleted")
-                self.record(tx, staged, current, keep=True)
+                self.record(tx, staged, current, keep=True,
+                            base=(edit.base, edit.base_length) if edit is not None else None)
         except BaseException:
+            if edit is not None:
+                edit.close()
             self.staging.discard(staged)
             raise
-        if base is not None:
-            with self._lock:
+        with self._lock:
+            if base is not None:
                 self._bases[staged.name] = base
+            if edit is not None:
+                self._edits[staged.name] = edit
         return staged
+
+    def _edits_in_place(self) -> bool:
+        if self._exact_holes is None:
+            self._exact_holes = exact_holes(self.staging)
+        return self._exact_holes
+
+    def resume(self, record: StagingRecord, staged: StagingFile) -> None:
+        """Recovery: a staging file left by a crash reads as its record says (an edit over its base)."""
+        if record.base is not None:
+            edit = Edit(staged, record.base, self.content.open_content(record.base), record.base_length)
+            with self._lock:
+                self._edits[staged.name] = edit
+
+    # -- the staged bytes, as the file reads them ------------------------------------------------------
+
+    def _edit_of(self, staged: StagingFile) -> Edit | None:
+        with self._lock:
+            return self._edits.get(staged.name)
+
+    def read(self, staged: StagingFile, size: int, offset: int) -> bytes:
+        edit = self._edit_of(staged)
+        return edit.read(size, offset) if edit is not None else staged.read(size, offset)
+
+    def write(self, staged: StagingFile, data: bytes, offset: int) -> int:
+        edit = self._edit_of(staged)
+        return edit.write(data, offset) if edit is not None else staged.write(data, offset)
+
+    def truncate(self, staged: StagingFile, size: int) -> None:
+        """Truncate; an edit's lowered base length is recorded (recovery must not read the base past it)."""
+        edit = self._edit_of(staged)
+        if edit is None:
+            staged.truncate(size)
+            return
+        if edit.truncate(size):
+            with self.catalog.write() as tx:
+                record = tx.staging_record(staged.name)
+                if record is not None:
+                    record.base_length = edit.base_length
+                    tx.add_staging(record)
+
+    def hash(self, staged: StagingFile, on_read: Callable[[int], object] | None = None,
+             size: int | None = None) -> tuple[bytes, int]:
+        """BLAKE3 and size of the staged content (or of its first ``size`` bytes)."""
+        edit = self._edit_of(staged)
+        return edit.hash(on_read, size) if edit is not None else staged.hash(on_read, size)
 
     def writable(self, offset: int, length: int) -> int:
         """How many of ``length`` bytes may be written at ``offset``: all, or those below the size limit.
@@ -164,6 +236,9 @@ class Writes:
                 del self._of_inode[ino]
             self._synced.discard(name)
             self._bases.pop(name, None)
+            edit = self._edits.pop(name, None)
+        if edit is not None:
+            edit.close()
 
     def is_staged(self, ino: int) -> bool:
         """Whether an open file's change of ``ino`` is in flight (its committed hash is then not its content)."""
@@ -254,10 +329,8 @@ class Writes:
                 except _NeedsChunks:  # its last reference went meanwhile
                     pass
             if committed is None:
-                with self._lock:
-                    base = self._bases.get(staged.name)
-                reuse = (base, unchanged) if base is not None and unchanged > 0 else None
-                committed = self._store_and_commit(record, staged, digest, size, mtime_ns, streamed, reuse)
+                committed = self._store_and_commit(record, staged, digest, size, mtime_ns, streamed,
+                                                   self._reuse(staged, size, unchanged))
         except BaseException:
             # A store that fails promised nothing, and the file it made goes; a file made through
             # the mount stays, with its last content, as on any filesystem whose close() fails.
@@ -267,9 +340,18 @@ class Writes:
         tx.run_callbacks(tx.callbacks)  # outside the stripe lock: they may delete a pack
         return result
 
+    def _reuse(self, staged: StagingFile, size: int, unchanged: int) -> Reuse | None:
+        """What storing the staged content may take from the content it edits, if any."""
+        edit = self._edit_of(staged)
+        if edit is not None:
+            return edit.reuse()
+        with self._lock:
+            base = self._bases.get(staged.name)
+        return Reuse(base, unchanged, size, size) if base is not None and unchanged > 0 else None
+
     def _store_and_commit(self, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
                           mtime_ns: int | None, streamed: ChunkStream | None,
-                          base: tuple[bytes, int] | None) -> tuple[Attributes | None, Txn]:
+                          reuse: Reuse | None) -> tuple[Attributes | None, Txn]:
         """Store the chunks the catalog lacks, then commit; what was stored for nothing is dropped."""
         with self.content.stripe(digest):
             with self.catalog.read() as tx:
@@ -279,7 +361,8 @@ class Writes:
                     return self._commit_once(record, staged, digest, size, mtime_ns, stored=False)
                 except _NeedsChunks:
                     pass
-            self.content.store(digest, size, staged, streamed, base)
+            self.content.store(digest, size, staged, lambda length, offset: self.read(staged, length, offset),
+                               streamed=streamed, reuse=reuse)
             try:
                 committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
             except BaseException:
@@ -301,6 +384,8 @@ class Writes:
                 tx.remove_staging(record.name)
                 tx.after_commit(lambda: self._retire_or_discard(record, staged))
                 self.content.set_content(tx, node, digest, size, mtime_ns)
+                if record.base is not None:
+                    self.content.release(tx, record.base)
                 result = Attributes.of(node)
         return result, tx
 
@@ -338,6 +423,8 @@ class Writes:
         tx.after_commit(lambda: self._discard(record, staged))
         if record.reserved and record.expected is not None:
             self.content.release(tx, record.expected)
+        if record.base is not None:
+            self.content.release(tx, record.base)
         node = tx.inode(record.ino)
         if not (remove_created and record.parent and node is not None
                 and (node.content is None or record.keep)
