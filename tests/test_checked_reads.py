@@ -76,8 +76,8 @@ def test_an_in_place_edit_checks_what_it_reads_of_its_base_whatever_the_limit(st
     with Store.open(store_path, verify_limit=0) as store:
         _, _, ino = store.locate_for_environment(ENV, "f")
         staged = store.writes.stage(ino, len(DATA))
-        store.writes.write(staged, b"edit", 0)
-        with pytest.raises(errors.BadContent):
+        with pytest.raises(errors.BadContent):  # at the write, if it reads the damaged chunk to fill its block
+            store.writes.write(staged, b"edit", 0)
             store.writes.hash(staged)
         store.writes.abandon(staged, remove_created=False)
         assert store.staging.names() == []

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
+import lmdb
 import pytest
 
 from fusestore import Store, errors
@@ -498,3 +499,36 @@ def test_recovery_commits_a_created_file_whose_bytes_are_the_expected(store_path
     with Store.open(store_path) as store:
         assert read(store, "f") == DATA
         assert find_problems(store) == []
+
+
+EDIT_THEN_CRASH = """
+    digest, size = staged.hash()
+    store.writes.commit(staged, digest, size)
+    edit = store.writes.stage(ino, 1 << 40)
+    store.writes.write(edit, b"edited", 3)
+"""
+
+
+def test_recovery_commits_an_edit_a_crashed_process_left_over_its_base(store_path: Path) -> None:
+    crash_before_commit(store_path, EDIT_THEN_CRASH)
+    with Store.open(store_path) as store:
+        assert read(store, "f") == DATA[:3] + b"edited" + DATA[9:]
+        assert leftover_staging(store) == []
+        assert stored(store) == [digest_of(DATA[:3] + b"edited" + DATA[9:])]
+        assert find_problems(store) == []
+
+
+def test_recovery_of_an_edit_whose_base_is_gone_keeps_the_file_and_says_so(
+        store_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Only a damaged store lacks the content an edit's record holds: the edit is dropped, the open goes on."""
+    crash_before_commit(store_path, EDIT_THEN_CRASH)
+    env = lmdb.open(str(store_path / "catalog"), max_dbs=32)
+    try:
+        with env.begin(write=True) as txn:
+            assert txn.delete(digest_of(DATA), db=env.open_db(b"resources", txn=txn))
+    finally:
+        env.close()
+    with Store.open(store_path) as store:
+        assert "the content an edit of" in caplog.text and "is gone; the edit is lost" in caplog.text
+        assert leftover_staging(store) == []
+        assert store.namespace.getattr(ino_of(store, b"f")).size == len(DATA), "the file keeps its committed content"

@@ -39,7 +39,7 @@ import stat
 from .. import errors
 from ..catalog import LAYOUT_CHUNKS, PENDING, U64, Catalog, Resource, StagingRecord, Txn
 from ..digests import EMPTY_DIGEST
-from ..pool import StagingArea, StagingFile
+from ..pool import BlobMissing, StagingArea, StagingFile
 from .content import Content, describe_key
 from .inspect import Inspection
 from .writes import Writes
@@ -103,7 +103,15 @@ class Checkpoints:
             path = where.get(record.ino, f"inode {record.ino}")
             staged = self.staging.reopen(record.name)
             if record.keep and staged is not None:
-                self.writes.resume(record, staged)
+                try:
+                    self.writes.resume(record, staged)
+                except BlobMissing:
+                    log.error("recovery: the content an edit of %s started from is gone; the edit is lost, the "
+                              "file keeps its committed content (fusestore fsck)", path)
+                    staged.close()
+                    with self.catalog.write() as tx:
+                        self.writes.undo_recorded(tx, record, remove_created=False)
+                    continue
                 if power_lost:
                     self._commit_fsynced_part(record, staged, path)
                 else:

@@ -44,7 +44,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import blake3
@@ -249,7 +249,8 @@ class Chunks:
             else:
                 # The last base chunk that may be taken ends before ``limit``, or at the base's own end:
                 # where a truncation cut the base short, that cut was made knowing the byte after it.
-                limit = reuse.limit if reuse.limit >= base else reuse.limit - 1
+                bound = min(reuse.limit, size)
+                limit = bound if bound >= base else bound - 1
                 start = self._take_prefix(gatherer, reuse.base, min(reuse.start, limit))
                 self._cut(gatherer, read, start, size, (reuse.base, reuse.end, limit))
             gatherer.finish(empty=size == 0)
@@ -520,23 +521,20 @@ class Chunks:
             uses[run.chunk] = uses.get(run.chunk, 0) + run.count
         vanished: set[bytes] = set()
         changed: dict[int, Pack] = {}
-        rows: dict[bytes, Chunk] = {}
-        for chunk_digest in uses:
+        for chunk_digest, count in uses.items():  # a transaction that raises _Vanished writes nothing
             chunk = tx.chunk(chunk_digest)
-            if chunk is None:
-                chunk = batch.appended.get(chunk_digest)
-                if chunk is None or self.pack_of(tx, chunk.pack, changed) is None:
-                    vanished.add(chunk_digest)
-                    continue
-                changed[chunk.pack].live += chunk.stored
-                tx.add_chunk(chunk)
-            rows[chunk_digest] = chunk
+            if chunk is not None:
+                chunk.refcount += count
+                tx.save_chunk(chunk)
+                continue
+            appended = batch.appended.get(chunk_digest)
+            if appended is None or self.pack_of(tx, appended.pack, changed) is None:
+                vanished.add(chunk_digest)
+                continue
+            changed[appended.pack].live += appended.stored
+            tx.add_chunk(replace(appended, refcount=count))
         if vanished:
             raise _Vanished(vanished)
-        for chunk_digest, count in uses.items():
-            chunk = rows[chunk_digest]
-            chunk.refcount += count
-            tx.save_chunk(chunk)
         for pack in changed.values():
             tx.save_pack(pack)
             if not self.packs.promises.durable_on_put:

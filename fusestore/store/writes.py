@@ -423,7 +423,7 @@ class Writes:
         tx.after_commit(lambda: self._discard(record, staged))
         if record.reserved and record.expected is not None:
             self.content.release(tx, record.expected)
-        if record.base is not None:
+        if record.base is not None and tx.resource(record.base) is not None:  # gone only in a damaged store
             self.content.release(tx, record.base)
         node = tx.inode(record.ino)
         if not (remove_created and record.parent and node is not None
