@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import queue
 import struct
-import threading
 from collections.abc import Callable, Iterator
 
 from ..catalog import Chunk, Extent
 from ..pool import StagingFile
-from ..pool.chunker import Chunk as Piece
 from ..pool.chunker import StreamChunker
 from .chunks import Batch, Chunks, Gatherer
 
 # A spilled run: end, chunk, length, count; then its chunk's place: kind, pack, offset, stored, codec.
 _RUN = struct.Struct(">Q32sIQBQQIB")
 _KNOWN, _APPENDED, _STAGED = 0, 1, 2  # the place a run's first record carries: none, in a pack, in the staging file
-QUEUED_CUTS = 16  # cuts (about a write's bytes each) waiting for the gathering thread
 _BATCH_HEAD = struct.Struct(">I")  # runs in the batch that follows
 
 
@@ -25,10 +21,7 @@ class ChunkStream:
 
     The writer's hashing thread feeds it (``feed``): the chunks are cut,
     hashed, looked up and the new ones appended as they come, so that a
-    large sequential write has little left to do at its commit. The feeding
-    thread cuts; a thread of the stream's own hashes each chunk, looks it up
-    and stores it (the two halves cost about the same, and two cores share
-    them). Its failure reaches the next ``feed`` or ``finish``. New chunks
+    large sequential write has little left to do at its commit. New chunks
     stored raw are not appended: they stay where the staging file has them
     (``staged_bytes`` of them), and the commit makes the staging file a pack
     or appends them (``Chunks.record_streamed``). Its batches
@@ -49,53 +42,20 @@ class ChunkStream:
         self.hold: set[int] = set()  # the packs its appends went to, held until it is closed
         self._gatherer = Gatherer(chunks, self.hold, self._spill_batch, None, stage_raw=True)
         self.fed = 0
-        self._cuts: queue.Queue[list[Piece] | None] = queue.Queue(maxsize=QUEUED_CUTS)
-        self._failure: BaseException | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def staged_bytes(self) -> int:
         return self._gatherer.staged_bytes
 
     def feed(self, data: bytes) -> None:
-        self._raise_failure()
-        cut = self._cutter.feed(data)
+        for offset, piece in self._cutter.feed(data):
+            self._gatherer.add(offset, piece)
         self.fed += len(data)
-        if not cut:
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._gather, name="fusestore-chunks", daemon=True)
-            self._thread.start()
-        self._cuts.put(cut)
 
     def finish(self) -> None:
-        """Every chunk gathered, the last batch spilled (what failed on the way raises here)."""
-        self._stop()
-        self._raise_failure()
         for offset, piece in self._cutter.finish():
             self._gatherer.add(offset, piece)
         self._gatherer.finish()
-
-    def _gather(self) -> None:
-        while (cut := self._cuts.get()) is not None:
-            if self._failure is not None:
-                continue  # drain: the feeder learns of it at its next feed
-            try:
-                for offset, piece in cut:
-                    self._gatherer.add(offset, piece)
-            except BaseException as exc:
-                self._failure = exc
-
-    def _stop(self) -> None:
-        if self._thread is not None:
-            self._cuts.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def _raise_failure(self) -> None:
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
 
     def _spill_batch(self, batch: Batch) -> None:
         if self._spill is None:
@@ -130,7 +90,6 @@ class ChunkStream:
 
     def close(self) -> None:
         """The spill goes, and the hold on the packs (the stream was recorded, or abandoned)."""
-        self._stop()
         self._chunks.let_go(self.hold)
         if self._spill is not None:
             self._spill.area.discard(self._spill)

@@ -44,7 +44,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import blake3
@@ -415,7 +415,7 @@ class Chunks:
 
     def digest(self, piece: bytes | memoryview) -> bytes:
         """The BLAKE3 of a chunk (a chunk of zeros of a length seen before costs a scan, not a hash)."""
-        zeros = piece[:1] == b"\0" and piece[-1:] == b"\0" and bytes(piece).count(0) == len(piece)  # ends first
+        zeros = len(piece) > 0 and piece[0] == 0 == piece[-1] and bytes(piece).count(0) == len(piece)  # ends first
         zero = self._zero_digests.get(len(piece)) if zeros else None
         if zero is not None:
             return zero
@@ -532,7 +532,8 @@ class Chunks:
                 vanished.add(chunk_digest)
                 continue
             changed[appended.pack].live += appended.stored
-            tx.add_chunk(replace(appended, refcount=count))
+            tx.add_chunk(Chunk(chunk_digest, appended.pack, appended.offset, appended.stored, appended.length,
+                               appended.codec, count))
         if vanished:
             raise _Vanished(vanished)
         for pack in changed.values():
