@@ -104,10 +104,15 @@ WRITER = textwrap.dedent("""
             names.add(name)
             emit("E create", name, h(b""))
             content = b""
+            # Now and then a large file stored as it is written, whose staging file becomes a pack (adopt).
+            stream = store.writes.stream() if rng.random() < 0.1 else None
             for _ in range(rng.randrange(1, 4)):  # the bytes: a prefix of a stream the test can compute
-                chunk = written(seed, name, len(content) + rng.choice([1, 4096, 10000, 300000, 3 << 20]))[len(content):]
+                more = (9 << 20) if stream is not None else rng.choice([1, 4096, 10000, 300000, 3 << 20])
+                chunk = written(seed, name, len(content) + more)[len(content):]
                 emit("B write", name, h(content + chunk))
                 staged.write(chunk, len(content))
+                if stream is not None:
+                    stream.feed(chunk)
                 content += chunk
                 emit("E write", name, h(content))
             if rng.random() < 0.6:
@@ -117,7 +122,11 @@ WRITER = textwrap.dedent("""
                 emit("E fsync", name, h(content))
             emit("B commit", name, h(content))
             digest, size = staged.hash()
-            store.writes.commit(staged, digest, size)
+            if stream is not None:
+                stream.finish()
+            store.writes.commit(staged, digest, size, streamed=stream)
+            if stream is not None:
+                stream.close()
             emit("E commit", name, h(content))
 """)
 
