@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -136,6 +137,23 @@ def write_file(path: Path, size: int, seed: bytes, *, fsync: bool = False) -> No
             block += 1
         if fsync:
             os.fsync(out.fileno())
+
+
+def edit_middle(path: Path, size: int, round_number: int) -> None:
+    """Write 1 MiB of fresh bytes in the middle of a file of ``size`` bytes, opened without O_TRUNC, and close."""
+    with open(path, "r+b", buffering=0) as out:
+        out.seek(size // 2 - IO_BUFFER // 2)
+        out.write(blake3.blake3(b"edit %d" % round_number).digest(length=IO_BUFFER))
+
+
+def stored_bytes(mountpoint: Path) -> int:
+    """The bytes in the mount's packs, once a checkpoint (an fsync of its root) has settled them."""
+    fd = os.open(mountpoint, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return int(json.loads((mountpoint / ".stats").read_text())["pack_bytes"])
 
 
 def read_file(path: Path) -> None:
@@ -273,6 +291,14 @@ def bench_fs(args: argparse.Namespace) -> None:
                                for side, directory in directories.items()}, rounds=args.rounds)
             rates = {side: mib / seconds for side, seconds in best.items()}
             triple_line("sequential read, " + ("cold" if cold else "warm"), rates, "MB/s")
+
+            before = stored_bytes(mountpoint)
+            best = best_times({side: functools.partial(lambda r, d: edit_middle(d / "wFalse0", size, r), d=directory)
+                               for side, directory in directories.items()}, rounds=args.rounds)
+            triple_line("edit 1 MiB in the middle, to close", {side: 1 / seconds for side, seconds in best.items()},
+                        "edits/s")
+            grown = (stored_bytes(mountpoint) - before) / args.rounds / IO_BUFFER
+            print(f"{'':34s} (fusestore's packs grew by {grown:.2f} MiB per edit)")
         finally:
             bare.close()
 
