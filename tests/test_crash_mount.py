@@ -406,9 +406,9 @@ CRASH_SCRIPT = textwrap.dedent("""
     from fusestore import Store
     import blake3
     from fusestore.pool import FailingPackStore, LocalPackStore
-    from fusestore.store import chunks
+    from fusestore.store import gathering
     from fusestore.store.owners import Owner
-    chunks.BATCH_BYTES = 4 << 20  # a 20 MiB file in five batches
+    gathering.BATCH_BYTES = 4 << 20  # a 20 MiB file in five batches
     store_path, how, path, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     packs = FailingPackStore(LocalPackStore(store_path + "/packs"))
     store = Store.open(store_path, packs=packs)

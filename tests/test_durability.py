@@ -215,7 +215,7 @@ def test_a_crash_in_a_later_batch_of_a_large_file_releases_the_earlier_batches(s
     """
     crash_after(store_path, f"""
         import blake3
-        from fusestore.store.chunks import BATCH_BYTES
+        from fusestore.store.gathering import BATCH_BYTES
         put({ENV!r}, "a", A)
         big = os.urandom(3 * BATCH_BYTES)
         digest = blake3.blake3(big).digest()

@@ -25,7 +25,7 @@ from fusestore.cli import fsck_cmd
 from fusestore.digests import EMPTY_DIGEST
 from fusestore.pool import LocalPackStore, NoBlobs
 from fusestore.pool.local import blob_path
-from fusestore.store import chunks
+from fusestore.store import gathering
 from fusestore.store.fsck import run_checks
 from fusestore.store.inspect import Inspection
 
@@ -183,7 +183,7 @@ def upgrade_in_child(store_path: Path, *, packs: int | None = None, switches: in
             logger.setLevel(logging.DEBUG)
             if switches is not None:
                 logger.addHandler(DieOn("is in chunks now", switches))
-            chunks.BATCH_BYTES = 4 << 20  # the large file in three batches
+            gathering.BATCH_BYTES = 4 << 20  # the large file in three batches
             dying = DyingPacks(store_path / "packs", packs) if packs is not None else None
             Store.open(store_path, packs=dying)
         finally:

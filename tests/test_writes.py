@@ -21,8 +21,8 @@ import pytest
 from fusestore import Store, errors
 from fusestore.pool import FailingPackStore, LocalPackStore, StagingFile
 from fusestore.store.attributes import Attributes
-from fusestore.store.chunks import BATCH_BYTES
 from fusestore.store.fsck import find_problems
+from fusestore.store.gathering import BATCH_BYTES
 from fusestore.store.owners import Owner
 from fusestore.store.writes import Dropped, Refused
 

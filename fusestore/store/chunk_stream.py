@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterator
 from ..catalog import Chunk, Extent
 from ..pool import StagingFile
 from ..pool.chunker import StreamChunker
-from .chunks import Batch, Chunks, Gatherer
+from .chunks import Chunks
+from .gathering import Batch, Gatherer
 
 # A spilled run: end, chunk, length, count; then its chunk's place: kind, pack, offset, stored, codec.
 _RUN = struct.Struct(">Q32sIQBQQIB")

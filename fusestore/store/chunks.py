@@ -44,7 +44,7 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import blake3
@@ -52,10 +52,11 @@ import blake3
 from ..catalog import LAYOUT_CHUNKS, PENDING, Catalog, Chunk, Chunking, Extent, Pack, Resource, Txn, u64
 from ..pool.blobstore import Progress
 from ..pool.chunker import DEFAULT_PARAMS, ChunkParams, chunks
-from ..pool.codec import DEFAULT_COMPRESSION, RAW, Compression, DamagedChunk, decode, encode
+from ..pool.codec import DEFAULT_COMPRESSION, Compression, DamagedChunk, decode, encode
 from ..pool.packs import PackMissing, PackStore
 from ..pool.staging import ShortRead
 from .chunk_reader import ChunkReader
+from .gathering import LOOKUP_BYTES, Batch, Gatherer
 
 if TYPE_CHECKING:
     from .chunk_stream import ChunkStream
@@ -63,8 +64,6 @@ if TYPE_CHECKING:
 PACK_TARGET = 32 << 20  # a pack is sealed once it holds this many bytes
 ADOPT_MIN = PACK_TARGET // 2  # a staging file becomes a pack from this size (smaller packs are compaction's)
 ADOPT_SHARE = 7 / 8  # ... when at least this share of it is new raw chunks (the rest is dead bytes there)
-LOOKUP_BYTES = 1 << 20  # content cut before its chunks are looked up in the catalog (one read transaction)
-BATCH_BYTES = 64 << 20  # content recorded per write transaction: each dirties pages all over the chunk table
 ANCHOR_AFTER_RUNS = 1024  # a batch recording this many runs asks for an anchor, so its replaced pages are reused
 REUSE_WINDOW = 1024  # extents of an edit's base content read per transaction
 VERIFIED_MAX = 1 << 20  # chunk digests remembered as verified before the memory is given back
@@ -95,15 +94,6 @@ class _Vanished(Exception):
     def __init__(self, digests: set[bytes]) -> None:
         super().__init__(f"{len(digests)} chunks vanished")
         self.digests = digests
-
-
-@dataclass
-class Batch:
-    """One batch of a content being stored: its runs, and the chunks stored for it, or to be."""
-
-    runs: list[Extent]
-    appended: dict[bytes, Chunk]  # chunks this batch stored (refcount 0 until recorded)
-    staged: dict[bytes, Chunk] = field(default_factory=dict)  # raw chunks left where the staging file has them
 
 
 class Chunks:
@@ -265,7 +255,7 @@ class Chunks:
             return None
         return resource.length
 
-    def _cut(self, gatherer: "Gatherer", read: Callable[[int, int], bytes], start: int, size: int,
+    def _cut(self, gatherer: Gatherer, read: Callable[[int, int], bytes], start: int, size: int,
              resync: tuple[bytes, int, int] | None = None) -> None:
         """Cut and gather ``[start, size)``; with ``resync`` = (base, after, limit), take the base's chunks
         from the first cut past ``after`` that ends where a base chunk ends."""
@@ -299,7 +289,7 @@ class Chunks:
                     yield end
                 offset = run.end
 
-    def _take_runs(self, gatherer: "Gatherer", base: bytes, offset: int, limit: int) -> int:
+    def _take_runs(self, gatherer: Gatherer, base: bytes, offset: int, limit: int) -> int:
         """Feed the base's chunks from ``offset`` (where one starts) that end by ``limit``; where that stops."""
         while offset < limit:
             with self.catalog.read() as tx:
@@ -315,7 +305,7 @@ class Chunks:
                     return offset
         return offset
 
-    def _take_prefix(self, gatherer: "Gatherer", base: bytes, unchanged: int) -> int:
+    def _take_prefix(self, gatherer: Gatherer, base: bytes, unchanged: int) -> int:
         """Feed the base content's chunks that end before the one holding byte ``unchanged - 1``; where it starts."""
         if unchanged <= 0:
             return 0
@@ -642,95 +632,3 @@ class Chunks:
                 tx.add_unsynced(u64(fresh.pack), self.covering())
             replaced.add(chunk_digest)
         return replaced
-
-
-class Gatherer:
-    """Chunks in content order become batches: runs merged, new chunks looked up and appended as they come.
-
-    Every ``LOOKUP_BYTES`` the chunks not seen yet in the batch are looked
-    up in one read transaction and those the catalog lacks appended (then
-    their bytes are let go); every ``BATCH_BYTES`` the batch goes to
-    ``on_batch``, but for its last run, which may go on (so a hole stays one
-    row) and opens the next batch. With ``stage_raw`` (a stream over a
-    staging file), a new chunk that would be stored raw is not appended: it
-    is left where it lies, in the batch's ``staged`` (``record_streamed``
-    places it).
-    """
-
-    def __init__(self, chunks: Chunks, hold: set[int], on_batch: Callable[[Batch], None],
-                 on_stored: Progress | None, *, stage_raw: bool = False) -> None:
-        self._chunks = chunks
-        self._hold = hold
-        self._on_batch = on_batch
-        self._on_stored = on_stored
-        self._stage_raw = stage_raw
-        self.staged_bytes = 0
-        self._batch = Batch([], {})
-        self._seen: set[bytes] = set()  # chunks of this batch looked up (found or appended) or waiting to be
-        self._group: list[tuple[bytes, int, bytes | memoryview]] = []  # (digest, offset, bytes) not looked up yet
-        self._grouped = self._batched = 0
-
-    def add(self, offset: int, piece: bytes | memoryview) -> None:
-        chunk_digest = self._chunks.digest(piece)
-        self._extend(Extent(offset + len(piece), chunk_digest, len(piece)))
-        if chunk_digest not in self._seen:
-            self._seen.add(chunk_digest)
-            self._group.append((chunk_digest, offset, piece))
-        self._advance(len(piece))
-
-    def add_known(self, run: Extent) -> None:
-        """A run of a chunk the catalog holds (a base content's, before an edit): no bytes, no lookup.
-
-        Should its row go before the batch is recorded, the batch reads it
-        again where the run lies, as for any chunk that vanished.
-        """
-        self._extend(run)
-        self._seen.add(run.chunk)
-        self._advance(run.length * run.count)
-
-    def _extend(self, run: Extent) -> None:
-        runs = self._batch.runs
-        if runs and runs[-1].chunk == run.chunk and runs[-1].end == run.start and runs[-1].length == run.length:
-            last = runs[-1]
-            runs[-1] = Extent(run.end, run.chunk, run.length, last.count + run.count)
-        else:
-            runs.append(run)
-
-    def _advance(self, length: int) -> None:
-        runs = self._batch.runs
-        self._grouped += length
-        if self._grouped >= LOOKUP_BYTES:
-            self._look_up()
-            if self._batched >= BATCH_BYTES and len(runs) > 1:
-                carried = runs.pop()
-                self._on_batch(self._batch)
-                appended, staged = self._batch.appended.get(carried.chunk), self._batch.staged.get(carried.chunk)
-                self._batch = Batch([carried], {carried.chunk: appended} if appended is not None else {},
-                                    {carried.chunk: staged} if staged is not None else {})
-                self._seen, self._batched = {carried.chunk}, 0
-
-    def _look_up(self) -> None:
-        if self._group:
-            with self._chunks.catalog.read() as tx:
-                lacking = [(d, offset, piece) for d, offset, piece in self._group if tx.chunk(d) is None]
-            encoded = [self._chunks.encode(d, piece) for d, _, piece in lacking]
-            if self._stage_raw:
-                for (chunk, _), (_, offset, _) in zip(encoded, lacking, strict=True):
-                    if chunk.codec == RAW:
-                        chunk.offset = offset  # in the content, which is where the staging file has it
-                        self._batch.staged[chunk.digest] = chunk
-                        self.staged_bytes += chunk.length
-                encoded = [(chunk, stored) for chunk, stored in encoded if chunk.digest not in self._batch.staged]
-            for chunk in self._chunks.append_encoded(encoded, self._hold) if encoded else []:
-                self._batch.appended[chunk.digest] = chunk
-        if self._on_stored is not None and self._grouped:
-            self._on_stored(self._grouped)
-        self._batched += self._grouped
-        self._group, self._grouped = [], 0
-
-    def finish(self, *, empty: bool = False) -> None:
-        """The last batch (``empty``: a content of no bytes, which still makes its pending row)."""
-        self._look_up()
-        if self._batch.runs or empty:
-            self._on_batch(self._batch)
-        self._batch = Batch([], {})
