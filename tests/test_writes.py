@@ -7,7 +7,9 @@ that end with ``os._exit`` before their store is closed.
 from __future__ import annotations
 
 import errno
+import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -27,7 +29,7 @@ from fusestore.store.owners import Owner
 from fusestore.store.writes import Dropped, Refused
 
 from .chunk_accounting import accounting_problems
-from .helpers import ENV, env_of, leftover_staging, live_chunk_bytes, put, read, stored_contents
+from .helpers import ENV, env_of, leftover_staging, live_chunk_bytes, put, read, restart_machine, stored_contents
 
 OWNER = Owner(1000, 1000)
 DATA = b"committed content " * 1000
@@ -532,3 +534,23 @@ def test_recovery_of_an_edit_whose_base_is_gone_keeps_the_file_and_says_so(
         assert "the content an edit of" in caplog.text and "is gone; the edit is lost" in caplog.text
         assert leftover_staging(store) == []
         assert store.namespace.getattr(ino_of(store, b"f")).size == len(DATA), "the file keeps its committed content"
+
+
+def test_after_a_power_loss_an_edit_keeps_what_its_fsync_covered_over_its_base(
+        store_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    crash_before_commit(store_path, f"""
+        digest, size = staged.hash()
+        store.writes.commit(staged, digest, size)
+        edit = store.writes.stage(ino, 1 << 40)
+        store.writes.write(edit, b"edited", 3)
+        store.writes.write(edit, b"tail", {len(DATA)})
+        store.writes.sync_staged(edit)
+        store.sync()
+        store.writes.write(edit, b"after the fsync", {len(DATA) + 4})
+    """)
+    restart_machine(store_path / "catalog")
+    with caplog.at_level(logging.INFO, logger="fusestore"), Store.open(store_path) as store:
+        assert read(store, "f") == DATA[:3] + b"edited" + DATA[9:] + b"tail"
+        assert leftover_staging(store) == []
+        assert find_problems(store) == []
+    assert re.search(rf"kept the {len(DATA) + 4} bytes of /{ENV}/f .*its last fsync made durable", caplog.text)
