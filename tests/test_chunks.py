@@ -187,8 +187,9 @@ def test_a_store_that_fails_keeps_no_partial_content(store: Store) -> None:
         assert [p.live for p in tx.packs()] in ([], [0])
 
 
+@pytest.mark.parametrize("tail", ["kept", "cut short", "extended"])
 def test_an_edit_is_cut_again_only_around_its_bytes_and_gets_what_a_whole_cut_gets(
-    store: Store, tmp_path: Path
+    store: Store, tmp_path: Path, tail: str
 ) -> None:
     original = fresh(6 * MiB, 11)
     put(store, "f", original)
@@ -196,6 +197,14 @@ def test_an_edit_is_cut_again_only_around_its_bytes_and_gets_what_a_whole_cut_ge
     staged = store.writes.stage(ino, len(original))  # an in-place edit over the content
     store.writes.write(staged, b"EDIT" * 1000, 4 * MiB)
     edited = original[:4 * MiB] + b"EDIT" * 1000 + original[4 * MiB + 4000:]
+    limit = len(original)
+    if tail == "cut short":  # where the base's chunk ends there, its cut read the byte after
+        limit = len(original) - 100_000
+        store.writes.truncate(staged, limit)
+        edited = edited[:limit]
+    elif tail == "extended":  # the base's last chunk ended with the base; now zeros follow it
+        store.writes.truncate(staged, len(original) + 5000)
+        edited += bytes(5000)
     read_at: list[int] = []
 
     def counting(length: int, offset: int) -> bytes:
@@ -203,7 +212,7 @@ def test_an_edit_is_cut_again_only_around_its_bytes_and_gets_what_a_whole_cut_ge
         return store.writes.read(staged, length, offset)
 
     digest = blake3.blake3(edited).digest()
-    reuse = chunks.Reuse(blake3.blake3(original).digest(), 4 * MiB, 4 * MiB + 4000, len(original))
+    reuse = chunks.Reuse(blake3.blake3(original).digest(), 4 * MiB, 4 * MiB + 4000, limit)
     with store.content.stripe(digest):
         store.chunks.store(digest, len(edited), counting, reuse=reuse)
     max_chunk = chunks.DEFAULT_PARAMS.max_size

@@ -237,10 +237,10 @@ class Chunks:
             if reuse is None or base is None:
                 self._cut(gatherer, read, 0, size)
             else:
-                # The last base chunk that may be taken ends before ``limit``, or at the base's own end:
-                # where a truncation cut the base short, that cut was made knowing the byte after it.
+                # A base chunk is taken only where the byte after it (which its cut read) is the same in
+                # both, or where both contents end with it.
                 bound = min(reuse.limit, size)
-                limit = bound if bound >= base else bound - 1
+                limit = bound if bound == base == size else bound - 1
                 start = self._take_prefix(gatherer, reuse.base, min(reuse.start, limit))
                 self._cut(gatherer, read, start, size, (reuse.base, reuse.end, limit))
             gatherer.finish(empty=size == 0)
