@@ -30,11 +30,13 @@ chunk's bytes: a reader then looks the place up again. A store in flight
 given up): a pack's live bytes count only what is recorded, so nothing
 frees a held pack, however empty it looks.
 
-Two callers skip work the content's bytes would otherwise cost: a file
+Two callers skip work the content's bytes would otherwise cost. A file
 written in order is cut and stored while it is written (``ChunkStream``, fed
-by the writer's hashing thread), so its commit only records; and an
-in-place edit takes the chunks of the content it copied up to its first
-written byte as they are (``store``'s ``base``).
+by the writer's hashing thread), so its commit only records; when it is
+large and mostly new raw chunks, its staging file becomes a pack as it
+stands (``record_streamed``), so those bytes are written once. And an
+in-place edit (``edits``) takes its base's chunks before and after what it
+wrote as they are (``store``'s ``reuse``).
 """
 
 from __future__ import annotations
