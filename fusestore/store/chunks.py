@@ -433,11 +433,7 @@ class Chunks:
 
     def append(self, chunk_digest: bytes, piece: bytes | memoryview, hold: set[int] | None) -> Chunk:
         """Encode and append a chunk; ``hold`` (of a store in flight) keeps its pack from being freed (``held``)."""
-        return self.append_all([(chunk_digest, piece)], hold)[0]
-
-    def append_all(self, pieces: list[tuple[bytes, bytes | memoryview]], hold: set[int] | None) -> list[Chunk]:
-        """Encode (digest, bytes) chunks and append them to one pack with one write: their places, in order."""
-        return self.append_encoded([self.encode(chunk_digest, piece) for chunk_digest, piece in pieces], hold)
+        return self.append_encoded([self.encode(chunk_digest, piece)], hold)[0]
 
     def encode(self, chunk_digest: bytes, piece: bytes | memoryview) -> tuple[Chunk, bytes | memoryview]:
         """A chunk as it would be stored (placed nowhere yet), and its stored bytes."""
