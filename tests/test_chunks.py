@@ -14,6 +14,7 @@ import pytest
 from fusestore import Store
 from fusestore.pool import Compression
 from fusestore.store import chunks
+from fusestore.store.reuse import Reuse
 
 from .helpers import ENV, live_chunk_bytes, put, read, stored_contents
 
@@ -212,7 +213,7 @@ def test_an_edit_is_cut_again_only_around_its_bytes_and_gets_what_a_whole_cut_ge
         return store.writes.read(staged, length, offset)
 
     digest = blake3.blake3(edited).digest()
-    reuse = chunks.Reuse(blake3.blake3(original).digest(), 4 * MiB, 4 * MiB + 4000, limit)
+    reuse = Reuse(blake3.blake3(original).digest(), 4 * MiB, 4 * MiB + 4000, limit)
     with store.content.stripe(digest):
         store.chunks.store(digest, len(edited), counting, reuse=reuse)
     max_chunk = chunks.DEFAULT_PARAMS.max_size

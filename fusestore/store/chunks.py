@@ -41,17 +41,15 @@ wrote as they are (``store``'s ``reuse``).
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import blake3
 
-from ..catalog import LAYOUT_CHUNKS, PENDING, Catalog, Chunk, Chunking, Extent, Pack, Resource, Txn, u64
+from ..catalog import LAYOUT_CHUNKS, PENDING, Catalog, Chunk, Chunking, Pack, Resource, Txn, u64
 from ..pool.blobstore import Progress
 from ..pool.chunker import DEFAULT_PARAMS, ChunkParams, chunks
 from ..pool.codec import DEFAULT_COMPRESSION, Compression, DamagedChunk, decode, encode
@@ -59,6 +57,7 @@ from ..pool.packs import PackMissing, PackStore
 from ..pool.staging import ShortRead
 from .chunk_reader import ChunkReader
 from .gathering import LOOKUP_BYTES, Batch, Gatherer
+from .reuse import Reuse, chunk_ends, take_prefix, take_runs
 
 if TYPE_CHECKING:
     from .chunk_stream import ChunkStream
@@ -67,7 +66,6 @@ PACK_TARGET = 32 << 20  # a pack is sealed once it holds this many bytes
 ADOPT_MIN = PACK_TARGET // 2  # a staging file becomes a pack from this size (smaller packs are compaction's)
 ADOPT_SHARE = 7 / 8  # ... when at least this share of it is new raw chunks (the rest is dead bytes there)
 ANCHOR_AFTER_RUNS = 1024  # a batch recording this many runs asks for an anchor, so its replaced pages are reused
-REUSE_WINDOW = 1024  # extents of an edit's base content read per transaction
 VERIFIED_MAX = 1 << 20  # chunk digests remembered as verified before the memory is given back
 
 log = logging.getLogger(__name__)
@@ -78,16 +76,6 @@ def chunking_params(chunking: Chunking) -> ChunkParams:
 
 
 DEFAULT_CHUNKING = Chunking(DEFAULT_PARAMS.min_size, DEFAULT_PARAMS.avg_size, DEFAULT_PARAMS.max_size)
-
-
-@dataclass(frozen=True)
-class Reuse:
-    """What storing an edited content may take from its base as it is: all outside ``[start, end)`` below ``limit``."""
-
-    base: bytes
-    start: int  # the first byte written (or truncated away)
-    end: int  # just after the last byte written
-    limit: int  # the base's bytes stop here (a truncation may have lowered it)
 
 
 class _Vanished(Exception):
@@ -221,14 +209,10 @@ class Chunks:
         every ``LOOKUP_BYTES`` (it may raise to stop). A complete resource of a
         whole-file blob keeps its layout (``upgrade`` switches it).
 
-        ``reuse`` (an in-place edit): the bytes are those of the stored
-        content ``reuse.base`` but in ``[start, end)`` and from ``limit`` on.
-        Its chunks up to the one holding byte ``start - 1`` are taken as they
-        are, and the cutting starts there: a FastCDC cut depends only on the
-        bytes from the chunk's start, so the chunks come out as a cut from 0
-        would give them, without reading the bytes before. Past ``end``, once
-        a cut ends where a base chunk ends, the cuts that follow are the
-        base's: its chunks are taken again, up to ``limit``.
+        ``reuse`` (an in-place edit): the base's chunks before the written
+        bytes are taken as they are and the cutting starts there; past them,
+        once a cut ends where a base chunk ends, the base's are taken again
+        (``reuse`` tells why that gives the chunks of a cut from 0).
         """
         self._release_prefix(digest)
         hold: set[int] = set()
@@ -239,11 +223,8 @@ class Chunks:
             if reuse is None or base is None:
                 self._cut(gatherer, read, 0, size)
             else:
-                # A base chunk is taken only where the byte after it (which its cut read) is the same in
-                # both, or where both contents end with it.
-                bound = min(reuse.limit, size)
-                limit = bound if bound == base == size else bound - 1
-                start = self._take_prefix(gatherer, reuse.base, min(reuse.start, limit))
+                limit = reuse.last_end(base, size)
+                start = take_prefix(self.catalog, gatherer, reuse.base, min(reuse.start, limit))
                 self._cut(gatherer, read, start, size, (reuse.base, reuse.end, limit))
             gatherer.finish(empty=size == 0)
         finally:
@@ -261,7 +242,7 @@ class Chunks:
              resync: tuple[bytes, int, int] | None = None) -> None:
         """Cut and gather ``[start, size)``; with ``resync`` = (base, after, limit), take the base's chunks
         from the first cut past ``after`` that ends where a base chunk ends."""
-        ends = self._chunk_ends(*resync) if resync is not None else iter(())
+        ends = chunk_ends(self.catalog, *resync) if resync is not None else iter(())
         base_end = next(ends, None)
         for offset, piece in chunks(read, start, size, self.params):
             gatherer.add(offset, piece)
@@ -269,65 +250,10 @@ class Chunks:
             while base_end is not None and base_end < end:
                 base_end = next(ends, None)
             if base_end is not None and base_end == end and resync is not None:
-                resumed = self._take_runs(gatherer, resync[0], end, resync[2])
+                resumed = take_runs(self.catalog, gatherer, resync[0], end, resync[2])
                 if resumed < size:
                     self._cut(gatherer, read, resumed, size)
                 return
-
-    def _chunk_ends(self, base: bytes, after: int, limit: int) -> Iterator[int]:
-        """Where the base content's chunks end, from ``after`` up to ``limit``."""
-        offset = after
-        while offset < limit:
-            with self.catalog.read() as tx:
-                window = list(itertools.islice(tx.extents(base, offset), REUSE_WINDOW))
-            if not window:
-                return
-            for run in window:
-                first = max(1, -(-(after - run.start) // run.length))  # the first copy that ends at or past ``after``
-                for copy in range(first, run.count + 1):
-                    end = run.start + copy * run.length
-                    if end > limit:
-                        return
-                    yield end
-                offset = run.end
-
-    def _take_runs(self, gatherer: Gatherer, base: bytes, offset: int, limit: int) -> int:
-        """Feed the base's chunks from ``offset`` (where one starts) that end by ``limit``; where that stops."""
-        while offset < limit:
-            with self.catalog.read() as tx:
-                window = list(itertools.islice(tx.extents(base, offset), REUSE_WINDOW))
-            if not window:
-                return offset
-            for run in window:
-                copies = (min(run.end, limit) - offset) // run.length
-                if copies > 0:
-                    gatherer.add_known(Extent(offset + copies * run.length, run.chunk, run.length, copies))
-                    offset += copies * run.length
-                if offset < run.end:
-                    return offset
-        return offset
-
-    def _take_prefix(self, gatherer: Gatherer, base: bytes, unchanged: int) -> int:
-        """Feed the base content's chunks that end before the one holding byte ``unchanged - 1``; where it starts."""
-        if unchanged <= 0:
-            return 0
-        last = unchanged - 1  # the first byte whose chunk is cut again
-        offset = 0
-        while offset <= last:
-            with self.catalog.read() as tx:
-                window = list(itertools.islice(tx.extents(base, offset), REUSE_WINDOW))
-            if not window:
-                return offset
-            for run in window:
-                if run.end <= last:
-                    gatherer.add_known(run)
-                    offset = run.end
-                    continue
-                whole = (last - run.start) // run.length  # copies of the run's chunk that end before ``last``
-                if whole:
-                    gatherer.add_known(Extent(run.start + whole * run.length, run.chunk, run.length, whole))
-                return run.start + whole * run.length
-        return offset
 
     def record_streamed(self, digest: bytes, size: int, streamed: "ChunkStream",
                         read: Callable[[int, int], bytes], on_stored: Progress | None = None,

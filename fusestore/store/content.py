@@ -43,8 +43,9 @@ from ..digests import EMPTY_DIGEST, hash_ranges
 from ..pool import BlobMissing, BlobReader, BlobStore, StagingFile
 from ..pool.blobstore import Progress
 from .chunk_stream import ChunkStream
-from .chunks import Chunks, Reuse
+from .chunks import Chunks
 from .openinodes import OpenInodes
+from .reuse import Reuse
 from .stopping import Stopping
 
 STRIPES = 64

@@ -33,7 +33,7 @@ import blake3
 from .. import linux
 from ..digests import IO_BUFFER
 from ..pool import BlobReader, StagingArea, StagingFile
-from .chunks import Reuse
+from .reuse import Reuse
 
 HOLE_LOSING_FILESYSTEMS = {0x2FC12FC1}  # zfs (with compression, a block of zeros is stored as a hole)
 

@@ -42,10 +42,10 @@ from ..pool import StagingArea, StagingFile
 from .attributes import Attributes
 from .chunk_reader import ChunkReader
 from .chunk_stream import ChunkStream
-from .chunks import Reuse
 from .content import Content
 from .edits import Edit, exact_holes
 from .reserved import EXPECT_XATTR
+from .reuse import Reuse
 
 
 @dataclass(frozen=True)
