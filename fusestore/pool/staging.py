@@ -10,7 +10,6 @@ leave this package: callers read, write and hash through ``StagingFile``.
 
 from __future__ import annotations
 
-import errno
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -51,15 +50,9 @@ class StagingFile:
         hole costs the kernel about 2 s per GiB here (it fills fresh pages
         with zeros), zeros made in memory almost nothing.
         """
-        if size >= HOLE_CHECK_MIN and self._in_a_hole(offset, size):
+        if size >= HOLE_CHECK_MIN and next(self.extents(offset, offset + size)) == (offset, size, False):
             return bytes(max(0, min(offset + size, self.size()) - offset))
         return os.pread(self._fd, size, offset)
-
-    def _in_a_hole(self, offset: int, size: int) -> bool:
-        try:
-            return os.lseek(self._fd, offset, os.SEEK_DATA) >= offset + size
-        except OSError as exc:
-            return exc.errno == errno.ENXIO  # no data from ``offset`` on (EINVAL: the filesystem cannot tell)
 
     def truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
