@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import blake3
 import lmdb
@@ -146,22 +147,25 @@ def catalog_write(path: Path) -> Iterator[Txn]:
         catalog.close()
 
 
+Row = TypeVar("Row")
+
+
+def changed(row: Row | None, fields: dict[str, object]) -> Row:
+    """The catalog row, which must be there, with ``fields`` set (behind the store's back: a damage to find)."""
+    assert row is not None
+    for name, value in fields.items():
+        setattr(row, name, value)
+    return row
+
+
 def change_inode(h: Healthy, ino: int, **fields: object) -> None:
     with catalog_write(h.path) as tx:
-        node = tx.inode(ino)
-        assert node is not None
-        for name, value in fields.items():
-            setattr(node, name, value)
-        tx.save_inode(node)
+        tx.save_inode(changed(tx.inode(ino), fields))
 
 
 def change_resource(h: Healthy, data: bytes, **fields: object) -> None:
     with catalog_write(h.path) as tx:
-        res = tx.resource(blake3.blake3(data).digest())
-        assert res is not None
-        for name, value in fields.items():
-            setattr(res, name, value)
-        tx.save_resource(res)
+        tx.save_resource(changed(tx.resource(blake3.blake3(data).digest()), fields))
 
 
 def bump_refcount_raw(h: Healthy) -> None:
@@ -289,9 +293,7 @@ def delete_a_chunk_row_only(h: Healthy) -> None:
 def change_chunk(h: Healthy, data: bytes = SHARED, **fields: object) -> None:
     chunk = h.chunk(data)
     with catalog_write(h.path) as tx:
-        for name, value in fields.items():
-            setattr(chunk, name, value)
-        tx.save_chunk(chunk)
+        tx.save_chunk(changed(chunk, fields))
 
 
 def add_unused_chunk_row(h: Healthy) -> None:
@@ -310,11 +312,7 @@ def move_chunk_to_a_missing_pack(h: Healthy) -> None:
 def change_pack(h: Healthy, **fields: object) -> None:
     pack_id = h.chunk().pack
     with catalog_write(h.path) as tx:
-        pack = tx.pack(pack_id)
-        assert pack is not None
-        for name, value in fields.items():
-            setattr(pack, name, value)
-        tx.save_pack(pack)
+        tx.save_pack(changed(tx.pack(pack_id), fields))
 
 
 def delete_an_index_row(h: Healthy) -> None:
