@@ -1,10 +1,4 @@
-"""Gathering a content's chunks, in order, into batches a transaction each records (``Chunks.store``).
-
-``Gatherer`` merges runs of a repeated chunk, looks up the new chunks every
-``LOOKUP_BYTES`` and stores those the catalog lacks, and hands a ``Batch``
-on every ``BATCH_BYTES``: memory and the writer lock's hold stay bounded
-whatever the content's size.
-"""
+"""A content's chunks, in order, gathered into the batches that ``Chunks.store`` records a transaction each."""
 
 from __future__ import annotations
 
