@@ -136,7 +136,8 @@ def crash_in_a_streamed_commit(store_path: Path, data: bytes, steps: str) -> Non
 
 @pytest.mark.parametrize("where", ["adopted", "recorded"])
 def test_a_crash_after_the_staging_file_became_a_pack_loses_nothing(store_path: Path, where: str) -> None:
-    """Killed once the pack exists (its chunks not yet recorded, or recorded on the pending content):
+    """Killed once the pack exists (its chunks not yet recorded, or all but the last batch's recorded on the
+    pending content):
     recovery commits the staging file, which it reads and never writes, and the pack goes."""
     data = fresh(LARGE, b"crash " + where.encode())
     if where == "adopted":
@@ -147,8 +148,10 @@ def test_a_crash_after_the_staging_file_became_a_pack_loses_nothing(store_path: 
         """
     else:
         steps = """
+            from fusestore.store import gathering
             from fusestore.store.writes import Writes
-            Writes._commit_once = lambda *args, **kwargs: os._exit(3)
+            gathering.BATCH_BYTES = 4 << 20  # the batches before the last are recorded on their own
+            Writes._commit_in = lambda *args, **kwargs: os._exit(3)  # in the last batch's transaction
         """
     crash_in_a_streamed_commit(store_path, data, steps)
     with Store.open(store_path) as store:

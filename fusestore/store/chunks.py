@@ -70,6 +70,8 @@ VERIFIED_MAX = 1 << 20  # chunk digests remembered as verified before the memory
 
 log = logging.getLogger(__name__)
 
+Finish = Callable[[Txn], None]  # a caller's work in the transaction that records a content's last batch
+
 
 def chunking_params(chunking: Chunking) -> ChunkParams:
     return ChunkParams(chunking.min_size, chunking.avg_size, chunking.max_size)
@@ -201,7 +203,7 @@ class Chunks:
     # -- storing ---------------------------------------------------------------------------
 
     def store(self, digest: bytes, size: int, read: Callable[[int, int], bytes],
-              on_stored: Progress | None = None, reuse: Reuse | None = None) -> None:
+              on_stored: Progress | None = None, reuse: Reuse | None = None, finish: Finish | None = None) -> None:
         """Record the extents of the content ``digest`` of ``size`` bytes, which ``read(length, offset)`` reads.
 
         The caller holds the digest's stripe lock and completes the resource
@@ -213,6 +215,10 @@ class Chunks:
         bytes are taken as they are and the cutting starts there; past them,
         once a cut ends where a base chunk ends, the base's are taken again
         (``reuse`` tells why that gives the chunks of a cut from 0).
+
+        ``finish(tx)``, if given, runs in the transaction that records the
+        last batch, which defers its callbacks to the caller: a commit there
+        saves a small file a transaction of its own.
         """
         self._release_prefix(digest)
         hold: set[int] = set()
@@ -226,7 +232,8 @@ class Chunks:
                 limit = reuse.last_end(base, size)
                 start = take_prefix(self.catalog, gatherer, reuse.base, min(reuse.start, limit))
                 self._cut(gatherer, read, start, size, (reuse.base, reuse.end, limit))
-            gatherer.finish(empty=size == 0)
+            gatherer.finish(empty=size == 0, last=None if finish is None else
+                            lambda batch: self._record_batch(digest, size, batch, read, hold, finish))
         finally:
             self.let_go(hold)
 
@@ -257,23 +264,28 @@ class Chunks:
 
     def record_streamed(self, digest: bytes, size: int, streamed: "ChunkStream",
                         read: Callable[[int, int], bytes], on_stored: Progress | None = None,
-                        adopt: Callable[[int], None] | None = None) -> None:
+                        adopt: Callable[[int], None] | None = None, finish: Finish | None = None) -> None:
         """``store``, for a content a finished stream cut and stored already: its batches are recorded.
 
         The stream left its new raw chunks in the staging file (``staged``):
         ``adopt(pack)``, if given, makes the staging file that pack, and the
         chunks stay where they are, when the file is large and mostly such
         chunks. Otherwise they are read back and appended to the open pack.
+        ``finish``: as ``store``'s.
         """
         self._release_prefix(digest)
         pack = self._adopt(size, streamed, adopt) if adopt is not None else None
-        for batch in streamed.batches():
+        batches = streamed.batches()
+        batch = next(batches, None)
+        if batch is None and (size == 0 or finish is not None):
+            batch = Batch([], {})
+        while batch is not None:
+            following = next(batches, None)
             self._place_staged(batch, pack, read, streamed.hold)
-            self._record_batch(digest, size, batch, read, streamed.hold)
+            self._record_batch(digest, size, batch, read, streamed.hold, finish if following is None else None)
             if on_stored is not None:
                 on_stored(batch.runs[-1].end - batch.runs[0].start if batch.runs else 0)
-        if size == 0:
-            self._record_batch(digest, size, Batch([], {}), read, streamed.hold)
+            batch = following
 
     def _adopt(self, size: int, streamed: "ChunkStream", adopt: Callable[[int], None]) -> int | None:
         """The pack the staging file became, or None (too small, too little of it new, or it could not be).
@@ -344,12 +356,14 @@ class Chunks:
         return digest
 
     def _record_batch(self, digest: bytes, size: int, batch: Batch, read: Callable[[int, int], bytes],
-                      hold: set[int]) -> None:
+                      hold: set[int], finish: Finish | None = None) -> None:
         """One transaction for the batch; chunks that vanished meanwhile are read again and appended."""
         while True:
             try:
-                with self.catalog.write() as tx:
+                with self.catalog.write(defer_callbacks=finish is not None) as tx:
                     self._record(tx, digest, size, batch)
+                    if finish is not None:
+                        finish(tx)
                 if len(batch.runs) >= ANCHOR_AFTER_RUNS:
                     self.catalog.anchor_soon()
                 return

@@ -43,7 +43,7 @@ from ..digests import EMPTY_DIGEST, hash_ranges
 from ..pool import BlobMissing, BlobReader, BlobStore, StagingFile
 from ..pool.blobstore import Progress
 from .chunk_stream import ChunkStream
-from .chunks import Chunks
+from .chunks import Chunks, Finish
 from .openinodes import OpenInodes
 from .reuse import Reuse
 from .stopping import Stopping
@@ -120,20 +120,20 @@ class Content:
         self.blobs.barrier()
 
     def store(self, digest: bytes, size: int, staged: StagingFile, read: Callable[[int, int], bytes], *,
-              streamed: ChunkStream | None = None, reuse: Reuse | None = None) -> None:
+              streamed: ChunkStream | None = None, reuse: Reuse | None = None, finish: Finish | None = None) -> None:
         """Store the chunks of a staged content the catalog lacks (the caller holds its stripe, then completes it).
 
         ``read`` reads the content (the staging file, or an edit over it).
         ``streamed``: a finished stream that cut and stored them as they were
         written; only its records are left, and the staging file may become
-        a pack (nothing may write it after). ``reuse``: see ``Chunks.store``.
+        a pack (nothing may write it after). ``reuse``, ``finish``: see ``Chunks.store``.
         """
         try:
             if streamed is not None:
                 self.chunks.record_streamed(digest, size, streamed, read, self.stopping.check,
-                                            lambda pack: self.chunks.packs.adopt(pack, staged))
+                                            lambda pack: self.chunks.packs.adopt(pack, staged), finish)
             else:
-                self.chunks.store(digest, size, read, self.stopping.check, reuse)
+                self.chunks.store(digest, size, read, self.stopping.check, reuse, finish)
         except BaseException:
             self.chunks.drop_partial(digest)
             raise

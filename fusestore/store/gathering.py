@@ -110,9 +110,12 @@ class Gatherer:
         self._batched += self._grouped
         self._group, self._grouped = [], 0
 
-    def finish(self, *, empty: bool = False) -> None:
-        """The last batch (``empty``: a content of no bytes, which still makes its pending row)."""
+    def finish(self, *, empty: bool = False, last: Callable[[Batch], None] | None = None) -> None:
+        """The last batch (``empty``: a content of no bytes, which still makes its pending row).
+
+        ``last``, if given, takes it instead of ``on_batch``, even empty.
+        """
         self._look_up()
-        if self._batch.runs or empty:
-            self._on_batch(self._batch)
+        if self._batch.runs or empty or last is not None:
+            (last or self._on_batch)(self._batch)
         self._batch = Batch([], {})

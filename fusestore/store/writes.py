@@ -361,33 +361,35 @@ class Writes:
                     return self._commit_once(record, staged, digest, size, mtime_ns, stored=False)
                 except _NeedsChunks:
                     pass
+            committed: list[tuple[Attributes | None, Txn]] = []
+
+            def commit_in(tx: Txn) -> None:  # in the transaction of the last batch (once it holds)
+                committed[:] = [(self._commit_in(tx, record, staged, digest, size, mtime_ns, stored=True), tx)]
+
             self.content.store(digest, size, staged, lambda length, offset: self.read(staged, length, offset),
-                               streamed=streamed, reuse=reuse)
-            try:
-                committed = self._commit_once(record, staged, digest, size, mtime_ns, stored=True)
-            except BaseException:
+                               streamed=streamed, reuse=reuse, finish=commit_in)
+            if committed[0][0] is None:  # unlinked meanwhile: what was just stored is nobody's
                 self.content.chunks.drop_partial(digest)
-                raise
-            if committed[0] is None:  # unlinked meanwhile: what was just stored is nobody's
-                self.content.chunks.drop_partial(digest)
-        return committed
+        return committed[0]
 
     def _commit_once(self, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
                      mtime_ns: int | None, *, stored: bool) -> tuple[Attributes | None, Txn]:
         with self.catalog.write(defer_callbacks=True) as tx:
-            node = tx.inode(record.ino)
-            if node is None or node.nlink <= 0:  # unlinked while open: the bytes have nowhere to go
-                self._undo(tx, record, staged, remove_created=False)
-                result = None
-            else:
-                self._reference(tx, record, digest, size, stored=stored)
-                tx.remove_staging(record.name)
-                tx.after_commit(lambda: self._retire_or_discard(record, staged))
-                self.content.set_content(tx, node, digest, size, mtime_ns)
-                if record.base is not None:
-                    self.content.release(tx, record.base)
-                result = Attributes.of(node)
-        return result, tx
+            return self._commit_in(tx, record, staged, digest, size, mtime_ns, stored=stored), tx
+
+    def _commit_in(self, tx: Txn, record: StagingRecord, staged: StagingFile, digest: bytes, size: int,
+                   mtime_ns: int | None, *, stored: bool) -> Attributes | None:
+        node = tx.inode(record.ino)
+        if node is None or node.nlink <= 0:  # unlinked while open: the bytes have nowhere to go
+            self._undo(tx, record, staged, remove_created=False)
+            return None
+        self._reference(tx, record, digest, size, stored=stored)
+        tx.remove_staging(record.name)
+        tx.after_commit(lambda: self._retire_or_discard(record, staged))
+        self.content.set_content(tx, node, digest, size, mtime_ns)
+        if record.base is not None:
+            self.content.release(tx, record.base)
+        return Attributes.of(node)
 
     def _reference(self, tx: Txn, record: StagingRecord, digest: bytes, size: int, *, stored: bool) -> None:
         """One reference to ``digest`` (a reservation holds it already); complete it if its chunks were stored."""
