@@ -137,8 +137,7 @@ def crash_in_a_streamed_commit(store_path: Path, data: bytes, steps: str) -> Non
 @pytest.mark.parametrize("where", ["adopted", "recorded"])
 def test_a_crash_after_the_staging_file_became_a_pack_loses_nothing(store_path: Path, where: str) -> None:
     """Killed once the pack exists (its chunks not yet recorded, or all but the last batch's recorded on the
-    pending content):
-    recovery commits the staging file, which it reads and never writes, and the pack goes."""
+    pending content): recovery commits the staging file, which it reads and never writes, and the pack goes."""
     data = fresh(LARGE, b"crash " + where.encode())
     if where == "adopted":
         steps = """

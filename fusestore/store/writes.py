@@ -16,9 +16,10 @@ through the mount, recovery of what a crash left) goes the same way:
    already is referenced in one transaction, and nothing is stored.
    Otherwise, under the digest's stripe lock, the staging file's chunks
    that the store lacks are appended to packs and its extents recorded, in
-   batches (``chunks``), then one transaction takes the reference, marks
-   the resource complete, points the inode at it, releases the old content
-   and removes the staging record. The staging file goes after the commit.
+   batches (``chunks``); the transaction of the last batch also takes the
+   reference, marks the resource complete, points the inode at it, releases
+   the old content and removes the staging record (so a small file's commit
+   is one transaction). The staging file goes after the commit.
 4. *Refuse or fail*: content that does not hash to the expected hash is
    never stored; on that and on any failure one transaction undoes step 1
    (the record, a reservation, and the entry a new file got: on a failure,
