@@ -44,6 +44,7 @@ from .virtual import AttributeChange, VirtualError, VirtualFiles, VirtualHandle,
 log = logging.getLogger(__name__)
 
 READDIR_BATCH = 1000
+INLINE_UNLINK_MAX = 1 << 20  # an unlink releasing at most this much runs on the loop: a thread costs it more
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -282,7 +283,10 @@ class Operations(pyfuse3.Operations):
         if virtual is not None:
             virtual.unlink(parent_inode, name, self._owner(ctx))
             return
-        await trio.to_thread.run_sync(self.tree.unlink, parent_inode, name)
+        if self.tree.lookup(parent_inode, name).size <= INLINE_UNLINK_MAX:
+            self.tree.unlink(parent_inode, name)
+        else:  # its last name may release many chunks
+            await trio.to_thread.run_sync(self.tree.unlink, parent_inode, name)
 
     @_errors
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext) -> None:
