@@ -281,10 +281,10 @@ class Chunks:
             batch = Batch([], {})
         while batch is not None:
             following = next(batches, None)
+            if on_stored is not None:  # before the batch: nothing may raise once ``finish`` committed
+                on_stored(batch.runs[-1].end - batch.runs[0].start if batch.runs else 0)
             self._place_staged(batch, pack, read, streamed.hold)
             self._record_batch(digest, size, batch, read, streamed.hold, finish if following is None else None)
-            if on_stored is not None:
-                on_stored(batch.runs[-1].end - batch.runs[0].start if batch.runs else 0)
             batch = following
 
     def _adopt(self, size: int, streamed: "ChunkStream", adopt: Callable[[int], None]) -> int | None:
