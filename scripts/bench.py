@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""fusestore benchmarks: figures as ratios against a plain directory on the same disk.
+"""fusestore benchmarks: figures as ratios, measured in the same run.
 
     scripts/bench.py store [--dir DIR] [--size-mib N] [--files N]
-    scripts/bench.py fs    [--dir DIR] [--size-mib N] [--files N] [--rss-gib N]
+    scripts/bench.py fs    [--dir DIR] [--size-mib N] [--files N] [--rounds N] [--scale N] [--json [FILE]]
 
-Everything is measured in the same run and in the same directory tree, since
-these machines are noisy: a ratio means more than an absolute figure.
+``store`` measures the store layer alone against plain files. ``fs`` mounts
+a fresh store and measures three targets on the same disk, interleaved
+round by round: a plain directory, the bare pyfuse3 passthrough
+(``scripts/passthrough.py``, the ceiling of any Python FUSE filesystem
+here) and fusestore. These machines are noisy: a ratio within one run
+means more than an absolute figure.
 """
 
 from __future__ import annotations
@@ -16,12 +20,15 @@ import io
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import blake3
@@ -33,6 +40,7 @@ from fusestore import Store  # noqa: E402
 from fusestore.digests import IO_BUFFER  # noqa: E402
 
 ENV = str(uuid.UUID(int=1))
+FUSESTORE = [sys.executable, "-m", "fusestore"]
 
 
 def timed(work: Callable[[], object]) -> float:
@@ -122,42 +130,213 @@ def bench_store(args: argparse.Namespace) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def write_file(path: Path, size: int, seed: bytes, *, fsync: bool = False) -> None:
-    """Write ``size`` bytes in 1 MiB writes, as cp or dd would, and close.
+# -- bench.py fs: plain directory, bare passthrough and fusestore, interleaved --------------------------
 
-    Every block is new (BLAKE3's output stream of ``seed`` and the block's
-    number, about 9 GB/s): content-defined chunks would find a repeated
-    block again, so a repeated pattern is no fresh content.
+MIB = 1 << 20
+WRITE_BLOCKS = (MIB, 128 << 10, 8 << 10)  # cp and dd; st_blksize; head, Python's default buffering
+SMALL_FILE = 4096
+PAGES, DENTRIES, NOTHING = "3\n", "2\n", ""  # what drop_caches writes to /proc/sys/vm/drop_caches
+STAT_WAIT = 1.1  # seconds between the creates and the stats: "after more than 1 s"
+SCALE_DIRECTORY = 1000  # files per directory in the scale run
+SCALE_WINDOW = 10000  # the first and the last this many creates of the scale run are timed
+
+
+@dataclass
+class Target:
+    """Where a workload runs, and the daemon serving it (none for the plain directory)."""
+
+    name: str
+    directory: Path
+    pid: int | None = None
+
+
+@dataclass
+class Run:
+    """One timed run on one target: the daemon's CPU time and memory over it (None without a daemon)."""
+
+    seconds: float
+    cpu_seconds: float | None = None
+    peak_rss_kib: int | None = None
+    rss_anon_kib: int | None = None
+
+
+@dataclass
+class Result:
+    """A workload's runs on every target. ``unit`` "s" is a time (lower is better), any other a rate of ``amount``."""
+
+    workload: str
+    unit: str
+    amount: float
+    runs: dict[str, list[Run]]
+
+    def best_seconds(self, target: str) -> float:
+        return min(run.seconds for run in self.runs[target])
+
+    def figure(self, seconds: float) -> float:
+        return seconds if self.unit == "s" else self.amount / seconds
+
+    def best(self, target: str) -> float:
+        return self.figure(self.best_seconds(target))
+
+    def median(self, target: str) -> float:
+        return self.figure(statistics.median(run.seconds for run in self.runs[target]))
+
+    def speed_ratio(self, faster: str, than: str) -> float:
+        """How many times faster ``faster`` is than ``than``, best round against best round."""
+        return self.best_seconds(than) / self.best_seconds(faster)
+
+    def daemon(self, target: str) -> dict[str, float | None]:
+        """The daemon's peak RSS and RssAnon (MiB, the largest of the rounds) and median CPU seconds."""
+        runs = self.runs[target]
+        cpu = [run.cpu_seconds for run in runs if run.cpu_seconds is not None]
+        peaks = [run.peak_rss_kib for run in runs if run.peak_rss_kib is not None]
+        anon = [run.rss_anon_kib for run in runs if run.rss_anon_kib is not None]
+        return {"cpu_seconds": statistics.median(cpu) if cpu else None,
+                "peak_rss_mib": max(peaks) / 1024 if peaks else None,
+                "rss_anon_mib": max(anon) / 1024 if anon else None}
+
+    def as_json(self) -> dict[str, object]:
+        names = list(self.runs)
+        return {
+            "workload": self.workload, "unit": self.unit, "amount": self.amount,
+            "targets": {name: {"best": self.best(name), "median": self.median(name),
+                               "runs": [asdict(run) for run in self.runs[name]], **self.daemon(name)}
+                        for name in names},
+            "ratios": {"fusestore/plain": self.speed_ratio("fusestore", "plain"),
+                       "passthrough/plain": self.speed_ratio("passthrough", "plain"),
+                       "fusestore/passthrough": self.speed_ratio("fusestore", "passthrough")},
+        }
+
+
+@dataclass
+class Bench:
+    """One run of ``bench.py fs``: its targets, its settings, and what it has measured so far."""
+
+    base: Path
+    mountpoint: Path
+    targets: list[Target]
+    rounds: int
+    size: int
+    files: int
+    cold: bool
+    tree: Path
+    run_id: bytes = field(default_factory=lambda: os.urandom(16))
+    results: list[Result] = field(default_factory=list)
+    notes: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def fusestore(self) -> Target:
+        return self.targets[-1]
+
+    def seed(self, *parts: object) -> bytes:
+        """A seed no other timed write of this run or any other uses: fresh content for a dedup store."""
+        return self.run_id + "/".join(map(str, parts)).encode()
+
+    def measure(self, workload: str, unit: str, amount: float, work: Callable[[Target, int], object], *,
+                drop: str = DENTRIES, before: Callable[[Target, int], object] | None = None,
+                after: Callable[[Target, int], object] | None = None) -> Result:
+        """Run ``work`` on every target, ``rounds`` times, the order rotating each round.
+
+        ``before`` and ``after`` (untimed) get the same target and round number.
+        Before each run, ``drop`` says what the kernel forgets: PAGES (a cold
+        run), DENTRIES (by default: the inodes and dentries only) or NOTHING
+        (a warm read: an inode forgotten takes its cached pages along).
+        """
+        runs: dict[str, list[Run]] = {target.name: [] for target in self.targets}
+        for round_number in range(self.rounds):
+            turn = round_number % len(self.targets)
+            for target in self.targets[turn:] + self.targets[:turn]:
+                if before is not None:
+                    before(target, round_number)
+                if drop != NOTHING:
+                    drop_caches(drop)
+                runs[target.name].append(timed_run(target.pid, functools.partial(work, target, round_number)))
+                if after is not None:
+                    after(target, round_number)
+        result = Result(workload, unit, amount, runs)
+        self.results.append(result)
+        print(f"  {workload}: " + ", ".join(f"{name} {format_figure(result.best(name))}" for name in runs)
+              + f" {unit}", file=sys.stderr, flush=True)
+        return result
+
+
+def timed_run(pid: int | None, work: Callable[[], object]) -> Run:
+    """``work``'s time, and what the daemon spent on it: CPU time and peak RSS, its high-water mark reset first."""
+    if pid is None:
+        return Run(timed(work))
+    reset_peak_rss(pid)
+    cpu = cpu_seconds(pid)
+    seconds = timed(work)
+    return Run(seconds, cpu_seconds(pid) - cpu, status_kib(pid, "VmHWM"), status_kib(pid, "RssAnon"))
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (every thread) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_kib(pid: int, key: str) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/{pid}/status")
+
+
+def reset_peak_rss(pid: int) -> None:
+    """VmHWM restarts from the current RSS, so that each run reports its own peak (root, or the same user)."""
+    with open(f"/proc/{pid}/clear_refs", "w") as control:
+        control.write("5\n")
+
+
+def drop_caches(what: str = PAGES) -> bool:
+    """Cold reads need an empty page cache, the passthrough a kernel that forgets inodes: possible as root only.
+
+    The passthrough holds a descriptor per inode the kernel knows, and its
+    limit (RLIMIT_NOFILE) may be 20,000: forgetting between runs keeps the
+    trees and the small files of earlier rounds from counting.
     """
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as control:
+            control.write(what)
+    except OSError:
+        return False
+    return True
+
+
+# -- what the workloads do -------------------------------------------------------------------------------
+
+
+def fresh_blocks(seed: bytes, size: int) -> Iterator[bytes]:
+    """``size`` bytes of content nobody wrote before, 1 MiB at a time, never all in memory.
+
+    BLAKE3's output stream of ``seed`` and the MiB's number: about 9 GB/s
+    here, so it costs every target the same little. A repeated pattern would
+    be no fresh content: content-defined chunks find a repeated block again.
+    """
+    for number in range(-(-size // MIB)):
+        yield blake3.blake3(seed + number.to_bytes(8, "big")).digest(length=min(MIB, size - number * MIB))
+
+
+def write_file(path: Path, size: int, seed: bytes, block: int, *, fsync: bool = False) -> None:
+    """Write ``size`` bytes of fresh content in writes of ``block`` bytes (a divisor of 1 MiB), and close."""
     with open(path, "wb", buffering=0) as out:
-        block = 0
-        while block * IO_BUFFER < size:
-            length = min(IO_BUFFER, size - block * IO_BUFFER)
-            out.write(blake3.blake3(seed + block.to_bytes(8, "big")).digest(length=length))
-            block += 1
+        for data in fresh_blocks(seed, size):
+            view = memoryview(data)
+            for start in range(0, len(view), block):
+                out.write(view[start:start + block])
         if fsync:
             os.fsync(out.fileno())
 
 
-def edit_middle(path: Path, size: int, round_number: int) -> None:
+def edit_middle(path: Path, size: int, seed: bytes) -> None:
     """Write 1 MiB of fresh bytes in the middle of a file of ``size`` bytes, opened without O_TRUNC, and close."""
     with open(path, "r+b", buffering=0) as out:
-        out.seek(size // 2 - IO_BUFFER // 2)
-        out.write(blake3.blake3(b"edit %d" % round_number).digest(length=IO_BUFFER))
-
-
-def stored_bytes(mountpoint: Path) -> int:
-    """The bytes the mount stores, once a checkpoint (an fsync of its root) has settled them.
-
-    Packs' bytes; a build of whole-file blobs (before chunks) has no packs and says what its blobs hold.
-    """
-    fd = os.open(mountpoint, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    stats = json.loads((mountpoint / ".stats").read_text())
-    return int(stats["pack_bytes"] if "pack_bytes" in stats else stats["stored_bytes"])
+        out.seek(max(size // 2 - MIB // 2, 0))
+        out.write(next(fresh_blocks(seed, MIB)))
 
 
 def read_file(path: Path) -> None:
@@ -166,61 +345,283 @@ def read_file(path: Path) -> None:
             pass
 
 
-def drop_caches() -> bool:
-    """Cold reads need an empty page cache: possible as root only."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as control:
-            control.write("3\n")
-    except OSError:
-        return False
-    return True
-
-
-def small_files(directory: Path, count: int) -> None:
-    """``count`` files of 4 KiB, each of its own content (no dedup hit: every one is a new blob)."""
-    data = bytearray(os.urandom(4096))
+def small_files(directory: Path, count: int, seed: bytes) -> None:
+    """``count`` files of 4 KiB, each of its own content (no dedup hit: every one is new)."""
     directory.mkdir()
     for i in range(count):
-        data[:16] = f"{directory.name}{i:08d}".encode()[-16:].rjust(16)
-        with open(directory / f"f{i:05d}", "wb", buffering=0) as out:
-            out.write(data)
+        with open(f"{directory}/f{i:05d}", "wb", buffering=0) as out:
+            out.write(blake3.blake3(seed + i.to_bytes(8, "big")).digest(length=SMALL_FILE))
+
+
+def stat_each(directory: Path, count: int) -> None:
+    for i in range(count):
+        os.lstat(f"{directory}/f{i:05d}")
+
+
+def unlink_each(directory: Path, count: int) -> None:
+    for i in range(count):
+        os.unlink(f"{directory}/f{i:05d}")
+    os.rmdir(directory)
 
 
 def ls_long(directory: Path) -> None:
-    subprocess.run(["ls", "-l", str(directory)], check=True, stdout=subprocess.DEVNULL)
+    run_tool("ls", "-l", str(directory))
 
 
-def peak_rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM")
+def run_tool(*argv: str | Path) -> None:
+    """A real tool, its output dropped; a failure stops the benchmark with what the tool said."""
+    result = subprocess.run([str(arg) for arg in argv], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, argv))} failed ({result.returncode}): {result.stderr[-2000:]}")
 
 
-def ratio_line(label: str, ours: float, plain: float, unit: str, higher_is_better: bool = True) -> None:
-    ratio = ours / plain if higher_is_better else plain / ours
-    print(f"{label:34s} fusestore {ours:10.1f} {unit:8s} plain {plain:10.1f} {unit:8s} ratio {ratio:.2f}x")
+def stored_bytes(mountpoint: Path) -> int:
+    """fusestore's stored bytes (its live chunks, compressed), once a checkpoint (an fsync of its root) settled them."""
+    fd = os.open(mountpoint, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return int(json.loads((mountpoint / ".stats").read_text())["stored_bytes"])
 
 
-def best_times(sides: dict[str, Callable[[int], object]], *, cold: bool = True, rounds: int = 3,
-               after: Callable[[str, int], object] | None = None) -> dict[str, float]:
-    """Best time of each side over ``rounds``, rotating which goes first, caches dropped before each run.
+def prepare_tree(base: Path, source: Path) -> tuple[Path, Path, int]:
+    """A copy of ``source`` (its site-packages left out) on the same disk, a tar of it, and its number of entries.
 
-    Each call gets the round number so that it can use fresh names;
-    ``after(side, round)``, untimed, can clean up behind it.
+    Made untimed, outside the targets; the tar also leaves the tree in the page cache, as it stays after.
     """
-    best = dict.fromkeys(sides, float("inf"))
-    names = list(sides)
-    for round_number in range(rounds):
-        for name in names[round_number % len(names):] + names[:round_number % len(names)]:
-            if cold:
-                drop_caches()
-            best[name] = min(best[name], timed(functools.partial(sides[name], round_number)))
-            if after is not None:
-                after(name, round_number)
-    return best
+    tree, tarball = base / "tree", base / "tree.tar"
+    shutil.copytree(source, tree, symlinks=True,
+                    ignore=lambda directory, names: ["site-packages"] if Path(directory) == source else [])
+    run_tool("tar", "-cf", tarball, "-C", tree, ".")
+    return tree, tarball, sum(len(dirs) + len(files) for _, dirs, files in os.walk(tree))
+
+
+# -- the workloads ---------------------------------------------------------------------------------------
+
+
+def sequential_writes(bench: Bench) -> Result:
+    """Fresh content in 1 MiB, 128 KiB and 8 KiB writes, then 1 MiB with fsync; returns the 1 MiB one.
+
+    Round 0's 1 MiB file stays, as ``big``, for the dedup hit and the reads.
+    """
+    megabytes = bench.size / MIB
+    fresh: list[Result] = []
+    for block in WRITE_BLOCKS:
+        def write(target: Target, r: int, block: int = block) -> None:
+            write_file(target.directory / f"fresh-{block}-{r}", bench.size,
+                       bench.seed("fresh", block, target.name, r), block)
+
+        def keep_big(target: Target, r: int, block: int = block) -> None:
+            if (block, r) != (MIB, 0):
+                (target.directory / f"fresh-{block}-{r}").unlink()
+
+        fresh.append(bench.measure(f"write {size_label(bench.size)} fresh, {size_label(block)} blocks", "MB/s",
+                                   megabytes, write, drop=PAGES, after=keep_big))
+    bench.measure(
+        f"write {size_label(bench.size)} fresh, 1 MiB blocks + fsync", "MB/s", megabytes,
+        lambda target, r: write_file(target.directory / f"fsync-{r}", bench.size,
+                                     bench.seed("fsync", target.name, r), MIB, fsync=True),
+        drop=PAGES, after=lambda target, r: (target.directory / f"fsync-{r}").unlink())
+    return fresh[0]
+
+
+def big(target: Target) -> Path:
+    return target.directory / f"fresh-{MIB}-0"
+
+
+def dedup_hit(bench: Bench, fresh: Result) -> None:
+    """``big``'s content again under other names: fusestore's stored bytes must not grow."""
+    before: list[int] = []
+    grown: list[int] = []
+
+    def settle(target: Target, r: int) -> None:
+        if target is bench.fusestore:
+            before.append(stored_bytes(bench.mountpoint))
+
+    def count_and_remove(target: Target, r: int) -> None:
+        if target is bench.fusestore:
+            grown.append(stored_bytes(bench.mountpoint) - before.pop())
+        if r > 0:  # again-0 holds the original chunks while ``reads_and_edit`` edits ``big``
+            (target.directory / f"again-{r}").unlink()
+
+    again = bench.measure(
+        f"write {size_label(bench.size)} again, new name (dedup hit)", "MB/s", bench.size / MIB,
+        lambda target, r: write_file(target.directory / f"again-{r}", bench.size,
+                                     bench.seed("fresh", MIB, target.name, 0), MIB),
+        drop=PAGES, before=settle, after=count_and_remove)
+    speed = fresh.best_seconds("fusestore") / again.best_seconds("fusestore")
+    bench.notes["dedup_hit"] = {"stored_bytes_growth": grown, "speed_against_fresh": speed}
+
+
+def reads_and_edit(bench: Bench) -> None:
+    """Read ``big`` cold and warm, then edit 1 MiB in its middle; what the first edit adds to fusestore's chunks.
+
+    again-0 still holds the original chunks, so what the edit replaced stays and the growth is what it stored anew.
+    """
+    megabytes = bench.size / MIB
+    bench.measure(f"read {size_label(bench.size)} " + ("cold" if bench.cold else "(cold impossible: not root)"),
+                  "MB/s", megabytes, lambda target, r: read_file(big(target)), drop=PAGES)
+    bench.measure(f"read {size_label(bench.size)} warm", "MB/s", megabytes, lambda target, r: read_file(big(target)),
+                  drop=NOTHING, before=lambda target, r: read_file(big(target)))
+    stored: list[int] = []
+
+    def first_edit(target: Target, r: int) -> None:
+        if target is bench.fusestore and r == 0:
+            stored.append(stored_bytes(bench.mountpoint))
+
+    bench.measure("edit 1 MiB in its middle, to close", "s", 0,
+                  lambda target, r: edit_middle(big(target), bench.size, bench.seed("edit", target.name, r)),
+                  drop=PAGES, before=first_edit, after=first_edit)
+    bench.notes["edit_stored_mib"] = (stored[1] - stored[0]) / MIB
+    for target in bench.targets:
+        big(target).unlink()
+        (target.directory / "again-0").unlink()
+
+
+def small_file_workloads(bench: Bench) -> None:
+    """Create, list, stat and unlink ``files`` files of 4 KiB; round r works in small{r} throughout."""
+    n = bench.files
+
+    def small(target: Target, r: int) -> Path:
+        return target.directory / f"small{r}"
+
+    bench.measure(f"create+close {n} files of 4 KiB", "files/s", n,
+                  lambda target, r: small_files(small(target, r), n, bench.seed("small", target.name, r)), drop=PAGES)
+    bench.measure(f"ls -l of the {n}", "s", 0, lambda target, r: ls_long(small(target, r)))
+    bench.measure("stat of each, > 1 s after", "files/s", n, lambda target, r: stat_each(small(target, r), n),
+                  before=lambda target, r: time.sleep(STAT_WAIT))
+    bench.measure(f"unlink the {n}", "files/s", n, lambda target, r: unlink_each(small(target, r), n))
+
+
+def tool_workloads(bench: Bench) -> None:
+    """cp -a, rsync -a of the unchanged tree again, tar -xf and rm -rf of a real tree (the standard library)."""
+    tree, tarball, entries = prepare_tree(bench.base, bench.tree)
+    label = f"{entries} entries, {du_megabytes(tree):.0f} MB"
+    bench.notes["tree"] = label
+    bench.measure(f"cp -a of {bench.tree.name} ({label})", "s", 0,
+                  lambda target, r: run_tool("cp", "-a", tree, target.directory / f"cp{r}"))
+    bench.measure("rsync -a of it again, unchanged", "s", 0,
+                  lambda target, r: run_tool("rsync", "-a", f"{tree}/", f"{target.directory}/cp{r}/"))
+    bench.measure("tar -xf of it", "s", 0,
+                  lambda target, r: run_tool("tar", "-xf", tarball, "-C", target.directory / f"tar{r}"),
+                  before=lambda target, r: (target.directory / f"tar{r}").mkdir(),
+                  after=lambda target, r: run_tool("rm", "-rf", target.directory / f"tar{r}"))
+    bench.measure("rm -rf of it", "s", 0, lambda target, r: run_tool("rm", "-rf", target.directory / f"cp{r}"))
+
+
+def du_megabytes(tree: Path) -> float:
+    return sum(os.lstat(os.path.join(top, name)).st_size
+               for top, _, files in os.walk(tree) for name in files) / 1e6
+
+
+def scale_run(bench: Bench, count: int, mount: Callable[[], float]) -> None:
+    """``count`` files of 4 KiB in one environment, over directories, on fusestore alone.
+
+    Are the last ``SCALE_WINDOW`` creates as fast as the first, and how long does mounting the store take then?
+    """
+    window = min(SCALE_WINDOW, count // 2)
+    root = bench.fusestore.directory / "scale"
+    root.mkdir()
+
+    def create(first: int, last: int) -> None:
+        for i in range(first, last):
+            directory, name = divmod(i, SCALE_DIRECTORY)
+            if name == 0:
+                os.mkdir(f"{root}/d{directory:04d}")
+            with open(f"{root}/d{directory:04d}/f{name:03d}", "wb", buffering=0) as out:
+                out.write(blake3.blake3(bench.seed("scale", i)).digest(length=SMALL_FILE))
+
+    pid = bench.fusestore.pid
+    assert pid is not None
+    reset_peak_rss(pid)
+    cpu = cpu_seconds(pid)
+    first = timed(lambda: create(0, window))
+    create(window, count - window)
+    last = timed(lambda: create(count - window, count))
+    peak, cpu = status_kib(pid, "VmHWM") / 1024, cpu_seconds(pid) - cpu
+    bench.notes["scale"] = {"files": count, "window": window, "first_rate": window / first,
+                            "last_rate": window / last, "last_against_first": first / last,
+                            "mount_seconds": mount(), "peak_rss_mib": peak, "cpu_seconds": cpu}
+
+
+# -- the report ------------------------------------------------------------------------------------------
+
+
+def size_label(size: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return f"{size >> shift} {unit}"
+    return f"{size} B"
+
+
+def format_figure(value: float | None) -> str:
+    """Three significant digits or so: the rounds differ by more."""
+    if value is None:
+        return "-"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
+
+
+def print_table(bench: Bench) -> None:
+    """One row per workload: best/median per target, the speed ratios, and the daemons' memory and CPU."""
+    names = [target.name for target in bench.targets]
+    print(f"{bench.rounds} rounds per target, interleaved in one run (who goes first rotates); "
+          f"{'page cache dropped before cold runs' if bench.cold else 'not root: no cold runs'}.")
+    print("best = the best round, med = the median round, in the row's unit (s: lower is better). "
+          "Ratios are speeds, best round against best round")
+    print("(fs/pt > 1: fusestore is faster than the passthrough; fs = fusestore, pt = passthrough).")
+    print("RSS: the daemon's peak (VmHWM) / RssAnon after the run, MiB, largest of the rounds; "
+          "CPU: its utime+stime over a run, s, median of the rounds.")
+    head = (f"{'workload':44s} {'unit':>7s} " + " ".join(f"{name + ' best/med':>21s}" for name in names)
+            + f" {'fs/plain':>8s} {'pt/plain':>8s} {'fs/pt':>6s} {'fs RSS':>9s} {'pt RSS':>9s}"
+            f" {'fs CPU':>6s} {'pt CPU':>6s}")
+    print(head)
+    print("-" * len(head))
+    for result in bench.results:
+        figures = " ".join(f"{format_figure(result.best(name)) + ' / ' + format_figure(result.median(name)):>21s}"
+                           for name in names)
+        ours, theirs = result.daemon("fusestore"), result.daemon("passthrough")
+        print(f"{result.workload:44s} {result.unit:>7s} {figures}"
+              f" {result.speed_ratio('fusestore', 'plain'):8.2f} {result.speed_ratio('passthrough', 'plain'):8.2f}"
+              f" {result.speed_ratio('fusestore', 'passthrough'):6.2f}"
+              f" {memory(ours):>9s} {memory(theirs):>9s}"
+              f" {format_figure(ours['cpu_seconds']):>6s} {format_figure(theirs['cpu_seconds']):>6s}")
+    print_notes(bench)
+
+
+def memory(daemon: dict[str, float | None]) -> str:
+    return f"{format_figure(daemon['peak_rss_mib'])}/{format_figure(daemon['rss_anon_mib'])}"
+
+
+def print_notes(bench: Bench) -> None:
+    """What the table cannot say: dedup, the edit's stored bytes, mount times, the scale run."""
+    dedup = bench.notes["dedup_hit"]
+    assert isinstance(dedup, dict)
+    print(f"dedup hit: fusestore's stored bytes grew by {dedup['stored_bytes_growth']} bytes over the rounds; "
+          f"it wrote the same content again at {dedup['speed_against_fresh']:.2f}x its speed on fresh content")
+    print(f"edit 1 MiB in the middle: fusestore stored {bench.notes['edit_stored_mib']:.2f} MiB anew for the first")
+    print(f"mounting the fresh store took {bench.notes['mount_seconds']:.2f} s (fusestore mount, until it answers)")
+    scale = bench.notes.get("scale")
+    if isinstance(scale, dict):
+        print(f"scale, fusestore, {scale['files']} files of 4 KiB: the first {scale['window']} at "
+              f"{scale['first_rate']:.0f} files/s, the last at {scale['last_rate']:.0f} files/s "
+              f"({scale['last_against_first']:.2f}x); mounting the store then took {scale['mount_seconds']:.2f} s; "
+              f"peak RSS {scale['peak_rss_mib']:.0f} MiB, CPU {scale['cpu_seconds']:.1f} s")
+
+
+def report_json(bench: Bench, destination: str) -> None:
+    """The figures for machines: on stdout (its last line) for "-", else in that file."""
+    text = json.dumps({"rounds": bench.rounds, "size_bytes": bench.size, "files": bench.files, "cold": bench.cold,
+                       "workloads": [result.as_json() for result in bench.results], **bench.notes})
+    if destination == "-":
+        print(text)
+    else:
+        Path(destination).write_text(text + "\n")
+
+
+# -- the three targets -------------------------------------------------------------------------------------
 
 
 class Passthrough:
@@ -235,100 +636,77 @@ class Passthrough:
         deadline = time.monotonic() + 30
         while not os.path.ismount(self.mountpoint):
             if time.monotonic() > deadline or self.process.poll() is not None:
+                self.close()
                 raise RuntimeError("the passthrough did not mount")
             time.sleep(0.05)
 
     def close(self) -> None:
-        subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=False)
-        self.process.wait(30)
+        if os.path.ismount(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", str(self.mountpoint)], check=False)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
-def pair(ours: Callable[[int], object], plain: Callable[[int], object], rounds: int) -> tuple[float, float]:
-    best = best_times({"ours": ours, "plain": plain}, rounds=rounds)
-    return best["ours"], best["plain"]
+class Fusestore:
+    """``fusestore mount`` of a fresh store; ``mount`` says how long it took to answer."""
 
+    def __init__(self, base: Path) -> None:
+        self.store, self.mountpoint, self.log = base / "store", base / "mnt", base / "fusestore.log"
+        self.mountpoint.mkdir()
 
-def triple_line(label: str, rates: dict[str, float], unit: str) -> None:
-    """fusestore against the plain directory, and against the bare passthrough (pyfuse3's ceiling)."""
-    ours, plain, bare = rates["fusestore"], rates["plain"], rates["passthrough"]
-    print(f"{label:34s} fusestore {ours:10.1f} {unit:8s} plain {plain:10.1f} {unit:8s} ratio {ours / plain:.2f}x"
-          f"   (bare pyfuse3 passthrough {bare:.1f} {unit}: {bare / plain:.2f}x; fusestore/passthrough "
-          f"{ours / bare:.2f})")
+    def mount(self) -> float:
+        start = time.perf_counter()
+        subprocess.run([*FUSESTORE, "mount", str(self.store), str(self.mountpoint), "--log", str(self.log)],
+                       check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    @property
+    def pid(self) -> int:
+        return int(os.getxattr(self.mountpoint, "user.fusestore.pid"))
+
+    def umount(self) -> None:
+        if os.path.ismount(self.mountpoint):
+            subprocess.run([*FUSESTORE, "umount", str(self.mountpoint)], check=False)
 
 
 def bench_fs(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="fusestore-bench-", dir=args.dir))
-    mountpoint, plain = base / "mnt", base / "plain"
-    mountpoint.mkdir()
-    plain.mkdir()
-    fusestore = [sys.executable, "-m", "fusestore"]
-    subprocess.run([*fusestore, "mount", str(base / "store"), str(mountpoint), "--log", str(base / "log")],
-                   check=True, stdout=subprocess.DEVNULL)
+    fusestore = Fusestore(base)
+    passthrough: Passthrough | None = None
     try:
-        pid = int(os.getxattr(mountpoint, "user.fusestore.pid"))
-        env = mountpoint / ENV
-        env.mkdir()
-        size = args.size_mib << 20
-        mib = size / (1 << 20)
-        cold = drop_caches()
-        print(f"each figure: best of {args.rounds} runs per side, rotating order; caches "
-              f"{'dropped before each run' if cold else 'warm (not root)'}")
+        mount_seconds = fusestore.mount()
+        (fusestore.mountpoint / ENV).mkdir()
+        passthrough = Passthrough(base)
+        (base / "plain").mkdir()
+        bench = Bench(base, fusestore.mountpoint, [
+            Target("plain", base / "plain"),
+            Target("passthrough", passthrough.mountpoint, passthrough.process.pid),
+            Target("fusestore", fusestore.mountpoint / ENV, fusestore.pid),
+        ], args.rounds, args.size_mib * MIB, args.files, cold=drop_caches(), tree=Path(args.tree).resolve())
+        bench.notes["mount_seconds"] = mount_seconds
+        dedup_hit(bench, sequential_writes(bench))
+        reads_and_edit(bench)
+        small_file_workloads(bench)
+        tool_workloads(bench)
+        if args.scale:
+            passthrough.close()
+            passthrough = None
 
-        bare = Passthrough(base)
-        try:
-            directories = {"fusestore": env, "plain": plain, "passthrough": bare.mountpoint}
-            backing = {**directories, "passthrough": bare.source}  # the passthrough cannot unlink
-            for label, fsync in (("sequential write, to close", False), ("sequential write, with fsync", True)):
-                patterns = [os.urandom(IO_BUFFER) for _ in range(args.rounds)]  # new content each round: no dedup hit
+            def remount() -> float:
+                fusestore.umount()
+                return fusestore.mount()
 
-                def remove_unless_read_later(side: str, r: int, fsync: bool = fsync) -> None:
-                    if fsync or r > 0:  # the read test reads wFalse0; the rest would only fill the disk
-                        (backing[side] / f"w{fsync}{r}").unlink()
-
-                best = best_times({
-                    side: functools.partial(lambda r, d, f, p: write_file(d / f"w{f}{r}", size, p[r], fsync=f),
-                                            d=directory, f=fsync, p=patterns)
-                    for side, directory in directories.items()
-                }, rounds=args.rounds, after=remove_unless_read_later)
-                triple_line(f"{label} ({args.size_mib} MiB)", {k: mib / v for k, v in best.items()}, "MB/s")
-                if not fsync:
-                    written_in = best["fusestore"]
-            best = best_times({side: functools.partial(lambda r, d: read_file(d / "wFalse0"), d=directory)
-                               for side, directory in directories.items()}, rounds=args.rounds)
-            rates = {side: mib / seconds for side, seconds in best.items()}
-            triple_line("sequential read, " + ("cold" if cold else "warm"), rates, "MB/s")
-
-            before = stored_bytes(mountpoint)
-            best = best_times({side: functools.partial(lambda r, d: edit_middle(d / "wFalse0", size, r), d=directory)
-                               for side, directory in directories.items()}, rounds=args.rounds)
-            grown = (stored_bytes(mountpoint) - before) / args.rounds / IO_BUFFER
-            print(f"{'edit 1 MiB in the middle, to close':34s} fusestore {best['fusestore']:10.3f} s        plain "
-                  f"{best['plain']:10.3f} s        (bare pyfuse3 passthrough {best['passthrough']:.3f} s)")
-            print(f"{'':34s} fusestore's stored bytes grew by {grown:.2f} MiB per edit; writing the file anew "
-                  f"took {written_in:.2f} s")
-        finally:
-            bare.close()
-
-        pattern = os.urandom(IO_BUFFER)
-        write_file(env / "original", size, pattern)
-        ours, theirs = pair(lambda r: write_file(env / f"again{r}", size, pattern),
-                            lambda r: write_file(plain / f"again{r}", size, pattern), args.rounds)
-        ratio_line("same content again (dedup hit)", mib / ours, mib / theirs, "MB/s")
-
-        ours, theirs = pair(lambda r: small_files(env / f"small{r}", args.files),
-                            lambda r: small_files(plain / f"small{r}", args.files), args.rounds)
-        ratio_line(f"create+close {args.files} x 4 KiB", args.files / ours, args.files / theirs, "files/s")
-
-        ours, theirs = pair(lambda r: ls_long(env / "small0"), lambda r: ls_long(plain / "small0"), args.rounds)
-        ratio_line(f"ls -l of {args.files} entries", ours, theirs, "s", higher_is_better=False)
-
-        if args.rss_gib:
-            write_file(env / "huge", args.rss_gib << 30, os.urandom(IO_BUFFER))
-            read_file(env / "huge")
-        print(f"daemon peak RSS: {peak_rss_mib(pid):.0f} MiB"
-              + (f" (after writing and reading a {args.rss_gib} GiB file)" if args.rss_gib else ""))
+            scale_run(bench, args.scale, remount)
+        print_table(bench)
+        if args.json is not None:
+            report_json(bench, args.json)
     finally:
-        subprocess.run([*fusestore, "umount", str(mountpoint)], check=False)
+        if passthrough is not None:
+            passthrough.close()
+        fusestore.umount()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -343,12 +721,17 @@ def main() -> None:
     store.add_argument("--dir", default=str(REPO / ".fusestore"), help="where to work (same disk as the store)")
     store.add_argument("--size-mib", type=int, default=1024, help="size of the large put (default 1024)")
     store.add_argument("--files", type=int, default=2000, help="number of small files (default 2000)")
-    fs = sub.add_parser("fs", help="the mounted filesystem against a plain directory")
+    fs = sub.add_parser("fs", help="fusestore against a plain directory and the bare passthrough")
     fs.add_argument("--dir", default=str(REPO / ".fusestore"), help="where to work (same disk as the store)")
     fs.add_argument("--size-mib", type=int, default=1024, help="size of the large file (default 1024)")
     fs.add_argument("--files", type=int, default=10000, help="number of small files (default 10000)")
-    fs.add_argument("--rss-gib", type=int, default=4, help="size of the file for the memory check (0: skip)")
-    fs.add_argument("--rounds", type=int, default=3, help="runs per side; each figure is the best (default 3)")
+    fs.add_argument("--rounds", type=int, default=3, help="runs per target and workload (default 3)")
+    fs.add_argument("--tree", default=sysconfig.get_paths()["stdlib"],
+                    help="the tree for cp, rsync, tar and rm (default: this Python's standard library)")
+    fs.add_argument("--scale", type=int, default=0, metavar="N",
+                    help="also create N files on fusestore alone, then remount it (slow; 200000 is the issue's)")
+    fs.add_argument("--json", nargs="?", const="-", metavar="FILE",
+                    help="the figures as JSON too: in FILE, or as the last line of the output")
     args = parser.parse_args()
     Path(args.dir).mkdir(parents=True, exist_ok=True)
     {"store": bench_store, "fs": bench_fs}[args.what](args)
