@@ -2,9 +2,11 @@
 """fusestore benchmarks: figures as ratios, measured in the same run.
 
     scripts/bench.py store [--dir DIR] [--size-mib N] [--files N]
+    scripts/bench.py chunking [--dir DIR] [--size-mib N] [--rounds N]
     scripts/bench.py fs    [--dir DIR] [--size-mib N] [--files N] [--rounds N] [--scale N] [--json [FILE]]
 
-``store`` measures the store layer alone against plain files. ``fs`` mounts
+``store`` measures the store layer alone against plain files; ``chunking``
+what each step of storing fresh content costs (``bench_chunking``). ``fs`` mounts
 a fresh store and measures three targets on the same disk, interleaved
 round by round: a plain directory, the bare pyfuse3 passthrough
 (``scripts/passthrough.py``, the ceiling of any Python FUSE filesystem
@@ -26,7 +28,6 @@ import sys
 import sysconfig
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,8 +37,10 @@ import blake3
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_chunking import bench_chunking  # noqa: E402
 from bench_workloads import (  # noqa: E402
     DENTRIES,
+    ENV,
     MIB,
     NOTHING,
     PAGES,
@@ -65,7 +68,6 @@ from bench_workloads import (  # noqa: E402
 from fusestore import Store  # noqa: E402
 from fusestore.digests import IO_BUFFER  # noqa: E402
 
-ENV = str(uuid.UUID(int=1))
 FUSESTORE = [sys.executable, "-m", "fusestore"]
 
 
@@ -584,6 +586,10 @@ def main() -> None:
     store.add_argument("--dir", default=str(REPO / ".fusestore"), help="where to work (same disk as the store)")
     store.add_argument("--size-mib", type=int, default=1024, help="size of the large put (default 1024)")
     store.add_argument("--files", type=int, default=2000, help="number of small files (default 2000)")
+    chunking = sub.add_parser("chunking", help="what storing fresh content costs per GiB, step by step, no FUSE")
+    chunking.add_argument("--dir", default=str(REPO / ".fusestore"), help="where the store goes")
+    chunking.add_argument("--size-mib", type=int, default=256, help="content held in memory (default 256)")
+    chunking.add_argument("--rounds", type=int, default=3, help="runs of each step; the best counts (default 3)")
     fs = sub.add_parser("fs", help="fusestore against a plain directory and the bare passthrough")
     fs.add_argument("--dir", default=str(REPO / ".fusestore"), help="where to work (same disk as the store)")
     fs.add_argument("--size-mib", type=int, default=1024, help="size of the large file (default 1024)")
@@ -597,7 +603,7 @@ def main() -> None:
                     help="the figures as JSON too: in FILE, or as the last line of the output")
     args = parser.parse_args()
     Path(args.dir).mkdir(parents=True, exist_ok=True)
-    {"store": bench_store, "fs": bench_fs}[args.what](args)
+    {"store": bench_store, "chunking": bench_chunking, "fs": bench_fs}[args.what](args)
 
 
 if __name__ == "__main__":

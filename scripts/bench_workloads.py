@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import blake3
 
 from fusestore.digests import IO_BUFFER
 
+ENV = str(uuid.UUID(int=1))  # the environment every workload runs in
 MIB = 1 << 20
 SMALL_FILE = 4096
 PAGES, DENTRIES, NOTHING = "3\n", "2\n", ""  # what drop_caches writes to /proc/sys/vm/drop_caches

@@ -161,3 +161,18 @@ def test_bench_fs_measures_every_workload_on_every_target(tmp_path: Path) -> Non
     assert report["dedup_hit"]["stored_bytes_growth"] == [0]
     assert "fs/pt" in result.stdout and "unlink the 50" in result.stdout  # the table a person reads
     assert not list(tmp_path.glob("fusestore-bench-*")), "the bench left its directory behind"
+
+
+def test_bench_chunking_prices_every_step_of_a_streamed_write(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench.py"), "chunking", "--dir", str(tmp_path), "--size-mib", "8",
+         "--rounds", "1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    figures = {line[:56].strip(): float(line[56:].split()[0]) for line in result.stdout.splitlines()[1:]}
+    assert list(figures) == ["BLAKE3 of the whole content", "FastCDC cut_buf alone (pyfastcdc)",
+                             "StreamChunker (the same cut, fed 4 MiB at a time)", "+ BLAKE3 of each chunk",
+                             "+ the compression probe of each chunk",
+                             "ChunkStream: all its thread does but the whole hash",
+                             "the commit at close of what the stream stored"]
+    assert all(seconds > 0 for seconds in figures.values()), figures
+    assert not list(tmp_path.glob("fusestore-bench-*")), "the bench left its store behind"
