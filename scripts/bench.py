@@ -62,6 +62,7 @@ from bench_workloads import (  # noqa: E402
     timed,
     timed_run,
     unlink_each,
+    wait_until_idle,
     write_file,
 )
 
@@ -247,7 +248,8 @@ class Bench:
         ``before`` and ``after`` (untimed) get the same target and round number.
         Before each run, ``drop`` says what the kernel forgets: PAGES (a cold
         run), DENTRIES (by default: the inodes and dentries only) or NOTHING
-        (a warm read: an inode forgotten takes its cached pages along).
+        (a warm read: an inode forgotten takes its cached pages along). Then
+        the daemon, if any, is let finish what earlier runs left it to do.
         """
         runs: dict[str, list[Run]] = {target.name: [] for target in self.targets}
         for round_number in range(self.rounds):
@@ -257,6 +259,8 @@ class Bench:
                     before(target, round_number)
                 if drop != NOTHING:
                     drop_caches(drop)
+                if target.pid is not None:
+                    wait_until_idle(target.pid)
                 runs[target.name].append(timed_run(target.pid, functools.partial(work, target, round_number)))
                 if after is not None:
                     after(target, round_number)

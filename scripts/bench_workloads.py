@@ -57,6 +57,23 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def wait_until_idle(pid: int, *, step: float = 0.25, quiet: float = 0.02, limit: float = 120.0) -> None:
+    """Wait until the daemon's CPU time stops growing (under ``quiet`` seconds in a ``step``).
+
+    What an earlier run left it to do in the background (a compaction of
+    the packs a deletion emptied, an anchor) would otherwise land in the
+    next run's time and CPU, and take a core from it.
+    """
+    deadline = time.monotonic() + limit
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(step)
+        now = cpu_seconds(pid)
+        if now - before < quiet:
+            return
+        before = now
+
+
 def status_kib(pid: int, key: str) -> int:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
