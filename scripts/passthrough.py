@@ -203,24 +203,23 @@ class Passthrough(pyfuse3.Operations):
     @_errno
     async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        path = os.fsdecode(name)
-        os.mknod(path, mode, rdev, dir_fd=self.inodes[parent_inode].fd)
-        self._chown_to_caller(parent_inode, path, ctx)
-        return self._entry(parent_inode, path)
+        return self._make(parent_inode, name, ctx, lambda path, fd: os.mknod(path, mode, rdev, dir_fd=fd))
 
     @_errno
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        path = os.fsdecode(name)
-        os.mkdir(path, mode, dir_fd=self.inodes[parent_inode].fd)
-        self._chown_to_caller(parent_inode, path, ctx)
-        return self._entry(parent_inode, path)
+        return self._make(parent_inode, name, ctx, lambda path, fd: os.mkdir(path, mode, dir_fd=fd))
 
     @_errno
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._make(parent_inode, name, ctx, lambda path, fd: os.symlink(target, path, dir_fd=fd))
+
+    def _make(self, parent_inode: pyfuse3.InodeT, name: bytes, ctx: pyfuse3.RequestContext,
+              make: Callable[[str, int], None]) -> pyfuse3.EntryAttributes:
+        """A name ``make(path, directory_fd)`` made, given to the caller, and its entry."""
         path = os.fsdecode(name)
-        os.symlink(target, path, dir_fd=self.inodes[parent_inode].fd)
+        make(path, self.inodes[parent_inode].fd)
         self._chown_to_caller(parent_inode, path, ctx)
         return self._entry(parent_inode, path)
 
