@@ -91,6 +91,18 @@ def test_a_created_file_is_empty_until_its_staging_file_commits(store: Store) ->
     assert find_problems(store) == []
 
 
+def test_a_small_file_commits_in_one_catalog_transaction(store: Store) -> None:
+    """Its chunks are recorded in the transaction that commits it (the pack it goes to is open already)."""
+    put(store, "first", b"opens a pack")
+    for name, data in ((b"new", DATA), (b"again", DATA)):  # new content, then content held already
+        _, staged = create(store, name, data)
+        before = store.catalog.last_commit()
+        commit(store, staged)
+        assert store.catalog.last_commit() - before == 1, name
+        assert read(store, name.decode()) == data
+    assert find_problems(store) == []
+
+
 def test_a_created_file_takes_the_mode_and_owner_it_was_created_with(store: Store) -> None:
     attrs, staged = store.namespace.create(env_of(store), b"f", 0o640, OWNER)
     assert (attrs.mode & 0o7777, attrs.uid, attrs.gid, attrs.nlink) == (0o640, 1000, 1000, 1)
