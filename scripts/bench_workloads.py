@@ -57,7 +57,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_until_idle(pid: int, *, step: float = 0.25, quiet: float = 0.02, limit: float = 120.0) -> None:
+def wait_until_idle(pid: int, *, step: float = 0.1, quiet: float = 0.01, limit: float = 120.0) -> None:
     """Wait until the daemon's CPU time stops growing (under ``quiet`` seconds in a ``step``).
 
     What an earlier run left it to do in the background (a compaction of

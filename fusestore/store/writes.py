@@ -369,6 +369,7 @@ class Writes:
 
             self.content.store(digest, size, staged, lambda length, offset: self.read(staged, length, offset),
                                streamed=streamed, reuse=reuse, finish=commit_in)
+            assert committed, "the store recorded its last batch without the commit"
             if committed[0][0] is None:  # unlinked meanwhile: what was just stored is nobody's
                 self.content.chunks.drop_partial(digest)
         return committed[0]
