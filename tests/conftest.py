@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -11,11 +12,23 @@ from typing import TYPE_CHECKING
 import pytest
 
 from fusestore import Store
+from fusestore.pool.memory_staging import ENVIRONMENT as MEMORY_STAGING
 
 from .helpers import ENV, ManualClock
 
 if TYPE_CHECKING:
     from .mount_helpers import Mount
+
+@pytest.fixture(autouse=True, scope="session")
+def memory_staging() -> Iterator[Path]:
+    """The memory staging directories of every store of the run (and its daemons'), removed at its end."""
+    root = Path(tempfile.mkdtemp(prefix="fusestore-tests-", dir="/dev/shm"))
+    os.environ[MEMORY_STAGING] = str(root)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
 
 @pytest.fixture
 def clock() -> ManualClock:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +16,7 @@ import blake3
 from fusestore import Store, errors
 from fusestore.catalog import ROOT_INO
 from fusestore.catalog.anchor import AnchorFile
+from fusestore.pool.memory_staging import ENVIRONMENT as MEMORY_STAGING
 from fusestore.store.owners import Owner
 
 ENV = "0f8fad5b-d9cb-469f-a165-70867728950e"
@@ -105,7 +109,13 @@ def leftover_staging(store: Store) -> list[str]:
 
 
 def restart_machine(catalog: Path) -> None:
-    """What a restart of the machine changes for a store: its last anchor now comes from another boot."""
+    """What a restart of the machine changes for a store: its last anchor now comes from another boot.
+
+    And memory is empty: every staging file in memory (``memory_staging``) is gone.
+    """
+    for directory, _, files in os.walk(os.environ[MEMORY_STAGING]):
+        for name in files:
+            os.unlink(os.path.join(directory, name))
     anchors = AnchorFile(catalog / "anchor")
     try:
         last = anchors.last()
@@ -113,3 +123,20 @@ def restart_machine(catalog: Path) -> None:
         anchors.write(last.txnid, last.metas, bytes(16), closed=last.closed)
     finally:
         anchors.close()
+
+
+def crash_before_commit(store_path: Path, data: bytes, steps: str = "") -> None:
+    """In a child process: create f in ENV, write ``data`` to it, run ``steps``, and die without committing."""
+    script = textwrap.dedent(f"""
+        import os, sys
+        from fusestore import Store
+        from fusestore.catalog import ROOT_INO
+        from fusestore.store.owners import Owner
+        store = Store.open(sys.argv[1])
+        env = store.namespace.mkdir(ROOT_INO, {ENV.encode()!r}, 0o755, Owner(0, 0)).ino
+        attrs, staged = store.namespace.create(env, b"f", 0o644, Owner(0, 0))
+        staged.write({data!r}, 0)
+        ino = attrs.ino
+    """) + textwrap.dedent(steps) + "\nos._exit(0)\n"
+    subprocess.run([sys.executable, "-c", script, str(store_path)], check=True, timeout=60,
+                   cwd=Path(__file__).resolve().parent.parent)

@@ -10,9 +10,6 @@ import errno
 import logging
 import os
 import re
-import subprocess
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +26,17 @@ from fusestore.store.owners import Owner
 from fusestore.store.writes import Dropped, Refused
 
 from .chunk_accounting import accounting_problems
-from .helpers import ENV, env_of, leftover_staging, live_chunk_bytes, put, read, restart_machine, stored_contents
+from .helpers import (
+    ENV,
+    crash_before_commit,
+    env_of,
+    leftover_staging,
+    live_chunk_bytes,
+    put,
+    read,
+    restart_machine,
+    stored_contents,
+)
 
 OWNER = Owner(1000, 1000)
 DATA = b"committed content " * 1000
@@ -469,25 +476,8 @@ def test_a_pack_freed_while_a_commit_wants_one_of_its_chunks_gets_that_chunk_app
 # -- crashes: the staging record survives ------------------------------------------------------------
 
 
-def crash_before_commit(store_path: Path, steps: str) -> None:
-    """In a child process: create f in ENV, write DATA to it, run ``steps``, and die without committing."""
-    script = textwrap.dedent(f"""
-        import os, sys
-        from fusestore import Store
-        from fusestore.catalog import ROOT_INO
-        from fusestore.store.owners import Owner
-        store = Store.open(sys.argv[1])
-        env = store.namespace.mkdir(ROOT_INO, {ENV.encode()!r}, 0o755, Owner(0, 0)).ino
-        attrs, staged = store.namespace.create(env, b"f", 0o644, Owner(0, 0))
-        staged.write({DATA!r}, 0)
-        ino = attrs.ino
-    """) + textwrap.dedent(steps) + "\nos._exit(0)\n"
-    subprocess.run([sys.executable, "-c", script, str(store_path)], check=True, timeout=60,
-                   cwd=Path(__file__).resolve().parent.parent)
-
-
 def test_recovery_commits_what_a_crashed_process_wrote_to_a_created_file(store_path: Path) -> None:
-    crash_before_commit(store_path, "")
+    crash_before_commit(store_path, DATA, "")
     with Store.open(store_path) as store:
         assert read(store, "f") == DATA
         assert store.namespace.getattr(ino_of(store, b"f")).size == len(DATA)
@@ -498,7 +488,7 @@ def test_recovery_commits_what_a_crashed_process_wrote_to_a_created_file(store_p
 
 def test_recovery_discards_a_created_file_whose_bytes_are_not_the_expected(store_path: Path) -> None:
     wrong = blake3.blake3(OTHER).hexdigest()
-    crash_before_commit(store_path, f"store.xattrs.set(ino, b'user.fusestore.expect', {wrong.encode()!r})")
+    crash_before_commit(store_path, DATA, f"store.xattrs.set(ino, b'user.fusestore.expect', {wrong.encode()!r})")
     with Store.open(store_path) as store:
         with pytest.raises(errors.NotFound):
             store.namespace.lookup(env_of(store), b"f")
@@ -509,7 +499,7 @@ def test_recovery_discards_a_created_file_whose_bytes_are_not_the_expected(store
 
 def test_recovery_commits_a_created_file_whose_bytes_are_the_expected(store_path: Path) -> None:
     right = blake3.blake3(DATA).hexdigest()
-    crash_before_commit(store_path, f"store.xattrs.set(ino, b'user.fusestore.expect', {right.encode()!r})")
+    crash_before_commit(store_path, DATA, f"store.xattrs.set(ino, b'user.fusestore.expect', {right.encode()!r})")
     with Store.open(store_path) as store:
         assert read(store, "f") == DATA
         assert find_problems(store) == []
@@ -524,7 +514,7 @@ EDIT_THEN_CRASH = """
 
 
 def test_recovery_commits_an_edit_a_crashed_process_left_over_its_base(store_path: Path) -> None:
-    crash_before_commit(store_path, EDIT_THEN_CRASH)
+    crash_before_commit(store_path, DATA, EDIT_THEN_CRASH)
     with Store.open(store_path) as store:
         assert read(store, "f") == DATA[:3] + b"edited" + DATA[9:]
         assert leftover_staging(store) == []
@@ -535,7 +525,7 @@ def test_recovery_commits_an_edit_a_crashed_process_left_over_its_base(store_pat
 def test_recovery_of_an_edit_whose_base_is_gone_keeps_the_file_and_says_so(
         store_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Only a damaged store lacks the content an edit's record holds: the edit is dropped, the open goes on."""
-    crash_before_commit(store_path, EDIT_THEN_CRASH)
+    crash_before_commit(store_path, DATA, EDIT_THEN_CRASH)
     env = lmdb.open(str(store_path / "catalog"), max_dbs=32)
     try:
         with env.begin(write=True) as txn:
@@ -550,7 +540,7 @@ def test_recovery_of_an_edit_whose_base_is_gone_keeps_the_file_and_says_so(
 
 def test_after_a_power_loss_an_edit_keeps_what_its_fsync_covered_over_its_base(
         store_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    crash_before_commit(store_path, f"""
+    crash_before_commit(store_path, DATA, f"""
         digest, size = staged.hash()
         store.writes.commit(staged, digest, size)
         edit = store.writes.stage(ino, 1 << 40)

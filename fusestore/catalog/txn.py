@@ -61,6 +61,13 @@ class Txn:
     def meta_put(self, key: bytes, value: bytes) -> None:
         self.raw.put(key, value, db=self.catalog.meta)
 
+    def store_id(self) -> bytes | None:
+        """The 16 random bytes that name this store wherever its directory is (absent before format 3's first open)."""
+        return self.meta_get(b"store_id")
+
+    def set_store_id(self, store_id: bytes) -> None:
+        self.meta_put(b"store_id", store_id)
+
     def new_ino(self) -> int:
         raw = self.meta_get(b"next_ino")
         ino = U64.unpack(raw)[0] if raw else ROOT_INO + 1

@@ -12,11 +12,12 @@ from .chunker import DEFAULT_PARAMS, ChunkParams, StreamChunker, chunks
 from .codec import DEFAULT_COMPRESSION, RAW, ZSTD, Compression, DamagedChunk, decode, encode
 from .failing import FailingPackStore
 from .local import LocalBlobStore
+from .memory_staging import memory_root
 from .packs import LocalPackStore, PackMissing, PackSealed, PackStore
-from .staging import ShortRead, StagingArea, StagingFile
+from .staging import ShortRead, StagingArea, StagingFile, staging_names
 
 __all__ = ["BlobMissing", "BlobReader", "BlobStore", "ChunkParams", "Compression", "DEFAULT_COMPRESSION",
            "DEFAULT_PARAMS", "DamagedChunk", "FailingPackStore", "LocalBlobStore", "LocalPackStore", "NoBlobs",
            "PackMissing", "PackSealed", "PackStore", "Promises", "RAW", "ShortRead", "StagingArea", "StagingFile",
            "StreamChunker",
-           "ZSTD", "chunks", "decode", "encode"]
+           "ZSTD", "chunks", "decode", "encode", "memory_root", "staging_names"]

@@ -117,6 +117,9 @@ class Checkpoints:
                 else:
                     self._commit_recovered(staged, path, staged.modified_ns())
                 continue
+            if record.keep and power_lost and staged is None and not self._was_fsynced(record):
+                self._drop_never_fsynced(record, path)  # it was in memory, or its bytes never reached the disk
+                continue
             if staged is not None:  # an unfinished put: it may have stored its blob already
                 candidates.add(staged.hash()[0])
                 staged.close()
@@ -178,15 +181,22 @@ class Checkpoints:
             synced = tx.synced(record.name)
         if synced is None:
             staged.close()
-            log.warning("recovery: what was written to %s was never fsynced, and the power took it; the file "
-                        "keeps its committed content", path)
-            with self.catalog.write() as tx:
-                self.writes.undo_recorded(tx, record, remove_created=False)
+            self._drop_never_fsynced(record, path)
             return
         if staged.size() > synced.size:
             log.warning("recovery: kept the %d bytes of %s its last fsync made durable; what was written after "
                         "it is gone with the power", synced.size, path)
         self._commit_recovered(staged, path, synced.mtime_ns, synced.size)
+
+    def _was_fsynced(self, record: StagingRecord) -> bool:
+        with self.catalog.read() as tx:
+            return tx.synced(record.name) is not None
+
+    def _drop_never_fsynced(self, record: StagingRecord, path: str) -> None:
+        log.warning("recovery: what was written to %s was never fsynced, and the power took it; the file "
+                    "keeps its committed content", path)
+        with self.catalog.write() as tx:
+            self.writes.undo_recorded(tx, record, remove_created=False)
 
     def _commit_recovered(self, staged: StagingFile, path: str, mtime_ns: int, size: int | None = None) -> None:
         """Commit the staging file, or its first ``size`` bytes. It is read, never written: the commit that

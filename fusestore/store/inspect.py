@@ -30,6 +30,7 @@ from typing import NamedTuple
 from .. import errors
 from ..catalog import ROOT_INO, Catalog, Chunk, Extent, Inode, Pack, Resource, StagingRecord, Txn
 from ..catalog import rollback_due as catalog_rollback_due
+from ..pool import memory_root, staging_names
 from .locking import InspectionLock
 
 HEX = frozenset("0123456789abcdef")
@@ -292,12 +293,27 @@ class Inspection:
         return self._packs
 
     def staging_files(self) -> list[str]:
-        """Names in the staging directory (none when it is missing), but those the owner retires."""
+        """Names in the staging directory and the memory one (``memory_staging``), but those the owner retires."""
         try:
             names = os.listdir(self.path / "staging")
         except FileNotFoundError:
-            return []
+            names = []
+        names += [name for name in staging_names(self._memory_root()) if name not in names]
         return sorted(name for name in names if name.removesuffix(".blob") not in self.retired)
+
+    def staging_size(self, name: str) -> int:
+        """The size of the staging file ``name``, in memory or on the disk (the one recovery would take)."""
+        memory = self._memory_root()
+        if memory is not None:
+            try:
+                return os.stat(f"{memory}/{name}").st_size
+            except FileNotFoundError:
+                pass
+        return os.stat(self.path / "staging" / name).st_size
+
+    def _memory_root(self) -> str | None:
+        store_id = self.tx.store_id()
+        return memory_root(store_id, create=False) if store_id is not None else None
 
     def _scan_pool(self) -> tuple[list[BlobFile], list[str]]:
         if self._pool is None:

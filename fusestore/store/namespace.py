@@ -53,10 +53,11 @@ class Namespace:
 
     # -- set-up -----------------------------------------------------------------
 
-    def initialise(self) -> None:
+    def initialise(self, store_id: bytes) -> None:
         now = self.now_ns()
         with self.catalog.write() as tx:
             tx.meta_put(b"format", str(FORMAT_VERSION).encode())
+            tx.set_store_id(store_id)
             root = Inode(ROOT_INO, stat.S_IFDIR | 0o1777, 0, 0, nlink=2,
                          atime_ns=now, mtime_ns=now, ctime_ns=now, parent=ROOT_INO)
             tx.save_inode(root)
@@ -214,7 +215,7 @@ class Namespace:
         The record names the new entry, so that a refused first commit
         (``user.fusestore.expect``) removes the file it created.
         """
-        staged = self.writes.staging.create()
+        staged = self.writes.staging.create(small=True)
         try:
             with self.catalog.write() as tx:
                 parent = self._creating(tx, parent_ino, name)

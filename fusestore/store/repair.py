@@ -59,15 +59,15 @@ def recovery_plan(ins: Inspection) -> Iterator[str]:
     files = set(ins.staging_files())
     for record in ins.staging_records():
         where = ins.describe(record.ino)
-        if record.keep and record.name in files and ins.tx.catalog.power_lost:
-            synced = ins.tx.synced(record.name)
+        synced = ins.tx.synced(record.name)
+        if record.keep and ins.tx.catalog.power_lost and (record.name in files or synced is None):
             yield (f"recovery would drop what was written to {where}, which no fsync covered before the "
                    f"machine went down (staging file {record.name})" if synced is None else
                    f"recovery would commit the first {synced.size} bytes written to {where}, which an fsync "
                    f"made durable before the machine went down (staging file {record.name})")
             continue
         if record.keep and record.name in files:
-            size = os.stat(ins.path / "staging" / record.name).st_size
+            size = ins.staging_size(record.name)
             yield (f"recovery would commit the {size} bytes written to {where} "
                    f"(staging file {record.name}; discarded if they are not its expected content)")
             continue

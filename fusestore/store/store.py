@@ -45,6 +45,7 @@ from ..pool import (
     ShortRead,
     StagingArea,
     StagingFile,
+    memory_root,
 )
 from . import names
 from .access import RequestResponse, RequestTable, choose_ranges
@@ -103,7 +104,8 @@ class Store:
         except BaseException:
             self._lock.release()
             raise
-        self.staging = StagingArea(self.path / "staging")
+        store_id = secrets.token_bytes(16) if new else _store_id(self.catalog)  # a new one's is written with its root
+        self.staging = StagingArea(self.path / "staging", memory=memory_root(store_id, create=True))
         legacy = self.path / "pool"  # whole-file blobs of a store made before chunks, until upgraded
         self.blobs = LocalBlobStore(legacy) if legacy.is_dir() else NoBlobs()
         self.packs = packs if packs is not None else LocalPackStore(self.path / "packs")
@@ -126,7 +128,7 @@ class Store:
         self._uploads_lock = threading.Lock()
         self._upload_inodes: dict[str, int] = {}  # staging name -> ino of each put in flight
         if new:
-            self.namespace.initialise()
+            self.namespace.initialise(store_id)
             for directory in (self.path, self.path.parent):  # the names of staging/ and packs/, and its own
                 linux.fsync_path(directory)
         self.chunks.settle()
@@ -187,6 +189,7 @@ class Store:
         self.chunks.close()
         self.sync()
         self.catalog.close()
+        self.staging.close()
         self._lock.release()
 
     def sync(self) -> None:
@@ -507,3 +510,15 @@ class BlobFile(io.RawIOBase):
         if not self.closed:
             self._blob.close()
         super().close()
+
+
+def _store_id(catalog: Catalog) -> bytes:
+    """The id of an initialised store (``meta/store_id``), made by the first writable open that finds none."""
+    with catalog.read() as tx:
+        found = tx.store_id()
+    if found is not None:
+        return found
+    with catalog.write() as tx:
+        made = tx.store_id() or secrets.token_bytes(16)
+        tx.set_store_id(made)
+    return made

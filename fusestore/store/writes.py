@@ -131,10 +131,10 @@ class Writes:
             node = tx.existing_inode(ino)
         if not stat.S_ISREG(node.mode):
             raise errors.InvalidArgument(f"inode {ino} is not a regular file")
-        staged = self.staging.create()
+        copy_length = min(copy_length, node.size)
+        staged = self.staging.create(small=copy_length == 0)
         edit = None
         try:
-            copy_length = min(copy_length, node.size)
             base = None
             if copy_length:  # an in-place edit: what it starts from is checked whole, whatever the limit
                 reader = self.content.checked_open(ino, whole=True)
