@@ -11,7 +11,8 @@ format 2 would have left it closed (``docs/FORMAT.md`` as of format 2):
 - each resource's layout becomes ``LAYOUT_WHOLE_BLOB`` (0): the 18-byte
   value of format 2, length, refcount and state unchanged;
 - the ``chunks``, ``extents``, ``packs`` and ``packchunks`` databases are
-  dropped, with the ``meta`` keys ``chunking`` and ``next_pack``, and
+  dropped, with the ``meta`` keys ``chunking``, ``next_pack`` and
+  ``store_id``, and
   ``packs/`` is removed, leaving the ten databases of format 2;
 - ``meta/format`` becomes ``2``, and the catalog is synced and anchored
   as a close of format 2 anchors it (the anchor's slots are the same in
@@ -79,6 +80,7 @@ def make_format2(path: Path, fill: Callable[[Store], None]) -> dict[bytes, bytes
             meta = env.open_db(b"meta", txn=txn)
             txn.delete(b"chunking", db=meta)
             txn.delete(b"next_pack", db=meta)
+            txn.delete(b"store_id", db=meta)
             txn.put(b"format", b"2", db=meta)
         env.sync(True)
         metas, txnid = meta_pages(env, catalog), int(env.info()["last_txnid"])
