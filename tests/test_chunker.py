@@ -94,6 +94,9 @@ def test_short_content_is_one_chunk_and_an_empty_range_none() -> None:
     assert chunker.pending == len(data)
     assert chunker.finish() == [(100, data)]
     assert StreamChunker(DEFAULT_PARAMS).finish() == []
+    for size in (DEFAULT_PARAMS.min_size, DEFAULT_PARAMS.min_size + 1):  # where chunks() stops taking a range whole
+        data = content(random.Random(size), size)
+        assert list(chunks(of_bytes(data, 7), 7, 7 + size, DEFAULT_PARAMS)) == reference(data, DEFAULT_PARAMS, 7)
 
 
 def test_chunks_end_where_the_content_does() -> None:

@@ -153,6 +153,11 @@ def chunks(read: Callable[[int, int], bytes], start: int, end: int, params: Chun
     content ends, and then so do the chunks (short of ``end``). Memory: a
     few ``WINDOW``\\ s and ``max_size``, whatever the range's length.
     """
+    if end - start <= params.min_size:  # FastCDC cuts nowhere in a chunk's first min_size bytes: one chunk
+        data = read(end - start, start)
+        if data:
+            yield start, data
+        return
     chunker = StreamChunker(params, start)
     offset = start
     while offset < end:

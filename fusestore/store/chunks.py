@@ -227,7 +227,7 @@ class Chunks:
                                  on_stored)
             base = self._chunked_length(reuse.base) if reuse is not None else None
             if reuse is None or base is None:
-                self._cut(gatherer, read, 0, size)
+                self._cut(gatherer, read, 0, size, whole=digest)
             else:
                 limit = reuse.last_end(base, size)
                 start = take_prefix(self.catalog, gatherer, reuse.base, min(reuse.start, limit))
@@ -246,13 +246,14 @@ class Chunks:
         return resource.length
 
     def _cut(self, gatherer: Gatherer, read: Callable[[int, int], bytes], start: int, size: int,
-             resync: tuple[bytes, int, int] | None = None) -> None:
+             resync: tuple[bytes, int, int] | None = None, whole: bytes | None = None) -> None:
         """Cut and gather ``[start, size)``; with ``resync`` = (base, after, limit), take the base's chunks
-        from the first cut past ``after`` that ends where a base chunk ends."""
+        from the first cut past ``after`` that ends where a base chunk ends. ``whole``: the content's
+        digest, which is its chunk's when it is one chunk (a small file's is hashed once, not twice)."""
         ends = chunk_ends(self.catalog, *resync) if resync is not None else iter(())
         base_end = next(ends, None)
         for offset, piece in chunks(read, start, size, self.params):
-            gatherer.add(offset, piece)
+            gatherer.add(offset, piece, whole if len(piece) == size else None)
             end = offset + len(piece)
             while base_end is not None and base_end < end:
                 base_end = next(ends, None)

@@ -52,8 +52,9 @@ class Gatherer:
         self._group: list[tuple[bytes, int, bytes | memoryview]] = []  # (digest, offset, bytes) not looked up yet
         self._grouped = self._batched = 0
 
-    def add(self, offset: int, piece: bytes | memoryview) -> None:
-        chunk_digest = self._chunks.digest(piece)
+    def add(self, offset: int, piece: bytes | memoryview, digest: bytes | None = None) -> None:
+        """A chunk at ``offset``; ``digest``: its BLAKE3 when the caller knows it (a content of one chunk)."""
+        chunk_digest = digest if digest is not None else self._chunks.digest(piece)
         self._extend(Extent(offset + len(piece), chunk_digest, len(piece)))
         if chunk_digest not in self._seen:
             self._seen.add(chunk_digest)
