@@ -156,7 +156,7 @@ def chunks(read: Callable[[int, int], bytes], start: int, end: int, params: Chun
     if end - start <= params.min_size:  # FastCDC cuts nowhere in a chunk's first min_size bytes: one chunk
         data = read(end - start, start)
         if data:
-            yield start, data
+            yield start, memoryview(data)
         return
     chunker = StreamChunker(params, start)
     offset = start
