@@ -66,4 +66,11 @@ def memory_root(store_id: bytes, *, create: bool) -> str | None:
                     "small files are staged on the disk", mine, os.geteuid(), stat.S_IMODE(status.st_mode),
                     status.st_uid)
         return None
-    return f"{mine}/{store_id.hex()}"
+    root = f"{mine}/{store_id.hex()}"
+    if create:
+        try:
+            private.make_dirs(root)
+        except OSError as exc:
+            log.warning("memory staging is off: cannot make %s (%s)", root, exc)
+            return None
+    return root

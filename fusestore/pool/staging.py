@@ -161,8 +161,6 @@ class StagingArea:
         self.root = os.fspath(root)
         private.make_dirs(self.root)
         self.memory = memory
-        if memory is not None:
-            private.make_dirs(memory)
         self._in_memory = 0  # bytes the files in memory hold of the budget
         self._lock = threading.Lock()
 
@@ -178,6 +176,11 @@ class StagingArea:
             try:
                 fd = private.open_file(self.path_of(name, in_memory=in_memory), os.O_RDWR | os.O_CREAT | os.O_EXCL)
             except FileExistsError:
+                continue
+            except OSError:
+                if not in_memory:
+                    raise
+                in_memory = False  # memory has no room for another file (or its directory went): the disk
                 continue
             return StagingFile(self, name, fd, in_memory=in_memory)
 
@@ -207,8 +210,8 @@ class StagingArea:
         the file (``reopen`` prefers it), so a crash at any point loses nothing.
         """
         source = staged.fileno()
-        size = os.fstat(source).st_size
-        modified = os.fstat(source).st_mtime_ns
+        status = os.fstat(source)
+        size, modified = status.st_size, status.st_mtime_ns
         copy = self.path_of(staged.name)
         target = private.open_file(copy, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
         try:
