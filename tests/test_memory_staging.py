@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +38,7 @@ def memory_dir_of(store_path: Path) -> Path:
     with Inspection.open(store_path) as ins:
         store_id = ins.tx.store_id()
     assert store_id is not None
-    root = memory_root(store_id, create=False)
+    root = memory_root(store_id, store_path, create=False)
     assert root is not None
     return Path(root)
 
@@ -214,6 +215,29 @@ def test_recovery_commits_a_small_file_a_killed_process_left_in_memory(store_pat
     with Store.open(store_path) as store:
         assert read(store, "f") == SMALL
         assert leftover_staging(store) == [] and find_problems(store) == []
+
+
+def test_a_copy_of_a_store_never_touches_the_files_the_original_has_in_memory(tmp_path: Path,
+                                                                              store_path: Path) -> None:
+    crash_before_commit(store_path, SMALL)
+    copy = tmp_path / "copy"
+    shutil.copytree(store_path, copy)
+    with Store.open(copy) as copied:  # its record's file is the original's: not the copy's to take
+        assert read(copied, "f") == b""
+    assert len(os.listdir(memory_dir_of(store_path))) == 1
+    with Store.open(store_path) as store:
+        assert read(store, "f") == SMALL
+
+
+def test_a_store_moved_after_a_crash_finds_what_it_left_in_memory(tmp_path: Path, store_path: Path) -> None:
+    crash_before_commit(store_path, SMALL)
+    left = memory_dir_of(store_path)
+    moved = tmp_path / "moved"
+    store_path.rename(moved)
+    with Store.open(moved) as store:
+        assert read(store, "f") == SMALL
+        assert leftover_staging(store) == [] and find_problems(store) == []
+    assert not left.exists() and not Path(f"{left}.path").exists()
 
 
 def test_a_move_to_the_disk_cut_short_is_undone_by_recovery(store_path: Path) -> None:

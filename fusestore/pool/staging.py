@@ -24,6 +24,7 @@ import blake3
 
 from .. import linux, private
 from ..digests import IO_BUFFER, hash_fd
+from . import memory_staging
 from .memory_staging import MEMORY_BUDGET, MEMORY_FILE_MAX
 
 HOLE_CHECK_MIN = 64 << 10  # reads from this size first ask whether they fall in a hole
@@ -283,10 +284,7 @@ class StagingArea:
     def close(self) -> None:
         """The store closes: its memory directory goes if nothing is left in it."""
         if self.memory is not None:
-            try:
-                os.rmdir(self.memory)
-            except OSError:
-                pass  # a file of a change in flight (a put cut short by the close) stays for recovery
+            memory_staging.forget(self.memory)
 
 
 def staging_names(root: str | None) -> list[str]:

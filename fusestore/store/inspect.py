@@ -313,7 +313,7 @@ class Inspection:
 
     def _memory_root(self) -> str | None:
         store_id = self.tx.store_id()
-        return memory_root(store_id, create=False) if store_id is not None else None
+        return memory_root(store_id, self.path, create=False) if store_id is not None else None
 
     def _scan_pool(self) -> tuple[list[BlobFile], list[str]]:
         if self._pool is None:

@@ -105,7 +105,7 @@ class Store:
             self._lock.release()
             raise
         store_id = secrets.token_bytes(16) if new else _store_id(self.catalog)  # a new one's is written with its root
-        self.staging = StagingArea(self.path / "staging", memory=memory_root(store_id, create=True))
+        self.staging = StagingArea(self.path / "staging", memory=memory_root(store_id, self.path, create=True))
         legacy = self.path / "pool"  # whole-file blobs of a store made before chunks, until upgraded
         self.blobs = LocalBlobStore(legacy) if legacy.is_dir() else NoBlobs()
         self.packs = packs if packs is not None else LocalPackStore(self.path / "packs")
