@@ -228,7 +228,7 @@ class StagingArea:
             raise
         finally:
             os.close(target)
-        os.unlink(self.path_of(staged.name, in_memory=True))
+        self._unlink(self.path_of(staged.name, in_memory=True))
         staged.in_memory = False
         self.release(staged)
 
