@@ -62,7 +62,7 @@ class Txn:
         self.raw.put(key, value, db=self.catalog.meta)
 
     def store_id(self) -> bytes | None:
-        """The 16 random bytes that name this store wherever its directory is (absent before format 3's first open)."""
+        """The 16 random bytes that name this store (absent in a store made before them, until a writable open)."""
         return self.meta_get(b"store_id")
 
     def set_store_id(self, store_id: bytes) -> None:
