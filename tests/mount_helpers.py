@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from fusestore.cli.mounts import mounted_paths
+from fusestore.cli.mounts import mounted_paths, process_alive
 from fusestore.store.fsck import run_checks
 from fusestore.store.inspect import Inspection
 
@@ -179,3 +180,25 @@ def offline_problems(store: Path) -> list[str]:
     """What fsck finds in an unmounted store."""
     with Inspection.open(store) as inspection:
         return [str(problem) for problem in run_checks(inspection)]
+
+
+def kill_daemon_mid_write(mount: Mount, writes: str, path: Path,
+                          while_written: Callable[[], None] = lambda: None) -> None:
+    """SIGKILL the daemon while a writer holds ``path`` open, once its ``writes`` returned, then mount again.
+
+    ``writes``: Python statements run with ``path`` as ``sys.argv[1]`` (``os`` imported); ``while_written``
+    runs between their return and the kill. Whatever recovery made of the writes is then on the mount.
+    """
+    script = f"import os, sys, time\n{writes}\nprint('written', flush=True)\ntime.sleep(60)\n"
+    writer = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout is not None and writer.stdout.readline() == "written\n"
+        while_written()
+        pid = int(os.getxattr(mount.path, "user.fusestore.pid"))
+        os.kill(pid, signal.SIGKILL)
+        assert eventually(lambda: not process_alive(pid)), "the daemon survived SIGKILL"
+    finally:
+        writer.kill()
+        writer.wait()
+    mount.umount()
+    mount.mount()

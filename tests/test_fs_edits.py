@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import os
 import random
-import signal
-import subprocess
 from pathlib import Path
 
 import blake3
 import pytest
 
-from fusestore.cli.mounts import process_alive
-
 from .helpers import ENV
-from .mount_helpers import Mount, eventually, offline_problems
+from .mount_helpers import Mount, kill_daemon_mid_write, offline_problems
 
 MiB = 1 << 20
 SIZE = 48 * MiB
@@ -118,23 +114,9 @@ def test_the_file_a_rename_replaces_mid_edit_keeps_reading_its_base(mount: Mount
 def test_a_kill_of_the_daemon_mid_edit_loses_neither_the_base_nor_the_writes(mount: Mount,
                                                                            big: tuple[Path, bytearray]) -> None:
     path, model = big
-    writer = subprocess.Popen(["python3", "-c", (
-        "import os, sys, time\n"
-        "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
-        "os.pwrite(fd, b'x' * 5000, 12345)\n"
-        "os.pwrite(fd, b'y' * 3, 40 * 1024 * 1024 + 1)\n"
-        "print('written', flush=True)\n"
-        "time.sleep(60)\n"), str(path)], stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout is not None and writer.stdout.readline() == "written\n"
-        pid = int(os.getxattr(mount.path, "user.fusestore.pid"))
-        os.kill(pid, signal.SIGKILL)
-        assert eventually(lambda: not process_alive(pid)), "the daemon survived SIGKILL"
-    finally:
-        writer.kill()
-        writer.wait()
-    mount.umount()
-    mount.mount()
+    kill_daemon_mid_write(mount, "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+                                 "os.pwrite(fd, b'x' * 5000, 12345)\n"
+                                 "os.pwrite(fd, b'y' * 3, 40 * 1024 * 1024 + 1)", path)
     model[12345:12345 + 5000] = b"x" * 5000
     model[40 * MiB + 1:40 * MiB + 4] = b"yyy"
     assert path.read_bytes() == model, "recovery committed the edit over its base"

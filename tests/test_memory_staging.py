@@ -5,9 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,7 +13,6 @@ import blake3
 import pytest
 
 from fusestore import Store
-from fusestore.cli.mounts import process_alive
 from fusestore.pool import memory_root, staging
 from fusestore.pool.memory_staging import ENVIRONMENT, MEMORY_FILE_MAX
 from fusestore.store.fsck import find_problems
@@ -24,7 +21,7 @@ from fusestore.store.owners import Owner
 from fusestore.store.repair import recovery_plan
 
 from .helpers import ENV, crash_before_commit, leftover_staging, read, restart_machine
-from .mount_helpers import Mount, eventually, offline_problems
+from .mount_helpers import Mount, kill_daemon_mid_write, offline_problems
 
 SMALL = b"a small file's bytes\n" * 100
 
@@ -268,23 +265,11 @@ def test_a_power_loss_takes_what_was_in_memory_and_keeps_what_an_fsync_moved(sto
 def test_a_small_file_open_when_the_daemon_is_killed_comes_back_at_the_next_mount(mount: Mount) -> None:
     env = mount.path / ENV
     env.mkdir()
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import os, sys, time\n"
-        "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
-        "os.write(fd, b'written before the kill')\n"
-        "print('written', flush=True)\n"
-        "time.sleep(60)\n"), str(env / "f")], stdout=subprocess.PIPE, text=True)
-    try:
-        assert writer.stdout is not None and writer.stdout.readline() == "written\n"
+    def in_memory() -> None:
         assert os.listdir(mount.store / "staging") == [], "the open file's bytes are in memory"
-        pid = int(os.getxattr(mount.path, "user.fusestore.pid"))
-        os.kill(pid, signal.SIGKILL)
-        assert eventually(lambda: not process_alive(pid)), "the daemon survived SIGKILL"
-    finally:
-        writer.kill()
-        writer.wait()
-    mount.umount()
-    mount.mount()
+
+    kill_daemon_mid_write(mount, "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT, 0o644)\n"
+                                 "os.write(fd, b'written before the kill')", env / "f", in_memory)
     assert (env / "f").read_bytes() == b"written before the kill"
     assert blake3.blake3((env / "f").read_bytes()).hexdigest() == os.getxattr(
         env / "f", "user.fusestore.blake3").decode()
