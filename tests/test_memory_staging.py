@@ -6,7 +6,6 @@ import logging
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
@@ -277,15 +276,10 @@ def test_a_small_file_open_when_the_daemon_is_killed_comes_back_at_the_next_moun
     assert offline_problems(mount.store) == []
 
 
-@pytest.fixture
-def shell_tree(mount: Mount) -> Iterator[Path]:
-    env = mount.path / ENV
-    env.mkdir()
-    yield env
-
-
-def test_tools_write_small_files_through_memory_and_big_ones_through_the_disk(shell_tree: Path,
-                                                                             mount: Mount) -> None:
+def test_cp_a_and_a_shell_redirection_of_small_and_large_files_read_back_whole(mount: Mount) -> None:
+    """Files on both sides of the memory limit, written by real tools; nothing is left staged anywhere after."""
+    shell_tree = mount.path / ENV
+    shell_tree.mkdir()
     source = shell_tree.parent.parent / "source"
     source.mkdir()
     files = {f"s{i}": os.urandom(i * 1000) for i in range(20)} | {"big": os.urandom(3 * MEMORY_FILE_MAX)}
@@ -300,3 +294,4 @@ def test_tools_write_small_files_through_memory_and_big_ones_through_the_disk(sh
     mount.umount()
     assert offline_problems(mount.store) == []
     assert os.listdir(mount.store / "staging") == []
+    assert not memory_dir_of(mount.store).exists(), "nothing is left in memory, nor the store's directory there"
