@@ -45,6 +45,15 @@ def _check(result: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset``: a pwrite may write less than it was given."""
+    view = memoryview(data).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Start writing a range of a file to disk without waiting (a hint: nothing where unsupported)."""
     if _sync_file_range is not None:

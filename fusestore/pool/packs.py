@@ -164,7 +164,7 @@ class LocalPackStore:
                 appending = self._appending[pack] = self._continue(pack)
             offset = appending.end
             appending.end += len(view)
-        _pwrite_all(appending.file.fd, view, offset)
+        linux.pwrite_all(appending.file.fd, view, offset)
         with self._lock:
             self._written(pack)
         return offset
@@ -286,10 +286,3 @@ def is_pack_name(name: str) -> bool:
 
 def _missing(pack: int) -> PackMissing:
     return PackMissing(errno.ENOENT, f"no pack {pack:016x}")
-
-
-def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
-    while data:
-        written = os.pwrite(fd, data, offset)
-        data = data[written:]
-        offset += written

@@ -219,10 +219,7 @@ class StagingArea:
         # which cost a large file 0.5 s per GiB at its commit.
         target = private.open_file(copy, os.O_RDWR | os.O_CREAT | os.O_EXCL)
         try:
-            data = os.pread(source, size, 0)  # at most MEMORY_FILE_MAX bytes, holes read as zeros
-            view = memoryview(data)
-            while view:
-                view = view[os.pwrite(target, view, size - len(view)):]
+            linux.pwrite_all(target, os.pread(source, size, 0), 0)  # at most MEMORY_FILE_MAX bytes, holes as zeros
             os.utime(target, ns=(modified, modified))
             staged.replace_descriptor(target)
         except BaseException:
