@@ -109,6 +109,8 @@ class Inspection:
         self._packs: tuple[list[PackFile], list[str]] | None = None
         self._extents: dict[bytes, list[Extent]] | None = None
         self._chunk_users: dict[bytes, set[bytes]] | None = None
+        store_id = tx.store_id()
+        self._memory = memory_root(store_id, self.path, create=False) if store_id is not None else None
 
     @classmethod
     @contextmanager
@@ -298,22 +300,17 @@ class Inspection:
             names = os.listdir(self.path / "staging")
         except FileNotFoundError:
             names = []
-        names += [name for name in staging_names(self._memory_root()) if name not in names]
+        names += [name for name in staging_names(self._memory) if name not in names]
         return sorted(name for name in names if name.removesuffix(".blob") not in self.retired)
 
     def staging_size(self, name: str) -> int:
         """The size of the staging file ``name``, in memory or on the disk (the one recovery would take)."""
-        memory = self._memory_root()
-        if memory is not None:
+        if self._memory is not None:
             try:
-                return os.stat(f"{memory}/{name}").st_size
+                return os.stat(f"{self._memory}/{name}").st_size
             except FileNotFoundError:
                 pass
         return os.stat(self.path / "staging" / name).st_size
-
-    def _memory_root(self) -> str | None:
-        store_id = self.tx.store_id()
-        return memory_root(store_id, self.path, create=False) if store_id is not None else None
 
     def _scan_pool(self) -> tuple[list[BlobFile], list[str]]:
         if self._pool is None:
