@@ -57,10 +57,7 @@ def memory_root(store_id: bytes, store: str | os.PathLike[str], *, create: bool)
     mine = f"{parent}/fusestore-{os.geteuid()}"
     if create:
         try:
-            os.mkdir(mine, private.DIR_MODE)
-            os.chmod(mine, private.DIR_MODE)  # whatever the umask took
-        except FileExistsError:
-            pass
+            private.make_dirs(mine)  # an existing one is checked below, whatever it is
         except OSError as exc:
             log.warning("memory staging is off: cannot make %s (%s)", mine, exc)
             return None
