@@ -37,7 +37,7 @@ import logging
 import stat
 
 from .. import errors
-from ..catalog import LAYOUT_CHUNKS, PENDING, U64, Catalog, Resource, StagingRecord, Txn
+from ..catalog import LAYOUT_CHUNKS, PENDING, U64, Catalog, Resource, StagingRecord, Synced, Txn
 from ..digests import EMPTY_DIGEST
 from ..pool import BlobMissing, StagingArea, StagingFile
 from .content import Content, describe_key
@@ -102,6 +102,12 @@ class Checkpoints:
         for record in records:
             path = where.get(record.ino, f"inode {record.ino}")
             staged = self.staging.reopen(record.name)
+            synced = self._synced(record) if record.keep and power_lost else None
+            if record.keep and power_lost and synced is None:  # in memory, or its pages never on the disk
+                if staged is not None:
+                    staged.close()
+                self._drop_never_fsynced(record, path)
+                continue
             if record.keep and staged is not None:
                 try:
                     self.writes.resume(record, staged)
@@ -112,13 +118,10 @@ class Checkpoints:
                     with self.catalog.write() as tx:
                         self.writes.undo_recorded(tx, record, remove_created=False)
                     continue
-                if power_lost:
-                    self._commit_fsynced_part(record, staged, path)
+                if synced is not None:
+                    self._commit_fsynced_part(staged, path, synced)
                 else:
                     self._commit_recovered(staged, path, staged.modified_ns())
-                continue
-            if record.keep and power_lost and staged is None and not self._was_fsynced(record):
-                self._drop_never_fsynced(record, path)  # it was in memory, or its bytes never reached the disk
                 continue
             if staged is not None:  # an unfinished put: it may have stored its blob already
                 candidates.add(staged.hash()[0])
@@ -175,22 +178,16 @@ class Checkpoints:
         with Inspection.over(self.catalog, self.catalog.path.parent) as inspection:
             return {ino: inspection.describe(ino) for ino in inodes}
 
-    def _commit_fsynced_part(self, record: StagingRecord, staged: StagingFile, path: str) -> None:
-        """After a power loss: commit what the change's last fsync made durable; without one, drop it."""
-        with self.catalog.read() as tx:
-            synced = tx.synced(record.name)
-        if synced is None:
-            staged.close()
-            self._drop_never_fsynced(record, path)
-            return
+    def _commit_fsynced_part(self, staged: StagingFile, path: str, synced: Synced) -> None:
+        """After a power loss: commit what the change's last fsync made durable."""
         if staged.size() > synced.size:
             log.warning("recovery: kept the %d bytes of %s its last fsync made durable; what was written after "
                         "it is gone with the power", synced.size, path)
         self._commit_recovered(staged, path, synced.mtime_ns, synced.size)
 
-    def _was_fsynced(self, record: StagingRecord) -> bool:
+    def _synced(self, record: StagingRecord) -> Synced | None:
         with self.catalog.read() as tx:
-            return tx.synced(record.name) is not None
+            return tx.synced(record.name)
 
     def _drop_never_fsynced(self, record: StagingRecord, path: str) -> None:
         log.warning("recovery: what was written to %s was never fsynced, and the power took it; the file "
