@@ -19,6 +19,7 @@ from .helpers import ENV, ManualClock
 if TYPE_CHECKING:
     from .mount_helpers import Mount
 
+
 @pytest.fixture(autouse=True, scope="session")
 def memory_staging() -> Iterator[Path]:
     """The memory staging directories of every store of the run (and its daemons'), removed at its end."""
