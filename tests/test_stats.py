@@ -6,6 +6,7 @@ import errno
 import io
 import json
 import os
+import random
 import stat
 import subprocess
 import sys
@@ -114,7 +115,10 @@ def test_a_pending_upload_is_a_file_without_logical_bytes(store: Store) -> None:
 
 
 def test_chunks_count_once_within_and_across_files_and_compression_shows(store: Store) -> None:
-    piece = os.urandom(200 << 10)  # about a dozen chunks, incompressible
+    # About a dozen chunks, incompressible, and the same in every run: how many bytes the join below
+    # adds before the cut points line up again varies with the bytes (random ones passed the bound in
+    # 2 of 300 draws), so random ones made this test fail now and then.
+    piece = random.Random(20261202).randbytes(200 << 10)
     put(store, "random", piece)
     put(store, "twice", piece + piece)  # cut alike after the join: its chunks are mostly the first file's
     put(store, "zeros", bytes(1 << 20))  # one chunk of zeros, 16 times, that compresses to almost nothing
